@@ -1,0 +1,58 @@
+"""Keep pruned adapter weights, their gradients and their optimizer state exactly zero."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+
+class MaskEnforcement(L.Callback):
+    """Mask gradients before every optimizer step and weights plus optimizer state after it.
+
+    Gradients are masked in ``on_before_optimizer_step`` (once per optimizer step, after gradient
+    accumulation and before clipping, so pruned entries neither move nor count in the norm). The
+    weights and every per-parameter state tensor (Adam's moments) are masked again in a
+    post-step hook of the torch optimizer, which covers decoupled weight decay and any optimizer.
+    Masks act on real weights, so the forward pass costs the same as a dense adapter's.
+    """
+
+    def __init__(self):
+        self._handles: list = []
+        self._pairs: list[tuple[torch.nn.Parameter, torch.Tensor]] | None = None
+
+    def _masked(self, pl_module) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
+        if self._pairs is None or len(self._pairs) != len(pl_module.masks):
+            parameters = pl_module.prunable_parameters()
+            self._pairs = [(parameters[name], mask) for name, mask in pl_module.masks.items()]
+        return self._pairs
+
+    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
+        self._pairs = None
+        for optimizer in trainer.optimizers:
+            self._handles.append(optimizer.register_step_post_hook(lambda opt, *_: self._after_step(opt, pl_module)))
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module, optimizer) -> None:
+        pairs = [(p, m) for p, m in self._masked(pl_module) if p.grad is not None]
+        if pairs:
+            torch._foreach_mul_([p.grad for p, _ in pairs], [m for _, m in pairs])
+
+    @torch.no_grad()
+    def _after_step(self, optimizer: torch.optim.Optimizer, pl_module) -> None:
+        pairs = self._masked(pl_module)
+        if not pairs:
+            return
+        tensors, masks = [p for p, _ in pairs], [m for _, m in pairs]
+        for parameter, mask in pairs:
+            for value in optimizer.state.get(parameter, {}).values():
+                if torch.is_tensor(value) and value.shape == parameter.shape:
+                    tensors.append(value)
+                    masks.append(mask)
+        torch._foreach_mul_(tensors, masks)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
+        self.teardown(trainer, pl_module, "fit")
+
+    def teardown(self, trainer: L.Trainer, pl_module, stage: str) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()

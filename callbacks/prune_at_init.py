@@ -1,0 +1,74 @@
+"""Score the adapter weights on the first training batches and fix the masks, before any step."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+
+import lightning as L
+import torch
+
+from sparse_adapter.pruning import PrunerConfig, prune
+
+log = logging.getLogger(__name__)
+
+
+class PruneAtInit(L.Callback):
+    """Prune once at the start of training and store the masks on ``pl_module.masks``.
+
+    Scoring runs in eval mode (dropout off, so scores are repeatable for a seed) on the first
+    ``pruner.batches`` batches of a fresh training iterator; the global RNG is restored afterwards
+    so the training data order is the same as in a dense run. A module that already holds masks
+    (resumed from a checkpoint) is not pruned again. Under several processes the masks of rank 0
+    are broadcast, so every rank trains the same topology.
+    """
+
+    def __init__(self, pruner: PrunerConfig, sparsity: float, seed: int = 0):
+        pruner.validate(sparsity)
+        self.pruner, self.sparsity, self.seed = pruner, sparsity, seed
+        self.seconds = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
+        if not self.pruner.enabled:
+            return
+        if len(pl_module.masks):
+            log.info("PruneAtInit: %d masks restored from the checkpoint; not pruning again", len(pl_module.masks))
+            return
+        start = time.perf_counter()
+        batches = self._scoring_batches(trainer) if self.pruner.needs_batches else []
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            masks = prune(
+                pl_module.prunable_parameters(), self.sparsity, self.pruner,
+                loss_fn=pl_module.scoring_loss, batches=batches, seed=self.seed, model=pl_module.model,
+            )
+        finally:
+            pl_module.train(was_training)
+        masks = trainer.strategy.broadcast(masks, src=0)
+        for name, mask in masks.items():
+            pl_module.masks[name] = mask.to(pl_module.device)
+        pl_module.masks.apply_(pl_module.prunable_parameters())
+        for parameter in pl_module.parameters():
+            parameter.grad = None  # nothing of the scoring passes may reach the first step
+        self.seconds = time.perf_counter() - start
+        self._log(trainer, pl_module)
+
+    def _scoring_batches(self, trainer: L.Trainer) -> list:
+        with torch.random.fork_rng(devices=[]):
+            loader = trainer.train_dataloader
+            batches = list(itertools.islice(iter(loader), self.pruner.batches))
+        return [trainer.strategy.batch_to_device(batch) for batch in batches]
+
+    def _log(self, trainer: L.Trainer, pl_module) -> None:
+        masks = pl_module.masks
+        pl_module.layer_densities = masks.densities()
+        metrics = {"prune/seconds": self.seconds, "prune/actual_sparsity": 1 - masks.kept() / masks.total()}
+        metrics.update({f"density/{name}": value for name, value in pl_module.layer_densities.items()})
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        log.info(
+            "PruneAtInit: %s/%s kept %d of %d adapter weights (sparsity %.4f) in %.2fs",
+            self.pruner.scorer, self.pruner.scope, masks.kept(), masks.total(), metrics["prune/actual_sparsity"], self.seconds,
+        )

@@ -1,0 +1,77 @@
+"""Serial bottleneck adapters (down-project, nonlinearity, up-project, residual).
+
+Houlsby and Pfeiffer are the same module placed at different sublayers, so both are thin
+configs over ``BottleneckConfig``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from sparse_adapter.adapters.base import ACTIVATIONS, AdapterConfig, freeze_backbone, init_linear
+from sparse_adapter.adapters.layouts import layout_for, replace_submodule, transformer_blocks
+from sparse_adapter.errors import ConfigError
+
+
+class Bottleneck(nn.Module):
+    """x + up(dropout(act(down(x)))): identity at init when the up-projection starts at zero."""
+
+    def __init__(self, hidden: int, bottleneck: int, activation: str, dropout: float, init: str, init_std: float):
+        super().__init__()
+        self.down = nn.Linear(hidden, bottleneck)
+        self.up = nn.Linear(bottleneck, hidden)
+        self.act = ACTIVATIONS[activation]()
+        self.dropout = nn.Dropout(dropout)
+        init_linear(self.down, init_std)
+        init_linear(self.up, init_std, zero=init == "lora")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.up(self.dropout(self.act(self.down(x))))
+
+
+class AfterModule(nn.Module):
+    """Runs ``inner`` and then ``adapter`` on its output; replaces ``inner`` in the model tree."""
+
+    def __init__(self, inner: nn.Module, adapter: nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.adapter = adapter
+
+    def forward(self, *args, **kwargs):
+        return self.adapter(self.inner(*args, **kwargs))
+
+
+@dataclass
+class BottleneckConfig(AdapterConfig):
+    bottleneck: int = 64
+    activation: str = "relu"
+    dropout: float = 0.0
+    init: str = "bert"  # "bert": both projections N(0, init_std) as the official code; "lora": zero up
+    init_std: float = 0.02
+
+    size_field = "bottleneck"
+    sublayers: ClassVar[tuple[str, ...]] = ()  # which layout slots get an adapter; set by subclasses
+
+    def validate(self) -> None:
+        super().validate()
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"adapter.activation='{self.activation}' is unknown (choose from {', '.join(ACTIVATIONS)})")
+
+    def attach(self, model: nn.Module) -> list[str]:
+        self.validate()
+        freeze_backbone(model)
+        layout = layout_for(model)
+        hidden = model.config.hidden_size
+        prunable = []
+        for block_name, block in transformer_blocks(model):
+            for sublayer in self.sublayers:
+                path = getattr(layout, sublayer)
+                adapter = Bottleneck(hidden, self.bottleneck, self.activation, self.dropout, self.init, self.init_std)
+                replace_submodule(block, path, AfterModule(block.get_submodule(path), adapter))
+                prefix = f"{block_name}.{path}.adapter"
+                prunable += [f"{prefix}.down.weight", f"{prefix}.up.weight"]
+        return prunable

@@ -1,0 +1,10 @@
+"""Houlsby et al. (2019): a bottleneck adapter after the attention and after the FFN sublayer."""
+
+from dataclasses import dataclass
+
+from sparse_adapter.adapters.bottleneck import BottleneckConfig
+
+
+@dataclass
+class HoulsbyConfig(BottleneckConfig):
+    sublayers = ("after_attention", "after_ffn")

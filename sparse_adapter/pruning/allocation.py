@@ -1,0 +1,113 @@
+"""How many weights each matrix keeps, and exactly which ones.
+
+An allocation turns a total budget into per-matrix counts (or one global ranking); selection
+takes exactly that many by score. Exactness matters: Algorithm 1's ``z >= z_s`` keeps every tie
+and misses the budget, and ``score <= threshold`` (the official code) over-prunes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from sparse_adapter.errors import ConfigError
+
+SCOPES = ("global", "layer", "er")
+
+
+def kept_count(total: int, sparsity: float) -> int:
+    """round((1 - s) · N), halves rounded up, so every scope keeps the same number."""
+    return int(math.floor((1.0 - sparsity) * total + 0.5))
+
+
+def top_k_mask(scores: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """Boolean mask keeping exactly ``k`` highest scores; ties broken by a seeded permutation.
+
+    A random (not positional) tie-break spreads the kept weights of an all-tie matrix (a
+    zero-initialised factor) over the matrix instead of keeping its first rows.
+    """
+    flat = scores.reshape(-1)
+    permutation = torch.randperm(flat.numel(), generator=generator).to(flat.device)
+    order = torch.sort(flat[permutation], descending=True, stable=True).indices
+    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    mask[permutation[order[:k]]] = True
+    return mask.view_as(scores)
+
+
+def largest_remainder(quotas: list[float], total: int, caps: list[int]) -> list[int]:
+    """Integers near ``quotas`` (each ≤ its cap) that sum to exactly ``total``."""
+    counts = [min(int(math.floor(q)), c) for q, c in zip(quotas, caps)]
+    remainder = total - sum(counts)
+    by_fraction = sorted(range(len(quotas)), key=lambda i: (-(quotas[i] - math.floor(quotas[i])), i))
+    while remainder > 0:
+        progressed = False
+        for i in by_fraction:
+            if remainder == 0:
+                break
+            if counts[i] < caps[i]:
+                counts[i] += 1
+                remainder -= 1
+                progressed = True
+        if not progressed:
+            raise ValueError("budget exceeds the number of weights")
+    return counts
+
+
+def uniform_counts(shapes: dict[str, torch.Size], sparsity: float) -> dict[str, int]:
+    """The same density in every matrix (a per-layer scope), total still exact."""
+    sizes = {name: math.prod(shape) for name, shape in shapes.items()}
+    total = kept_count(sum(sizes.values()), sparsity)
+    quotas = [(1.0 - sparsity) * n for n in sizes.values()]
+    return dict(zip(sizes, largest_remainder(quotas, total, list(sizes.values()))))
+
+
+def erdos_renyi_densities(shapes: dict[str, torch.Size], sparsity: float) -> dict[str, float]:
+    """Density ∝ (n_in + n_out) / (n_in · n_out), scaled to total density 1 - s.
+
+    Matrices whose density would exceed 1 are kept dense and the others rescaled, repeatedly,
+    until no density exceeds 1 (Evci et al., 2020; Mocanu et al., 2018).
+    """
+    for name, shape in shapes.items():
+        if len(shape) != 2:
+            raise ConfigError(f"pruner.scope=er needs 2-D weights; '{name}' has shape {tuple(shape)}")
+    sizes = {name: math.prod(shape) for name, shape in shapes.items()}
+    raw = {name: (shape[0] + shape[1]) / (shape[0] * shape[1]) for name, shape in shapes.items()}
+    budget = (1.0 - sparsity) * sum(sizes.values())
+    dense: set[str] = set()
+    while True:
+        sparse_names = [n for n in shapes if n not in dense]
+        remaining = budget - sum(sizes[n] for n in dense)
+        denominator = sum(raw[n] * sizes[n] for n in sparse_names)
+        epsilon = remaining / denominator if denominator else 0.0
+        newly_dense = {n for n in sparse_names if epsilon * raw[n] > 1.0}
+        if not newly_dense:
+            return {n: 1.0 if n in dense else epsilon * raw[n] for n in shapes}
+        dense |= newly_dense
+
+
+def er_counts(shapes: dict[str, torch.Size], sparsity: float) -> dict[str, int]:
+    sizes = {name: math.prod(shape) for name, shape in shapes.items()}
+    densities = erdos_renyi_densities(shapes, sparsity)
+    total = kept_count(sum(sizes.values()), sparsity)
+    quotas = [densities[n] * sizes[n] for n in shapes]
+    return dict(zip(shapes, largest_remainder(quotas, total, list(sizes.values()))))
+
+
+def select(scores: dict[str, torch.Tensor], sparsity: float, scope: str, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Masks keeping exactly round((1 - s) · N) weights over all ``scores``, split by ``scope``."""
+    if scope not in SCOPES:
+        raise ConfigError(f"pruner.scope='{scope}' is unknown (choose from {', '.join(SCOPES)})")
+    if scope == "global":
+        names = list(scores)
+        flat = torch.cat([scores[n].detach().reshape(-1).float() for n in names])
+        keep = top_k_mask(flat, kept_count(flat.numel(), sparsity), generator)
+        masks, offset = {}, 0
+        for name in names:
+            n = scores[name].numel()
+            masks[name] = keep[offset : offset + n].view_as(scores[name])
+            offset += n
+        return masks
+    shapes = {name: score.shape for name, score in scores.items()}
+    counts = uniform_counts(shapes, sparsity) if scope == "layer" else er_counts(shapes, sparsity)
+    return {name: top_k_mask(scores[name].detach().float(), counts[name], generator) for name in scores}

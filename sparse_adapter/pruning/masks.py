@@ -1,0 +1,71 @@
+"""Binary masks as an ``nn.Module`` of bool buffers, so they move with the model and live in checkpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import torch
+from torch import nn
+
+
+def _buffer_name(parameter_name: str) -> str:
+    return parameter_name.replace(".", "__")
+
+
+class MaskSet(nn.Module):
+    """Masks keyed by parameter name (``True`` = kept). Empty until pruning (or a checkpoint) fills it.
+
+    Loading a state dict creates the buffers it carries, so a freshly built model can resume from a
+    checkpoint with masks without pruning again.
+    """
+
+    def __init__(self, masks: Mapping[str, torch.Tensor] | None = None):
+        super().__init__()
+        self._names: dict[str, str] = {}  # buffer name -> parameter name
+        for name, mask in (masks or {}).items():
+            self[name] = mask
+
+    def __setitem__(self, parameter_name: str, mask: torch.Tensor) -> None:
+        buffer = _buffer_name(parameter_name)
+        self._names[buffer] = parameter_name
+        self.register_buffer(buffer, mask.detach().to(torch.bool).clone())
+
+    def __getitem__(self, parameter_name: str) -> torch.Tensor:
+        return getattr(self, _buffer_name(parameter_name))
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names.values())
+
+    def __contains__(self, parameter_name: object) -> bool:
+        return isinstance(parameter_name, str) and _buffer_name(parameter_name) in self._names
+
+    def items(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for buffer, name in self._names.items():
+            yield name, getattr(self, buffer)
+
+    def kept(self) -> int:
+        return int(sum(int(mask.sum()) for _, mask in self.items()))
+
+    def total(self) -> int:
+        return int(sum(mask.numel() for _, mask in self.items()))
+
+    def densities(self) -> dict[str, float]:
+        return {name: float(mask.float().mean()) for name, mask in self.items()}
+
+    @torch.no_grad()
+    def apply_(self, parameters: Mapping[str, torch.Tensor]) -> None:
+        """Zero every pruned entry of ``parameters`` (weights, gradients or optimizer moments)."""
+        names = [n for n in self if n in parameters and parameters[n] is not None]
+        if names:
+            torch._foreach_mul_([parameters[n] for n in names], [self[n] for n in names])
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        for key, value in state_dict.items():
+            if key.startswith(prefix) and "." not in key[len(prefix) :]:
+                buffer = key[len(prefix) :]
+                if buffer not in self._names:
+                    self[buffer.replace("__", ".")] = value
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)

@@ -1,0 +1,1 @@
+"""Lightning modules and data modules, one family per folder (classification, later QA and seq2seq)."""

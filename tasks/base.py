@@ -1,0 +1,43 @@
+"""What every task family's LightningModule shares: backbone + adapter + masks + optimizer."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from sparse_adapter.accounting import parameter_report
+from sparse_adapter.adapters import AdapterConfig
+from sparse_adapter.pruning import MaskSet
+from tasks.optim import AdamWConfig
+
+
+class AdapterModule(L.LightningModule):
+    """Builds ``backbone`` with a task head, attaches ``adapter`` and owns the pruning masks.
+
+    ``self.masks`` is a submodule of bool buffers, so checkpoints carry the masks and a resumed
+    run restores them bit for bit. Subclasses define the loss and the metrics.
+    """
+
+    task_head: str = ""  # key of sparse_adapter.backbones.TASK_MODEL_CLASSES
+
+    def __init__(self, backbone, adapter: AdapterConfig, optimizer: AdamWConfig, head_config: dict):
+        super().__init__()
+        self.model, self.tokenizer = backbone.build(self.task_head, **head_config)
+        self.prunable: list[str] = adapter.attach(self.model)
+        self.masks = MaskSet()
+        self.optimizer_config = optimizer
+        self.layer_densities: dict[str, float] = {}
+
+    def prunable_parameters(self) -> dict[str, torch.nn.Parameter]:
+        named = dict(self.model.named_parameters())
+        return {name: named[name] for name in self.prunable}
+
+    def scoring_loss(self, batch, temperature: float = 1.0) -> torch.Tensor:
+        """The loss pruners differentiate; ``temperature`` divides logits (GraSP)."""
+        raise NotImplementedError
+
+    def parameter_report(self) -> dict:
+        return parameter_report(self.model, self.prunable, self.masks)
+
+    def configure_optimizers(self):
+        return self.optimizer_config.build(self.model, int(self.trainer.estimated_stepping_batches))

@@ -1,0 +1,143 @@
+"""GLUE through ``datasets``: local TSVs from ``$SPARSE_ADAPTER_DATA/glue/<TASK>`` or the hub."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding
+
+from sparse_adapter.backbones import hub_reachable
+from sparse_adapter.errors import ConfigError
+
+DATA_ENV = "SPARSE_ADAPTER_DATA"
+
+
+@dataclass
+class GlueTask:
+    """One GLUE task: where its files are, which columns hold text and label, and its metrics.
+
+    ``num_labels=1`` means regression (STS-B). ``label_names`` maps string labels (RTE) to ids in
+    the hub's order. ``metrics`` maps names to torchmetrics objects; ``main_metric`` is what sweeps
+    optimise and summaries headline.
+    """
+
+    name: str
+    directory: str
+    text_fields: list[str]
+    label_field: str
+    num_labels: int
+    metrics: dict
+    main_metric: str
+    label_names: list[str] | None = None
+    columns: list[str] | None = None  # for header-less files (CoLA)
+    hub_name: str = "nyu-mll/glue"
+    hub_text_fields: list[str] = field(default_factory=lambda: ["sentence1", "sentence2"])
+
+    @property
+    def is_regression(self) -> bool:
+        return self.num_labels == 1
+
+    @property
+    def head_config(self) -> dict:
+        problem = "regression" if self.is_regression else "single_label_classification"
+        return {"num_labels": self.num_labels, "problem_type": problem}
+
+    def module_class(self):
+        from tasks.classification.module import ClassificationModule
+
+        return ClassificationModule
+
+    def datamodule_class(self):
+        return GlueDataModule
+
+
+def load_glue(task: GlueTask, data_dir: str | None):
+    """``train``/``validation`` datasets with columns text_a, [text_b], labels."""
+    from datasets import load_dataset
+
+    if data_dir:
+        folder = Path(data_dir).expanduser() / "glue" / task.directory
+        files = {"train": folder / "train.tsv", "validation": folder / "dev.tsv"}
+        missing = [str(f) for f in files.values() if not f.is_file()]
+        if missing:
+            raise ConfigError(f"data_dir: missing {', '.join(missing)} (set {DATA_ENV} to the folder that holds glue/)")
+        # Quoting off (fields hold unbalanced quotes), BOM stripped (MRPC), "NA"/"null" kept as text.
+        options = dict(delimiter="\t", quoting=csv.QUOTE_NONE, keep_default_na=False, na_filter=False, encoding="utf-8-sig")
+        if task.columns:
+            options.update(header=None, column_names=list(task.columns))
+        raw = load_dataset("csv", data_files={k: str(v) for k, v in files.items()}, **options)
+        text_fields = task.text_fields
+    else:
+        if not hub_reachable():
+            raise ConfigError(f"data: no data directory and no hub access; set {DATA_ENV} to the folder that holds glue/")
+        raw = load_dataset(task.hub_name, task.name)
+        raw = {"train": raw["train"], "validation": raw["validation"]}
+        text_fields = task.hub_text_fields
+    return {split: _normalise(dataset, task, text_fields) for split, dataset in raw.items()}
+
+
+def _normalise(dataset, task: GlueTask, text_fields: list[str]):
+    names = ["text_a", "text_b"][: len(text_fields)]
+    label_ids = {name: i for i, name in enumerate(task.label_names or [])}
+
+    def convert(row):
+        out = {new: str(row[old]) for new, old in zip(names, text_fields)}
+        label = row[task.label_field]
+        if task.is_regression:
+            out["labels"] = float(label)
+        else:
+            out["labels"] = label_ids[label] if isinstance(label, str) and label_ids else int(label)
+        return out
+
+    return dataset.map(convert, remove_columns=dataset.column_names, desc=f"{task.name}: columns")
+
+
+class GlueDataModule(L.LightningDataModule):
+    """Tokenised GLUE with dynamic padding (each batch padded to its longest row)."""
+
+    def __init__(
+        self,
+        task: GlueTask,
+        tokenizer,
+        data_dir: str | None = None,
+        max_length: int = 128,
+        batch_size: int = 32,
+        eval_batch_size: int = 64,
+        max_train_samples: int | None = None,
+        max_eval_samples: int | None = None,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        self.task, self.tokenizer = task, tokenizer
+        self.data_dir, self.max_length = data_dir, max_length
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.max_train_samples, self.max_eval_samples = max_train_samples, max_eval_samples
+        self.num_workers = num_workers
+        self.datasets = None
+        self.collate = DataCollatorWithPadding(tokenizer)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets is not None:
+            return
+        raw = load_glue(self.task, self.data_dir)
+        limits = {"train": self.max_train_samples, "validation": self.max_eval_samples}
+        self.datasets = {}
+        for split, dataset in raw.items():
+            if limits[split]:
+                dataset = dataset.select(range(min(limits[split], len(dataset))))
+            texts = [c for c in ("text_a", "text_b") if c in dataset.column_names]
+            self.datasets[split] = dataset.map(self._tokenize, batched=True, remove_columns=texts, desc=f"{self.task.name}: tokenize")
+
+    def _tokenize(self, rows):
+        texts = [rows["text_a"]] + ([rows["text_b"]] if "text_b" in rows else [])
+        return self.tokenizer(*texts, truncation=True, max_length=self.max_length)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.datasets["train"], batch_size=self.batch_size, shuffle=True, collate_fn=self.collate, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.datasets["validation"], batch_size=self.eval_batch_size, collate_fn=self.collate, num_workers=self.num_workers)

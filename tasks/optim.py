@@ -1,0 +1,50 @@
+"""The paper's optimizer: AdamW β=(0.9, 0.98), weight decay 0.1, linear warmup then linear decay."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sparse_adapter.errors import ConfigError
+
+NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+
+
+@dataclass
+class AdamWConfig:
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    weight_decay: float = 0.1
+    warmup_ratio: float = 0.1
+
+    def validate(self) -> None:
+        if self.lr <= 0:
+            raise ConfigError(f"optimizer.lr={self.lr} must be positive")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"optimizer.warmup_ratio={self.warmup_ratio} must be in [0, 1)")
+
+    def build(self, model: nn.Module, total_steps: int) -> dict:
+        """Optimizer and per-step schedule for Lightning; biases and norms get no weight decay."""
+        self.validate()
+        decay, no_decay = [], []
+        for name, parameter in model.named_parameters():
+            if parameter.requires_grad:
+                (no_decay if name.endswith(NO_DECAY) else decay).append(parameter)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.lr,
+            betas=tuple(self.betas),
+            eps=self.eps,
+        )
+        warmup = int(self.warmup_ratio * total_steps)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

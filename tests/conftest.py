@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny random backbones, the offline GLUE rows, a composed config."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+
+
+def data_dir() -> str | None:
+    candidates = [os.environ.get("SPARSE_ADAPTER_DATA"), str(ROOT.parent / "shared" / "data")]
+    return next((c for c in candidates if c and (Path(c) / "glue").is_dir()), None)
+
+
+@pytest.fixture(scope="session")
+def glue_dir() -> str:
+    found = data_dir()
+    if found is None:
+        pytest.skip("GLUE files not found: set SPARSE_ADAPTER_DATA to the folder that holds glue/")
+    return found
+
+
+def compose_config(*overrides: str):
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        return compose("train", overrides=list(overrides))
+
+
+@pytest.fixture(scope="session")
+def rte_task():
+    return instantiate(compose_config("task=rte").task, _convert_="object")
+
+
+@pytest.fixture(scope="session")
+def stsb_task():
+    return instantiate(compose_config("task=stsb").task, _convert_="object")
+
+
+def tiny_backbone(model_type: str = "bert", attn: str = "sdpa"):
+    from sparse_adapter.backbones import RandomBackbone
+
+    config = dict(TINY, max_position_embeddings=514 if model_type == "roberta" else 512)
+    if model_type == "roberta":
+        config["pad_token_id"] = 0
+    return RandomBackbone(model_type=model_type, config=config, attn_implementation=attn)
+
+
+def tiny_model(model_type: str = "bert", num_labels: int = 2, attn: str = "sdpa"):
+    return tiny_backbone(model_type, attn).build("sequence-classification", num_labels=num_labels)
