@@ -23,6 +23,7 @@ class AdapterModule(L.LightningModule):
     def __init__(self, backbone, adapter: AdapterConfig, optimizer: AdamWConfig, head_config: dict):
         super().__init__()
         self.model, self.tokenizer = backbone.build(self.task_head, **head_config)
+        self.model.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes as found
         self.prunable: list[str] = adapter.attach(self.model)
         self.masks = MaskSet()
         self.optimizer_config = optimizer

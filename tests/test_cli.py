@@ -1,0 +1,141 @@
+"""train.py end to end on a tiny backbone: outputs, sweeps, Large-Sparse and clear errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from sparse_adapter.errors import ConfigError
+from tasks.experiment import run
+from tests.conftest import ROOT
+
+FAST = [
+    "backbone=tiny-bert", "trainer=smoke", "logger=csv",
+    "data.max_train_samples=32", "data.max_eval_samples=16", "data.batch_size=8", "pruner.batches=2",
+]
+
+
+def train(tmp_path: Path, *overrides: str, multirun: bool = False, fast=FAST) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="offline", HYDRA_FULL_ERROR="0")
+    where = f"hydra.sweep.dir={tmp_path}" if multirun else f"hydra.run.dir={tmp_path}"
+    command = [sys.executable, "train.py", *(["-m"] if multirun else []), *fast, where, *overrides]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def train_in_process(tmp_path: Path, *overrides: str) -> float:
+    """What train.py does, without a new interpreter (saves ~8 s of imports per run)."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose("train", overrides=[*FAST, *overrides], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(tmp_path)
+    HydraConfig.instance().set_config(cfg)
+    return run(cfg, tmp_path)
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def test_default_run_writes_summary_and_adapter(tmp_path, glue_dir):
+    result = train(tmp_path, f"data_dir={glue_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    s = summary(tmp_path)
+    assert (s["task"], s["backbone"], s["adapter"], s["pruner"], s["sparsity"], s["seed"]) == ("rte", "tiny-bert", "houlsby", "snip", 0.4, 42)
+    assert 0.0 <= s["metrics"]["accuracy"] <= 1.0
+    assert s["adapter_weights_kept"] == round(0.6 * s["adapter_weights_total"])
+    assert s["actual_sparsity"] == pytest.approx(0.4, abs=1e-4)
+    assert s["trained_params"] > 0 and 0 < s["trained_params_pct"] < 100 and s["wall_seconds"] > 0
+    assert len(s["layer_density"]) == 8
+
+    weights = load_file(tmp_path / "adapter.safetensors")
+    assert set(weights) == {n for n in weights if ".adapter." in n or n.startswith("classifier.")}
+    assert {"classifier.weight", "classifier.bias"} <= set(weights)
+    prunable = [n for n in weights if n.endswith(("down.weight", "up.weight"))]
+    assert len(prunable) == 8
+    assert sum(int(torch.count_nonzero(weights[n])) for n in prunable) <= s["adapter_weights_kept"]
+    for name in prunable:  # pruned entries were saved as exact zeros, in the density the masks say
+        assert torch.count_nonzero(weights[name]) <= round(s["layer_density"][name] * weights[name].numel())
+    assert (tmp_path / "csv" / "metrics.csv").is_file()
+
+
+def test_lora_grasp_on_roberta_regression(tmp_path, glue_dir):
+    train_in_process(tmp_path, f"data_dir={glue_dir}", "backbone=tiny-roberta", "task=stsb", "adapter=lora", "pruner=grasp", "sparsity=0.75")
+    s = summary(tmp_path)
+    assert (s["adapter"], s["pruner"], s["main_metric"]) == ("lora", "grasp", "pearson")
+    assert set(s["metrics"]) >= {"pearson", "spearman"}
+    assert s["adapter_weights_kept"] == round(0.25 * s["adapter_weights_total"])
+
+
+def test_large_sparse_scales_the_bottleneck_and_sets_sparsity(tmp_path, glue_dir):
+    train_in_process(tmp_path, f"data_dir={glue_dir}", "adapter.bottleneck=16", "large_sparse=4", "task=mrpc")
+    s = summary(tmp_path)
+    assert s["adapter_config"]["bottleneck"] == 64 and s["sparsity"] == 0.75 and s["large_sparse"] == 4
+    dense_budget = 2 * 2 * (2 * 32 * 16)  # the r=16 dense adapter's weight count
+    assert s["adapter_weights_kept"] == dense_budget
+
+
+def test_full_fine_tuning_trains_everything(tmp_path, glue_dir):
+    train_in_process(tmp_path, f"data_dir={glue_dir}", "adapter=none", "task=cola")
+    s = summary(tmp_path)
+    assert (s["adapter"], s["pruner"], s["sparsity"]) == ("none", "none", 0.0)
+    assert s["trained_params_pct"] == pytest.approx(100.0)
+    assert "matthews" in s["metrics"]
+
+
+def test_multirun_writes_one_summary_per_job_and_skips_finished(tmp_path, glue_dir):
+    sweep = ["pruner=random,snip", "sparsity=0.2,0.6", f"data_dir={glue_dir}", "skip_finished=true"]
+    result = train(tmp_path, *sweep, multirun=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = sorted(tmp_path.glob("*/summary.json"))
+    assert len(summaries) == 4
+    seen = {(json.loads(p.read_text())["pruner"], json.loads(p.read_text())["sparsity"]) for p in summaries}
+    assert seen == {("random", 0.2), ("random", 0.6), ("snip", 0.2), ("snip", 0.6)}
+    stamps = {p: p.stat().st_mtime_ns for p in summaries}
+    again = train(tmp_path, *sweep, multirun=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert all(p.stat().st_mtime_ns == stamps[p] for p in summaries)  # finished jobs were not rerun
+
+
+@pytest.mark.parametrize(
+    "overrides, setting",
+    [
+        (["sparsity=1.0"], "sparsity"),
+        (["adapter=nonexistent"], "adapter"),
+        (["data_dir=/nonexistent/data"], "SPARSE_ADAPTER_DATA"),
+    ],
+)
+def test_bad_input_exits_non_zero_with_one_clear_message(tmp_path, glue_dir, overrides, setting):
+    has_data = any(o.startswith("data_dir=") for o in overrides)
+    result = train(tmp_path, *([] if has_data else [f"data_dir={glue_dir}"]), *overrides)
+    assert result.returncode != 0
+    assert setting in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "summary.json").exists() and not (tmp_path / "adapter.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides, setting",
+    [
+        (["sparsity=-0.1"], "sparsity"),
+        (["adapter.bottleneck=0"], "adapter.bottleneck"),
+        (["adapter=lora", "adapter.r=0"], "adapter.r"),
+        (["pruner=snip", "pruner.batches=0"], "pruner.batches"),
+        (["large_sparse=0"], "large_sparse"),
+        (["pruner=none", "large_sparse=2"], "large_sparse"),
+        (["backbone=bert-base", "backbone.name_or_path=/nonexistent/model-name"], "backbone.name_or_path"),
+    ],
+)
+def test_bad_settings_raise_a_config_error_naming_them(tmp_path, glue_dir, monkeypatch, overrides, setting):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match=setting.replace(".", r"\.")):
+        train_in_process(tmp_path, f"data_dir={glue_dir}", *overrides)
+    assert not (tmp_path / "summary.json").exists() and not (tmp_path / "adapter.safetensors").exists()

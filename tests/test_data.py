@@ -1,0 +1,55 @@
+"""GLUE read from the offline TSVs: row counts, quirks (quotes, BOM, no header), clear errors."""
+
+import time
+
+import pytest
+
+from sparse_adapter.errors import ConfigError
+from tasks.classification import GlueDataModule
+from tasks.classification.data import load_glue
+from hydra.utils import instantiate
+from tests.conftest import compose_config, tiny_model
+
+
+def task(name):
+    return instantiate(compose_config(f"task={name}").task, _convert_="object")
+
+
+@pytest.mark.parametrize(
+    "name, train, dev, first_label",
+    [("rte", 2490, 277, 1), ("mrpc", 3668, 408, 1), ("stsb", 5749, 1500, 5.0), ("cola", 8551, 1043, 1)],
+)
+def test_row_counts_and_labels(glue_dir, name, train, dev, first_label):
+    data = load_glue(task(name), glue_dir)
+    assert (len(data["train"]), len(data["validation"])) == (train, dev)
+    assert data["train"][0]["labels"] == first_label
+    assert data["train"][0]["text_a"]
+
+
+def test_rte_labels_follow_the_hub_order(glue_dir):
+    data = load_glue(task("rte"), glue_dir)
+    labels = data["validation"]["labels"]
+    assert labels.count(0) == 146 and labels.count(1) == 131  # 146 entailment = 0
+
+
+def test_dynamic_padding_and_max_length(glue_dir):
+    _, tokenizer = tiny_model("bert")
+    datamodule = GlueDataModule(task("rte"), tokenizer, glue_dir, max_length=64, batch_size=4, max_train_samples=8, max_eval_samples=4)
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["input_ids"].shape[0] == 4 and batch["input_ids"].shape[1] <= 64
+    assert batch["attention_mask"][:, -1].sum() >= 1  # padded to the longest row in the batch
+    assert batch["labels"].shape == (4,)
+
+
+def test_missing_files_name_the_variable(tmp_path):
+    with pytest.raises(ConfigError, match="SPARSE_ADAPTER_DATA"):
+        load_glue(task("rte"), str(tmp_path))
+
+
+def test_no_data_dir_and_no_hub_fails_fast(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match="SPARSE_ADAPTER_DATA"):
+        load_glue(task("rte"), None)
+    assert time.perf_counter() - start < 5

@@ -1,0 +1,106 @@
+"""Each scorer against values computed by hand (SNIP) or by finite differences (GraSP)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sparse_adapter.pruning import SCORERS, PrunerConfig, prune
+
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def linear_problem(seed=0):
+    """One weight matrix W, loss ½‖Wx − y‖² per batch: the gradient is (Wx − y)xᵀ in closed form."""
+    generator = torch.Generator().manual_seed(seed)
+    W = torch.nn.Parameter(torch.randn(3, 4, generator=generator))
+    batches = [(torch.randn(5, 4, generator=generator), torch.randn(5, 3, generator=generator)) for _ in range(3)]
+
+    def loss_fn(batch, temperature=1.0):
+        x, y = batch
+        return 0.5 * ((x @ W.T - y) ** 2).sum()
+
+    return W, batches, loss_fn
+
+
+def test_snip_is_w_times_gradient_summed_over_batches():
+    W, batches, loss_fn = linear_problem()
+    scores = SCORERS["snip"](params={"W": W}, loss_fn=loss_fn, batches=batches)
+    by_hand = sum((x @ W.detach().T - y).T @ x for x, y in batches)  # Σ_b (W x − y) xᵀ
+    torch.testing.assert_close(scores["W"], (W.detach() * by_hand).abs())
+    assert W.grad is None  # nothing left behind for the first optimizer step
+
+
+def test_magnitude_and_random():
+    W, _, _ = linear_problem()
+    torch.testing.assert_close(SCORERS["magnitude"](params={"W": W})["W"], W.detach().abs())
+    first = SCORERS["random"](params={"W": W}, generator=torch.Generator().manual_seed(1))["W"]
+    again = SCORERS["random"](params={"W": W}, generator=torch.Generator().manual_seed(1))["W"]
+    other = SCORERS["random"](params={"W": W}, generator=torch.Generator().manual_seed(2))["W"]
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert float(first.min()) >= 0 and float(first.max()) < 1
+
+
+def two_layer_problem(seed=0):
+    """A nonlinear classifier, so the Hessian is not trivial."""
+    generator = torch.Generator().manual_seed(seed)
+    W1 = torch.nn.Parameter(torch.randn(5, 4, generator=generator))
+    W2 = torch.nn.Parameter(torch.randn(3, 5, generator=generator))
+    batches = [(torch.randn(6, 4, generator=generator), torch.randint(0, 3, (6,), generator=generator)) for _ in range(2)]
+
+    def logits(w1, w2, x):
+        return torch.tanh(x @ w1.T) @ w2.T
+
+    def loss_fn(batch, temperature=1.0):
+        x, y = batch
+        return F.cross_entropy(logits(W1, W2, x) / temperature, y)
+
+    def total_gradient(w1, w2, temperature):
+        w1 = w1.detach().requires_grad_(True)
+        w2 = w2.detach().requires_grad_(True)
+        loss = sum(F.cross_entropy(logits(w1, w2, x) / temperature, y) for x, y in batches)
+        return torch.autograd.grad(loss, (w1, w2))
+
+    return (W1, W2), batches, loss_fn, total_gradient
+
+
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_grasp_matches_a_finite_difference_hessian_vector_product(temperature):
+    (W1, W2), batches, loss_fn, total_gradient = two_layer_problem()
+    scores = SCORERS["grasp"](params={"W1": W1, "W2": W2}, loss_fn=loss_fn, batches=batches, temperature=temperature)
+
+    g1, g2 = total_gradient(W1, W2, temperature)
+    eps = 1e-5
+    plus = total_gradient(W1 + eps * g1, W2 + eps * g2, temperature)
+    minus = total_gradient(W1 - eps * g1, W2 - eps * g2, temperature)
+    hg1, hg2 = ((p - m) / (2 * eps) for p, m in zip(plus, minus))
+
+    # keep-the-highest w·Hg  ==  remove-the-highest GraSP score −w·Hg
+    torch.testing.assert_close(scores["W1"], W1.detach() * hg1, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(scores["W2"], W2.detach() * hg2, rtol=1e-6, atol=1e-9)
+    assert W1.grad is None and W2.grad is None
+
+
+def test_grasp_removes_the_highest_negative_w_hg():
+    (W1, W2), batches, loss_fn, _ = two_layer_problem()
+    params = {"W1": W1, "W2": W2}
+    scores = SCORERS["grasp"](params=params, loss_fn=loss_fn, batches=batches, temperature=1.0)
+    masks = prune(params, 0.5, PrunerConfig(scorer="grasp", temperature=1.0), loss_fn, batches)
+    grasp_score = torch.cat([-scores[n].view(-1) for n in params])
+    kept = torch.cat([masks[n].view(-1) for n in params])
+    assert int(kept.sum()) == 18  # round(0.5 · 35) = 17.5 → 18
+    assert grasp_score[kept].max() <= grasp_score[~kept].min()
+
+
+def test_snip_pruning_keeps_the_most_sensitive():
+    W, batches, loss_fn = linear_problem()
+    masks = prune({"W": W}, 0.25, PrunerConfig(scorer="snip"), loss_fn, batches)
+    scores = SCORERS["snip"](params={"W": W}, loss_fn=loss_fn, batches=batches)["W"]
+    assert int(masks["W"].sum()) == 9
+    assert scores[masks["W"]].min() >= scores[~masks["W"]].max()
