@@ -20,7 +20,8 @@ TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermed
 
 def data_dir() -> str | None:
     candidates = [os.environ.get("SPARSE_ADAPTER_DATA"), str(ROOT.parent / "shared" / "data")]
-    return next((c for c in candidates if c and (Path(c) / "glue").is_dir()), None)
+    found = next((c for c in candidates if c and (Path(c) / "glue").is_dir()), None)
+    return str(Path(found).resolve()) if found else None
 
 
 @pytest.fixture(scope="session")
