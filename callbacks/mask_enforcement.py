@@ -5,6 +5,8 @@ from __future__ import annotations
 import lightning as L
 import torch
 
+from sparse_adapter.pruning.masks import MaskedPairs, mask_gradients_, mask_parameters_and_state_
+
 
 class MaskEnforcement(L.Callback):
     """Mask gradients before every optimizer step and weights plus optimizer state after it.
@@ -18,9 +20,9 @@ class MaskEnforcement(L.Callback):
 
     def __init__(self):
         self._handles: list = []
-        self._pairs: list[tuple[torch.nn.Parameter, torch.Tensor]] | None = None
+        self._pairs: MaskedPairs | None = None
 
-    def _masked(self, pl_module) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
+    def _masked(self, pl_module) -> MaskedPairs:
         if self._pairs is None or len(self._pairs) != len(pl_module.masks):
             parameters = pl_module.prunable_parameters()
             self._pairs = [(parameters[name], mask) for name, mask in pl_module.masks.items()]
@@ -32,22 +34,10 @@ class MaskEnforcement(L.Callback):
             self._handles.append(optimizer.register_step_post_hook(lambda opt, *_: self._after_step(opt, pl_module)))
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module, optimizer) -> None:
-        pairs = [(p, m) for p, m in self._masked(pl_module) if p.grad is not None]
-        if pairs:
-            torch._foreach_mul_([p.grad for p, _ in pairs], [m for _, m in pairs])
+        mask_gradients_(self._masked(pl_module))
 
-    @torch.no_grad()
     def _after_step(self, optimizer: torch.optim.Optimizer, pl_module) -> None:
-        pairs = self._masked(pl_module)
-        if not pairs:
-            return
-        tensors, masks = [p for p, _ in pairs], [m for _, m in pairs]
-        for parameter, mask in pairs:
-            for value in optimizer.state.get(parameter, {}).values():
-                if torch.is_tensor(value) and value.shape == parameter.shape:
-                    tensors.append(value)
-                    masks.append(mask)
-        torch._foreach_mul_(tensors, masks)
+        mask_parameters_and_state_(self._masked(pl_module), optimizer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
         self.teardown(trainer, pl_module, "fit")

@@ -66,7 +66,9 @@ def run(cfg: DictConfig, output_dir: Path) -> float:
     )
     if pruner.enabled and not module.prunable:
         log.warning("adapter=%s has no prunable weights: training every weight, pruner skipped", cfg.adapter_name)
-        pruner, sparsity = PrunerConfig(scorer=None), 0.0
+        pruner = PrunerConfig(scorer=None)
+    if not pruner.enabled:
+        sparsity = 0.0  # a dense adapter or full fine-tuning: nothing is pruned, whatever `sparsity` says
     data_dir = to_absolute_path(cfg.data_dir) if cfg.get("data_dir") else None
     datamodule = task.datamodule_class()(task=task, tokenizer=module.tokenizer, data_dir=data_dir, **cfg.data)
     datamodule.setup("fit")  # fail on bad data before any training
@@ -86,6 +88,7 @@ def run(cfg: DictConfig, output_dir: Path) -> float:
         "task": task.name,
         "backbone": cfg.backbone_name,
         "adapter": cfg.adapter_name,
+        "row": cfg.get("row_name"),
         "adapter_config": {k: v for k, v in vars(adapter).items()},
         "pruner": pruner.scorer or "none",
         "scope": pruner.scope if pruner.enabled else None,

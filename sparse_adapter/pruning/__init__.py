@@ -1,7 +1,7 @@
 """Scorers (which weights matter) composed with allocations (how many each matrix keeps)."""
 
 from sparse_adapter.pruning.allocation import SCOPES, erdos_renyi_densities, kept_count, select, top_k_mask
-from sparse_adapter.pruning.masks import MaskSet
+from sparse_adapter.pruning.masks import MaskSet, mask_gradients_, mask_parameters_and_state_
 from sparse_adapter.pruning.pruner import PrunerConfig, check_sparsity, prune
 from sparse_adapter.pruning.scorers import SCORERS
 
@@ -13,6 +13,8 @@ __all__ = [
     "check_sparsity",
     "erdos_renyi_densities",
     "kept_count",
+    "mask_gradients_",
+    "mask_parameters_and_state_",
     "prune",
     "select",
     "top_k_mask",

@@ -69,3 +69,29 @@ class MaskSet(nn.Module):
                 if buffer not in self._names:
                     self[buffer.replace("__", ".")] = value
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+
+MaskedPairs = list[tuple[torch.nn.Parameter, torch.Tensor]]
+
+
+@torch.no_grad()
+def mask_gradients_(pairs: MaskedPairs) -> None:
+    """Zero the gradients of pruned entries, so no optimizer moves them or counts them in a norm."""
+    pairs = [(p, m) for p, m in pairs if p.grad is not None]
+    if pairs:
+        torch._foreach_mul_([p.grad for p, _ in pairs], [m for _, m in pairs])
+
+
+@torch.no_grad()
+def mask_parameters_and_state_(pairs: MaskedPairs, optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Zero pruned weights and every same-shaped optimizer state tensor (Adam's moments) in one call."""
+    if not pairs:
+        return
+    tensors, masks = [p for p, _ in pairs], [m for _, m in pairs]
+    if optimizer is not None:
+        for parameter, mask in pairs:
+            for value in optimizer.state.get(parameter, {}).values():
+                if torch.is_tensor(value) and value.shape == parameter.shape:
+                    tensors.append(value)
+                    masks.append(mask)
+    torch._foreach_mul_(tensors, masks)

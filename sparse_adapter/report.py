@@ -1,0 +1,236 @@
+"""Collect run summaries into the paper's tables (Markdown) and plots (PNG).
+
+    python -m sparse_adapter.report multirun/paper [more dirs ...] --out results/
+
+Every ``summary.json`` below the given folders is one run. Runs are grouped by table row and task;
+cells are mean ± std over seeds of the task's main metric ×100 (CoLA Matthews, MRPC and RTE
+accuracy, STS-B Pearson), ``Avg.`` averages the task means as in the paper, ``#Param`` is the
+trained adapter parameters as % of the backbone. Plots: metric vs sparsity per pruner,
+Large-Sparse vs the dense adapter, and dev metric vs training fraction (the paper's Figure 4)
+from the runs' CSV logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+TASKS = [("cola", "CoLA"), ("mrpc", "MRPC"), ("stsb", "STS-B"), ("rte", "RTE"), ("sst2", "SST-2")]
+ROW_LABELS = {
+    "finetune": "Fine-tune",
+    "dense": "Adapter (dense)",
+    "random": "SparseAdapter Rand.",
+    "magnitude": "SparseAdapter Mag.",
+    "er": "SparseAdapter ER",
+    "snip": "SparseAdapter SNIP",
+    "grasp": "SparseAdapter GraSP",
+    "snip_s20": "SNIP s=0.2",
+    "snip_s60": "SNIP s=0.6",
+    "snip_s80": "SNIP s=0.8",
+    "large_sparse2": "Large-Sparse r=128, s=50%",
+    "large_sparse3": "Large-Sparse r=192, s=67%",
+    "large_sparse4": "Large-Sparse r=256, s=75%",
+}
+TABLES = {
+    "Table 1: pruners at s=0.4": ["finetune", "dense", "random", "magnitude", "er", "snip", "grasp"],
+    "Table 2: SNIP at sparsity 0.2-0.8": ["finetune", "dense", "snip_s20", "snip", "snip_s60", "snip_s80"],
+    "Table 3: Large-Sparse (same budget as dense r=64)": ["finetune", "dense", "large_sparse2", "large_sparse3", "large_sparse4"],
+}
+PAPER_BERT_AVG = {  # the paper's BERT-base GLUE averages (CoLA/MRPC/STS-B/RTE), for reference
+    "finetune": 74.5, "dense": 73.6, "random": 73.7, "magnitude": 73.2, "er": 73.7, "snip": 74.2, "grasp": 74.0,
+    "large_sparse2": 74.3, "large_sparse3": 74.6, "large_sparse4": 75.1,
+}
+
+
+def row_key(summary: dict) -> str:
+    """The table row a run belongs to: its ``row`` choice, else derived from its settings."""
+    if summary.get("row"):
+        return summary["row"]
+    if summary["adapter"] == "none":
+        return "finetune"
+    if summary["pruner"] == "none":
+        return "dense"
+    if summary.get("large_sparse"):
+        return f"large_sparse{summary['large_sparse']}"
+    if abs(summary["sparsity"] - 0.4) < 1e-9:
+        return "er" if summary.get("scope") == "er" else summary["pruner"]
+    return f"{summary['pruner']}_s{round(100 * summary['sparsity'])}"
+
+
+def load_summaries(folders: list[Path]) -> list[dict]:
+    runs = []
+    for folder in folders:
+        for path in sorted(Path(folder).rglob("summary.json")):
+            summary = json.loads(path.read_text())
+            if summary.get("status") == "complete":
+                summary["_dir"] = str(path.parent)
+                runs.append(summary)
+    return runs
+
+
+def cells(runs: list[dict]) -> dict[tuple[str, str], list[float]]:
+    grouped: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for run in runs:
+        grouped[(row_key(run), run["task"])].append(100.0 * run["metrics"][run["main_metric"]])
+    return grouped
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def param_pct(runs: list[dict], row: str) -> str:
+    values = [r["trained_params_pct"] for r in runs if row_key(r) == row]
+    return f"{statistics.mean(values):.2f}%" if values else "–"
+
+
+def markdown_table(runs: list[dict], rows: list[str]) -> str:
+    grouped = cells(runs)
+    tasks = [(t, name) for t, name in TASKS if any(task == t for _, task in grouped)]
+    header = "| Method | " + " | ".join(name for _, name in tasks) + " | Avg. | #Param | seeds | paper BERT Avg. |"
+    lines = [header, "|---" * (len(tasks) + 5) + "|"]
+    for row in rows:
+        if not any((row, t) in grouped for t, _ in tasks):
+            continue
+        means = [statistics.mean(grouped[(row, t)]) for t, _ in tasks if grouped.get((row, t))]
+        complete = len(means) == len(tasks)
+        average = f"{statistics.mean(means):.1f}" if complete else "–"
+        seeds = max(len(grouped.get((row, t), [])) for t, _ in tasks)
+        paper = PAPER_BERT_AVG.get(row, "")
+        lines.append(
+            f"| {ROW_LABELS.get(row, row)} | " + " | ".join(mean_std(grouped.get((row, t), [])) for t, _ in tasks)
+            + f" | {average} | {param_pct(runs, row)} | {seeds} | {paper} |"
+        )
+    return "\n".join(lines)
+
+
+def report(runs: list[dict]) -> str:
+    parts = []
+    for title, rows in TABLES.items():
+        if any(row_key(r) in rows[2:] for r in runs):
+            parts.append(f"### {title}\n\n{markdown_table(runs, rows)}\n")
+    other = sorted({row_key(r) for r in runs} - {row for rows in TABLES.values() for row in rows})
+    if other:
+        parts.append(f"### Other runs\n\n{markdown_table(runs, other)}\n")
+    return "\n".join(parts)
+
+
+def learning_curve(run: dict) -> list[tuple[float, float]]:
+    """(fraction of training steps, dev main metric ×100) from the run's CSV log."""
+    path = Path(run["_dir"]) / "csv" / "metrics.csv"
+    if not path.is_file():
+        return []
+    key = f"val/{run['main_metric']}"
+    total = max(1, run.get("global_steps", 1))
+    points = []
+    with path.open() as handle:
+        for record in csv.DictReader(handle):
+            if record.get(key):
+                points.append(((int(record["step"]) + 1) / total, 100.0 * float(record[key])))
+    return points
+
+
+def plot(runs: list[dict], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    grouped = cells(runs)
+    tasks = [(t, name) for t, name in TASKS if any(task == t for _, task in grouped)]
+
+    # 1. metric vs sparsity, one line per pruner, dense adapter at s=0
+    by_pruner: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        if run["adapter"] != "none" and not run.get("large_sparse"):
+            name = "dense" if run["pruner"] == "none" else ("er" if run.get("scope") == "er" else run["pruner"])
+            by_pruner[name][(run["task"], round(run["sparsity"], 3))].append(100 * run["metrics"][run["main_metric"]])
+    if any(name != "dense" for name in by_pruner):
+        figure, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.4), squeeze=False)
+        for axis, (task, title) in zip(axes[0], tasks):
+            for name, points in sorted(by_pruner.items()):
+                xs = sorted(s for (t, s) in points if t == task)
+                if not xs:
+                    continue
+                ys = [statistics.mean(points[(task, s)]) for s in xs]
+                axis.plot(xs, ys, "o-" if len(xs) > 1 else "o", label=name)
+            axis.set_title(title)
+            axis.set_xlabel("sparsity s")
+        axes[0][0].set_ylabel("dev metric ×100")
+        axes[0][-1].legend(fontsize=8)
+        figure.tight_layout()
+        written.append(_save(figure, out / "metric_vs_sparsity.png"))
+
+    # 2. Large-Sparse vs dense r=64
+    rows = ["dense", "large_sparse2", "large_sparse3", "large_sparse4"]
+    if any((row, t) in grouped for row in rows[1:] for t, _ in tasks):
+        figure, axis = plt.subplots(figsize=(1.8 * len(tasks) + 2, 3.4))
+        width = 0.8 / len(rows)
+        for index, row in enumerate(rows):
+            values = [statistics.mean(grouped[(row, t)]) if grouped.get((row, t)) else 0.0 for t, _ in tasks]
+            axis.bar([i + index * width for i in range(len(tasks))], values, width, label=ROW_LABELS[row].replace("Adapter (dense)", "dense r=64"))
+        axis.set_xticks([i + 0.4 - width / 2 for i in range(len(tasks))], [name for _, name in tasks])
+        axis.set_ylabel("dev metric ×100")
+        axis.legend(fontsize=7)
+        figure.tight_layout()
+        written.append(_save(figure, out / "large_sparse_vs_dense.png"))
+
+    # 3. convergence: dev metric vs training fraction (paper Figure 4)
+    curves = [(run, learning_curve(run)) for run in runs]
+    curves = [(run, points) for run, points in curves if len(points) > 1]
+    if curves:
+        figure, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.4), squeeze=False)
+        for axis, (task, title) in zip(axes[0], tasks):
+            for row in ["finetune", "dense", "snip", "large_sparse4"]:
+                mine = [points for run, points in curves if run["task"] == task and row_key(run) == row]
+                if mine:
+                    xs, ys = zip(*mine[0])
+                    axis.plot(xs, ys, "o-", label=ROW_LABELS.get(row, row), markersize=3)
+            axis.set_title(title)
+            axis.set_xlabel("fraction of training")
+        axes[0][0].set_ylabel("dev metric ×100")
+        axes[0][-1].legend(fontsize=7)
+        figure.tight_layout()
+        written.append(_save(figure, out / "convergence.png"))
+    return written
+
+
+def _save(figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folders", nargs="+", type=Path, help="multirun (or run) folders to collect")
+    parser.add_argument("--out", type=Path, default=None, help="write report.md and the PNG plots here")
+    parser.add_argument("--no-plots", action="store_true")
+    args = parser.parse_args(argv)
+    runs = load_summaries(args.folders)
+    if not runs:
+        raise SystemExit(f"error: no complete summary.json under {', '.join(map(str, args.folders))}")
+    text = report(runs)
+    print(text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "report.md").write_text(text)
+        if not args.no_plots:
+            for path in plot(runs, args.out):
+                print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
