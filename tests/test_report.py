@@ -1,0 +1,54 @@
+"""The report turns run summaries into the paper's table layout and plots."""
+
+import json
+
+import pytest
+
+from sparse_adapter.report import load_summaries, main, markdown_table, row_key
+
+
+def write_run(folder, task, row, seed, value, metric="accuracy", **extra):
+    summary = {"status": "complete", "task": task, "row": row, "adapter": "houlsby", "pruner": "snip", "sparsity": 0.4,
+               "seed": seed, "main_metric": metric, "metrics": {metric: value}, "trained_params_pct": 1.2, "global_steps": 10, **extra}
+    run_dir = folder / f"{row}-{task}-{seed}"
+    run_dir.mkdir(parents=True)
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    (run_dir / "csv").mkdir()
+    (run_dir / "csv" / "metrics.csv").write_text(f"step,val/{metric}\n4,{value / 2}\n9,{value}\n")
+
+
+def test_table_means_stds_and_average(tmp_path):
+    for seed, value in [(1, 0.60), (2, 0.70)]:
+        write_run(tmp_path, "rte", "snip", seed, value)
+    write_run(tmp_path, "cola", "snip", 1, 0.30, metric="matthews")
+    write_run(tmp_path, "rte", "dense", 1, 0.50)
+    runs = load_summaries([tmp_path])
+    table = markdown_table(runs, ["dense", "snip"])
+    snip_line = next(line for line in table.splitlines() if "SNIP" in line)
+    assert "| 30.0 | 65.0 ± 7.1 | 47.5 | 1.20% | 2 |" in snip_line  # Avg. of the task means: (30 + 65) / 2
+    dense_line = next(line for line in table.splitlines() if "dense" in line)
+    assert "| – | 50.0 | – |" in dense_line  # CoLA missing: no average
+
+
+def test_rows_are_derived_without_a_row_choice():
+    base = {"adapter": "houlsby", "pruner": "grasp", "sparsity": 0.4, "scope": "global"}
+    assert row_key(base) == "grasp"
+    assert row_key({**base, "adapter": "none"}) == "finetune"
+    assert row_key({**base, "pruner": "none"}) == "dense"
+    assert row_key({**base, "pruner": "random", "scope": "er"}) == "er"
+    assert row_key({**base, "large_sparse": 4, "sparsity": 0.75}) == "large_sparse4"
+    assert row_key({**base, "pruner": "snip", "sparsity": 0.6}) == "snip_s60"
+
+
+def test_command_writes_markdown_and_plots(tmp_path, capsys):
+    for row in ["dense", "snip", "large_sparse4"]:
+        write_run(tmp_path / "runs", "mrpc", row, 1, 0.8)
+    main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+    assert "Table 1" in capsys.readouterr().out
+    for name in ["report.md", "metric_vs_sparsity.png", "large_sparse_vs_dense.png", "convergence.png"]:
+        assert (tmp_path / "out" / name).stat().st_size > 0
+
+
+def test_no_summaries_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="no complete summary.json"):
+        main([str(tmp_path)])
