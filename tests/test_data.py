@@ -53,3 +53,15 @@ def test_no_data_dir_and_no_hub_fails_fast(monkeypatch):
     with pytest.raises(ConfigError, match="SPARSE_ADAPTER_DATA"):
         load_glue(task("rte"), None)
     assert time.perf_counter() - start < 5
+
+
+def test_hub_layout_is_normalised_like_the_local_files():
+    """The hub's GLUE names columns sentence1/sentence2/label (ints); the local MRPC TSV does not."""
+    from datasets import Dataset
+
+    from tasks.classification.data import _normalise
+
+    mrpc = task("mrpc")
+    hub_rows = Dataset.from_dict({"sentence1": ["a b"], "sentence2": ["c d"], "label": [1], "idx": [0]})
+    normalised = _normalise(hub_rows, mrpc, mrpc.hub_text_fields, mrpc.hub_label_field)
+    assert normalised[0] == {"text_a": "a b", "text_b": "c d", "labels": 1}

@@ -36,6 +36,7 @@ class GlueTask:
     columns: list[str] | None = None  # for header-less files (CoLA)
     hub_name: str = "nyu-mll/glue"
     hub_text_fields: list[str] = field(default_factory=lambda: ["sentence1", "sentence2"])
+    hub_label_field: str = "label"  # the hub's GLUE uses integer (or float) labels named "label"
 
     @property
     def is_regression(self) -> bool:
@@ -70,23 +71,23 @@ def load_glue(task: GlueTask, data_dir: str | None):
         if task.columns:
             options.update(header=None, column_names=list(task.columns))
         raw = load_dataset("csv", data_files={k: str(v) for k, v in files.items()}, **options)
-        text_fields = task.text_fields
+        text_fields, label_field = task.text_fields, task.label_field
     else:
         if not hub_reachable():
             raise ConfigError(f"data: no data directory and no hub access; set {DATA_ENV} to the folder that holds glue/")
         raw = load_dataset(task.hub_name, task.name)
         raw = {"train": raw["train"], "validation": raw["validation"]}
-        text_fields = task.hub_text_fields
-    return {split: _normalise(dataset, task, text_fields) for split, dataset in raw.items()}
+        text_fields, label_field = task.hub_text_fields, task.hub_label_field
+    return {split: _normalise(dataset, task, text_fields, label_field) for split, dataset in raw.items()}
 
 
-def _normalise(dataset, task: GlueTask, text_fields: list[str]):
+def _normalise(dataset, task: GlueTask, text_fields: list[str], label_field: str):
     names = ["text_a", "text_b"][: len(text_fields)]
     label_ids = {name: i for i, name in enumerate(task.label_names or [])}
 
     def convert(row):
         out = {new: str(row[old]) for new, old in zip(names, text_fields)}
-        label = row[task.label_field]
+        label = row[label_field]
         if task.is_regression:
             out["labels"] = float(label)
         else:
