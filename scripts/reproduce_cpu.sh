@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # A reduced reproduction of the paper's Tables 1 and 3 that fits a 2-core CPU (budget in RESULTS.md):
-# MiniLM, 1 seed, 1 epoch over at most 2,000 training rows per task, dev evaluated twice per epoch.
+# MiniLM, 1 seed, 1 epoch over at most 1,000 training rows per task, dev evaluated twice per epoch.
 # Resumable: jobs whose folder holds a complete summary.json are skipped (skip_finished in the
 # experiment files), so re-running this script continues an interrupted grid.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export SPARSE_ADAPTER_DATA="${SPARSE_ADAPTER_DATA:-../shared/data}"
 out="${1:-multirun/paper-cpu}"
-budget=(hydra.sweeper.params.seed=42 trainer.max_epochs=1 data.max_train_samples=2000
+budget=(hydra.sweeper.params.seed=42 trainer.max_epochs=1 data.max_train_samples=1000
         trainer.val_check_interval=0.5 logger=csv trainer.enable_progress_bar=false "hydra.sweep.dir=$out")
 py=.venv/bin/python
 $py train.py -m experiment=table1 hydra.sweeper.params.row=dense,snip,random,magnitude,er,grasp optimizer.lr=1e-3 "${budget[@]}"
