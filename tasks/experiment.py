@@ -53,15 +53,17 @@ def run(cfg: DictConfig, output_dir: Path) -> float:
     task = instantiate(cfg.task, _convert_="object")
     adapter = instantiate(cfg.adapter, _convert_="object")
     pruner = instantiate(cfg.pruner, _convert_="object")
+    optimizer = instantiate(cfg.optimizer, _convert_="object")
+    for part in (adapter, optimizer):
+        part.validate()
     pruner.validate(cfg.sparsity)
-    adapter.validate()
     adapter, sparsity = resolve_budget(adapter, pruner, cfg.sparsity, cfg.get("large_sparse"))
     L.seed_everything(cfg.seed, workers=True)
 
     module = task.module_class()(
         backbone=instantiate(cfg.backbone, _convert_="object"),
         adapter=adapter,
-        optimizer=instantiate(cfg.optimizer, _convert_="object"),
+        optimizer=optimizer,
         task=task,
     )
     if pruner.enabled and not module.prunable:
