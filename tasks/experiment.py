@@ -35,6 +35,19 @@ def resolve_budget(adapter, pruner: PrunerConfig, sparsity: float, large_sparse:
     return adapter.scaled(large_sparse), 1.0 - 1.0 / large_sparse
 
 
+def publish_summary(loggers: list, summary: dict) -> None:
+    """Put the summary into each experiment tracker's run summary (W&B), then close the run.
+
+    Closing matters in sweeps: a W&B run left open would be reused by the next job's logger.
+    """
+    for logger in loggers:
+        experiment = getattr(logger, "experiment", None)
+        if hasattr(getattr(experiment, "summary", None), "update"):
+            experiment.summary.update({k: v for k, v in summary.items() if k != "layer_density"})
+        if hasattr(experiment, "finish"):
+            experiment.finish()
+
+
 def finished_summary(output_dir: Path) -> dict | None:
     path = output_dir / SUMMARY
     if path.is_file():
@@ -109,10 +122,7 @@ def run(cfg: DictConfig, output_dir: Path) -> float:
     if trainer.is_global_zero:
         save_adapter(module.model, output_dir / "adapter.safetensors", {"task": task.name, "adapter": cfg.adapter_name})
         write_json_atomic(summary, output_dir / SUMMARY)
-        for logger in loggers:
-            experiment_summary = getattr(getattr(logger, "experiment", None), "summary", None)
-            if experiment_summary is not None and hasattr(experiment_summary, "update"):
-                experiment_summary.update({k: v for k, v in summary.items() if k != "layer_density"})
+        publish_summary(loggers, summary)
     log.info("%s %s=%.4f (%s, %s, sparsity %.2f) in %.0fs", task.name, task.main_metric, metrics[task.main_metric],
              cfg.adapter_name, summary["pruner"], sparsity, summary["wall_seconds"])
     return metrics[task.main_metric]

@@ -139,3 +139,12 @@ def test_bad_settings_raise_a_config_error_naming_them(tmp_path, glue_dir, monke
     with pytest.raises(ConfigError, match=setting.replace(".", r"\.")):
         train_in_process(tmp_path, f"data_dir={glue_dir}", *overrides)
     assert not (tmp_path / "summary.json").exists() and not (tmp_path / "adapter.safetensors").exists()
+
+
+def test_wandb_offline_receives_config_summary_densities_and_curves(tmp_path, glue_dir, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    train_in_process(tmp_path, f"data_dir={glue_dir}", "logger=many")
+    records = b"".join(p.read_bytes() for p in tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
+    for key in [b"adapter_weights_kept", b"trained_params_pct", b"density/bert.encoder.layer.0", b"train/loss", b"val/accuracy", b"large_sparse"]:
+        assert key in records, key
+    assert (tmp_path / "summary.json").is_file()
