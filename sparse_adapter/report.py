@@ -164,11 +164,7 @@ def plot(runs: list[dict], out: Path) -> list[Path]:
                 ys = [statistics.mean(points[(task, s)]) for s in xs]
                 axis.plot(xs, ys, "o-" if len(xs) > 1 else "o", label=name)
             axis.set_title(title)
-            axis.set_xlabel("sparsity s")
-        axes[0][0].set_ylabel("dev metric ×100")
-        axes[0][-1].legend(fontsize=8)
-        figure.tight_layout()
-        written.append(_save(figure, out / "metric_vs_sparsity.png"))
+        written.append(_finish(figure, axes[0], "sparsity s", out / "metric_vs_sparsity.png"))
 
     # 2. Large-Sparse vs dense r=64
     rows = ["dense", "large_sparse2", "large_sparse3", "large_sparse4"]
@@ -196,12 +192,17 @@ def plot(runs: list[dict], out: Path) -> list[Path]:
                     xs, ys = zip(*mine[0])
                     axis.plot(xs, ys, "o-", label=ROW_LABELS.get(row, row), markersize=3)
             axis.set_title(title)
-            axis.set_xlabel("fraction of training")
-        axes[0][0].set_ylabel("dev metric ×100")
-        axes[0][-1].legend(fontsize=7)
-        figure.tight_layout()
-        written.append(_save(figure, out / "convergence.png"))
+        written.append(_finish(figure, axes[0], "fraction of training (first seed)", out / "convergence.png"))
     return written
+
+
+def _finish(figure, axes, xlabel: str, path: Path) -> Path:
+    for axis in axes:
+        axis.set_xlabel(xlabel)
+    axes[0].set_ylabel("dev metric ×100")
+    axes[-1].legend(fontsize=7)
+    figure.tight_layout()
+    return _save(figure, path)
 
 
 def _save(figure, path: Path) -> Path:
