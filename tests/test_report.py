@@ -52,3 +52,12 @@ def test_command_writes_markdown_and_plots(tmp_path, capsys):
 def test_no_summaries_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="no complete summary.json"):
         main([str(tmp_path)])
+
+
+def test_a_table_appears_once_one_of_its_own_rows_ran(tmp_path):
+    from sparse_adapter.report import report
+
+    write_run(tmp_path, "rte", "snip", 1, 0.6)
+    write_run(tmp_path, "rte", "dense", 1, 0.5)
+    text = report(load_summaries([tmp_path]))
+    assert "Table 1" in text and "Table 2" not in text and "Table 3" not in text
