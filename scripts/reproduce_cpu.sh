@@ -13,4 +13,4 @@ py=.venv/bin/python
 $py train.py -m experiment=table1 "hydra.sweeper.params.row='dense,snip,random,magnitude,er,grasp'" optimizer.lr=1e-3 "${budget[@]}"
 $py train.py -m experiment=table3 "hydra.sweeper.params.row='large_sparse2,large_sparse3,large_sparse4'" optimizer.lr=1e-3 "${budget[@]}"
 $py train.py -m experiment=table1 hydra.sweeper.params.row=finetune optimizer.lr=5e-5 "${budget[@]}"
-$py -m sparse_adapter.report "$out" --out results/cpu
+$py -m sparse_adapter.report "$out" --out results/cpu --copy-runs results/cpu/runs
