@@ -6,11 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export SPARSE_ADAPTER_DATA="${SPARSE_ADAPTER_DATA:-../shared/data}"
-out="${1:-multirun/paper-cpu}"
+out="${1:-results/cpu/sweep}"   # committed without weights (.gitignore), so a later checkout resumes it
 budget=(hydra.sweeper.params.seed=42 trainer.max_epochs=1 data.max_train_samples=1000
         trainer.val_check_interval=0.5 logger=csv trainer.enable_progress_bar=false "hydra.sweep.dir=$out")
 py=.venv/bin/python
 $py train.py -m experiment=table1 "hydra.sweeper.params.row='dense,snip,random,magnitude,er,grasp'" optimizer.lr=1e-3 "${budget[@]}"
 $py train.py -m experiment=table3 "hydra.sweeper.params.row='large_sparse2,large_sparse3,large_sparse4'" optimizer.lr=1e-3 "${budget[@]}"
 $py train.py -m experiment=table1 hydra.sweeper.params.row=finetune optimizer.lr=5e-5 "${budget[@]}"
-$py -m sparse_adapter.report "$out" --out results/cpu --copy-runs results/cpu/runs
+$py -m sparse_adapter.report "$out" --out results/cpu

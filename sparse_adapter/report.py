@@ -217,32 +217,15 @@ def _save(figure, path: Path) -> Path:
     return path
 
 
-def copy_runs(runs: list[dict], destination: Path) -> None:
-    """Copy each run's small files (summary, CSV log, overrides) to ``destination/<row>-<task>-seed<seed>``,
-    a folder light enough to commit (no weights)."""
-    import shutil
-
-    for run in runs:
-        source = Path(run["_dir"])
-        target = destination / f"{row_key(run)}-{run['task']}-seed{run['seed']}"
-        for relative in ["summary.json", "csv/metrics.csv", ".hydra/overrides.yaml"]:
-            if (source / relative).is_file() and (source / relative).resolve() != (target / relative).resolve():
-                (target / relative).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source / relative, target / relative)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="+", type=Path, help="multirun (or run) folders to collect")
     parser.add_argument("--out", type=Path, default=None, help="write report.md and the PNG plots here")
     parser.add_argument("--no-plots", action="store_true")
-    parser.add_argument("--copy-runs", type=Path, default=None, help="copy summaries and CSV logs (no weights) here")
     args = parser.parse_args(argv)
     runs = load_summaries(args.folders)
     if not runs:
         raise SystemExit(f"error: no complete summary.json under {', '.join(map(str, args.folders))}")
-    if args.copy_runs:
-        copy_runs(runs, args.copy_runs)
     text = report(runs)
     print(text)
     if args.out:
