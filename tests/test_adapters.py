@@ -115,3 +115,17 @@ def test_parameter_report_counts():
     backbone = sum(p.numel() for n, p in named.items() if n.startswith("bert.") and ".adapter." not in n)
     assert report["backbone_params"] == backbone
     assert report["trained_params_pct"] == pytest.approx(100 * report["trained_params_body"] / backbone)
+
+
+def test_adapter_file_round_trip(tmp_path):
+    from sparse_adapter.io import load_adapter, save_adapter
+
+    model, tokenizer = tiny_model("bert")
+    HoulsbyConfig(bottleneck=8).attach(model)
+    save_adapter(model, tmp_path / "adapter.safetensors", {"adapter": "houlsby"})
+    fresh, _ = tiny_model("bert")
+    HoulsbyConfig(bottleneck=8, init="lora").attach(fresh)  # different init: the file must overwrite it
+    load_adapter(fresh, tmp_path / "adapter.safetensors")
+    model.eval(), fresh.eval()
+    batch = inputs(tokenizer)
+    torch.testing.assert_close(fresh(**batch).logits, model(**batch).logits)
