@@ -63,9 +63,8 @@ class PruneAtInit(L.Callback):
 
     def _log(self, trainer: L.Trainer, pl_module) -> None:
         masks = pl_module.masks
-        pl_module.layer_densities = masks.densities()
         metrics = {"prune/seconds": self.seconds, "prune/actual_sparsity": 1 - masks.kept() / masks.total()}
-        metrics.update({f"density/{name}": value for name, value in pl_module.layer_densities.items()})
+        metrics.update({f"density/{name}": value for name, value in masks.densities().items()})
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         log.info(

@@ -27,7 +27,6 @@ class AdapterModule(L.LightningModule):
         self.prunable: list[str] = adapter.attach(self.model)
         self.masks = MaskSet()
         self.optimizer_config = optimizer
-        self.layer_densities: dict[str, float] = {}
 
     def prunable_parameters(self) -> dict[str, torch.nn.Parameter]:
         named = dict(self.model.named_parameters())
