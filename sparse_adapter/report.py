@@ -160,12 +160,12 @@ def plot(runs: list[dict], out: Path) -> list[Path]:
     if any(name != "dense" for name in by_pruner):
         figure, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.4), squeeze=False)
         for axis, (task, title) in zip(axes[0], tasks):
-            for name, points in sorted(by_pruner.items()):
+            for index, (name, points) in enumerate(sorted(by_pruner.items())):
                 xs = sorted(s for (t, s) in points if t == task)
                 if not xs:
                     continue
                 ys = [statistics.mean(points[(task, s)]) for s in xs]
-                axis.plot(xs, ys, "o-" if len(xs) > 1 else "o", label=name)
+                axis.plot(xs, ys, "o-" if len(xs) > 1 else "o", label=name, color=f"C{index}")  # same colour in every panel
             axis.set_title(title)
         written.append(_finish(figure, axes[0], "sparsity s", out / "metric_vs_sparsity.png"))
 
@@ -189,11 +189,11 @@ def plot(runs: list[dict], out: Path) -> list[Path]:
     if curves:
         figure, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.4), squeeze=False)
         for axis, (task, title) in zip(axes[0], tasks):
-            for row in ["finetune", "dense", "snip", "large_sparse4"]:
+            for index, row in enumerate(["finetune", "dense", "snip", "large_sparse4"]):
                 mine = [points for run, points in curves if run["task"] == task and row_key(run) == row]
                 if mine:
                     xs, ys = zip(*mine[0])
-                    axis.plot(xs, ys, "o-", label=ROW_LABELS.get(row, row), markersize=3)
+                    axis.plot(xs, ys, "o-", label=ROW_LABELS.get(row, row), markersize=3, color=f"C{index}")
             axis.set_title(title)
         written.append(_finish(figure, axes[0], "fraction of training (first seed)", out / "convergence.png"))
     return written
@@ -203,7 +203,11 @@ def _finish(figure, axes, xlabel: str, path: Path) -> Path:
     for axis in axes:
         axis.set_xlabel(xlabel)
     axes[0].set_ylabel("dev metric ×100")
-    axes[-1].legend(fontsize=7)
+    legend = {}  # every series once, whichever panel has it
+    for axis in axes:
+        for handle, label in zip(*axis.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    axes[-1].legend(legend.values(), legend.keys(), fontsize=7)
     figure.tight_layout()
     return _save(figure, path)
 
