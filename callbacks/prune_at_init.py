@@ -37,11 +37,12 @@ class PruneAtInit(L.Callback):
             return
         start = time.perf_counter()
         batches = self._scoring_batches(trainer) if self.pruner.needs_batches else []
+        params = pl_module.prunable_parameters()
         was_training = pl_module.training
         pl_module.eval()
         try:
             masks = prune(
-                pl_module.prunable_parameters(), self.sparsity, self.pruner,
+                params, self.sparsity, self.pruner,
                 loss_fn=pl_module.scoring_loss, batches=batches, seed=self.seed, model=pl_module.model,
             )
         finally:
@@ -49,7 +50,7 @@ class PruneAtInit(L.Callback):
         masks = trainer.strategy.broadcast(masks, src=0)
         for name, mask in masks.items():
             pl_module.masks[name] = mask.to(pl_module.device)
-        pl_module.masks.apply_(pl_module.prunable_parameters())
+        pl_module.masks.apply_(params)
         for parameter in pl_module.parameters():
             parameter.grad = None  # nothing of the scoring passes may reach the first step
         self.seconds = time.perf_counter() - start

@@ -104,7 +104,7 @@ def run(cfg: DictConfig, output_dir: Path) -> float:
         "backbone": cfg.backbone_name,
         "adapter": cfg.adapter_name,
         "row": cfg.get("row_name"),
-        "adapter_config": {k: v for k, v in vars(adapter).items()},
+        "adapter_config": dict(vars(adapter)),
         "pruner": pruner.scorer or "none",
         "scope": pruner.scope if pruner.enabled else None,
         "sparsity": sparsity,
