@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from sparse_adapter.pruning import SCORERS, PrunerConfig, prune
-
+from tests.conftest import tiny_model
 
 
 @pytest.fixture(autouse=True)
@@ -104,3 +104,23 @@ def test_snip_pruning_keeps_the_most_sensitive():
     scores = SCORERS["snip"](params={"W": W}, loss_fn=loss_fn, batches=batches)["W"]
     assert int(masks["W"].sum()) == 9
     assert scores[masks["W"]].min() >= scores[~masks["W"]].max()
+
+
+def test_grasp_uses_eager_attention_only_for_the_double_backward_pass():
+    """SDPA has no double backward; the gradient pass keeps the fused kernel, the Hg pass goes eager."""
+    torch.set_default_dtype(torch.float32)
+    model = tiny_model(attn="sdpa")[0].eval()
+    params = {n: p for n, p in model.named_parameters() if n.endswith("attention.output.dense.weight")}
+    generator = torch.Generator().manual_seed(0)
+    batches = [(torch.randint(5, 90, (2, 7), generator=generator), torch.tensor([0, 1])) for _ in range(2)]
+    seen = []
+
+    def loss_fn(batch, temperature=1.0):
+        seen.append(model.config._attn_implementation)
+        ids, labels = batch
+        return F.cross_entropy(model(input_ids=ids).logits / temperature, labels)
+
+    masks = prune(params, 0.5, PrunerConfig(scorer="grasp", batches=2), loss_fn, batches, model=model)
+    assert seen == ["sdpa", "sdpa", "eager", "eager"]
+    assert model.config._attn_implementation == "sdpa"
+    assert sum(int(m.sum()) for m in masks.values()) == round(0.5 * sum(p.numel() for p in params.values()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -43,10 +44,6 @@ class PrunerConfig:
     def needs_batches(self) -> bool:
         return self.enabled and SCORERS[self.scorer].needs_batches
 
-    @property
-    def second_order(self) -> bool:
-        return self.enabled and SCORERS[self.scorer].second_order
-
     def validate(self, sparsity: float) -> None:
         check_sparsity(sparsity)
         if not self.enabled:
@@ -73,7 +70,7 @@ def prune(
     """Boolean masks (True = kept) over ``params`` with exactly round((1 - s) · N) kept.
 
     Pass ``model`` for second-order scorers (GraSP) on Hugging Face models: attention is switched
-    to the eager kernel while scoring, since SDPA has no double backward.
+    to the eager kernel for their double-backward pass, since SDPA has none.
     """
     config.validate(sparsity)
     if not config.enabled:
@@ -83,9 +80,9 @@ def prune(
     if config.needs_batches and (loss_fn is None or len(batches) == 0):
         raise ConfigError(f"pruner.batches: pruner '{config.scorer}' needs scoring batches and a loss")
     generator = torch.Generator().manual_seed(seed)
-    switch = second_order_attention(model) if config.second_order and model is not None else nullcontext()
-    with switch:
-        scores = SCORERS[config.scorer](
-            params=params, loss_fn=loss_fn, batches=batches, generator=generator, temperature=config.temperature
-        )
+    double_backward = partial(second_order_attention, model) if model is not None else nullcontext
+    scores = SCORERS[config.scorer](
+        params=params, loss_fn=loss_fn, batches=batches, generator=generator,
+        temperature=config.temperature, double_backward=double_backward,
+    )
     return select(scores, sparsity, config.scope, generator)
