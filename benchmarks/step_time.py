@@ -6,6 +6,8 @@ Ratios (the contract of issue 3; lower is better):
   sparse_over_dense       sparse Houlsby (SNIP s=0.4, masks enforced each step) / dense Houlsby
   ours_over_peft_lora     our LoRA / PEFT LoRA (same rank, alpha, targets, head)
   houlsby_over_forward    one Houlsby training step / one backbone forward pass (no grad, eval)
+  houlsby_over_forward_train   the same over a forward in train mode (no grad, dropout on): splits
+                          the step's cost into dropout (forward_train / forward) and backward
   houlsby_no_attn_dropout_over_forward   the same with attention dropout 0: with dropout on,
                           SDPA leaves its fused kernel for the math path (bernoulli masks over
                           B·H·L·L), the main cost above the frozen-backbone floor
@@ -42,7 +44,7 @@ from sparse_adapter.adapters import HoulsbyConfig, LoRAConfig  # noqa: E402
 from sparse_adapter.backbones import PretrainedBackbone  # noqa: E402
 from sparse_adapter.pruning import MaskSet, PrunerConfig, mask_gradients_, mask_parameters_and_state_, prune  # noqa: E402
 
-VARIANTS = ("forward", "dense_houlsby", "sparse_houlsby", "ours_lora", "peft_lora", "dense_houlsby_no_attn_dropout")
+VARIANTS = ("forward", "forward_train", "dense_houlsby", "sparse_houlsby", "ours_lora", "peft_lora", "dense_houlsby_no_attn_dropout")
 RTE_STEPS_10_EPOCHS = 10 * math.ceil(2490 / 32)
 
 
@@ -70,12 +72,13 @@ def loss_of(model, batch, temperature: float = 1.0):
 
 
 class Variant:
-    """A model plus the work one training step does for it."""
+    """A model plus the work one training step does for it (a no-grad forward for forward*)."""
 
     def __init__(self, name: str, model, masks: MaskSet | None = None):
         self.name, self.model = name, model
         trainable = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(trainable, lr=1e-4, betas=(0.9, 0.98), weight_decay=0.1) if name != "forward" else None
+        forward_only = name.startswith("forward")
+        self.optimizer = None if forward_only else torch.optim.AdamW(trainable, lr=1e-4, betas=(0.9, 0.98), weight_decay=0.1)
         named = dict(model.named_parameters())
         self.pairs = [(named[n], m) for n, m in masks.items()] if masks is not None else []
 
@@ -96,8 +99,8 @@ def build(name: str, args, scoring_batches) -> tuple[Variant, dict]:
     model = minilm(args.dtype, args.device, **({"attention_probs_dropout_prob": 0.0} if no_attention_dropout else {}))
     name = name.removesuffix("_no_attn_dropout")
     extra: dict = {}
-    if name == "forward":
-        model.eval()
+    if name in ("forward", "forward_train"):
+        model.train(name == "forward_train")
         return Variant(name, model), extra
     if name in ("dense_houlsby", "sparse_houlsby"):
         prunable = HoulsbyConfig(bottleneck=64).attach(model)
@@ -215,6 +218,8 @@ def main() -> None:
         "sparse_over_dense": median["sparse_houlsby"] / median["dense_houlsby"],
         "ours_over_peft_lora": median["ours_lora"] / median["peft_lora"],
         "houlsby_over_forward": median["dense_houlsby"] / median["forward"],
+        "forward_train_over_forward": median["forward_train"] / median["forward"],
+        "houlsby_over_forward_train": median["dense_houlsby"] / median["forward_train"],
         "houlsby_no_attn_dropout_over_forward": median["dense_houlsby_no_attn_dropout"] / median["forward"],
         "prune_snip_over_step": extra["prune_snip_seconds"] / step,
         "prune_grasp_over_step": extra["prune_grasp_seconds"] / step,

@@ -129,3 +129,14 @@ def test_adapter_file_round_trip(tmp_path):
     model.eval(), fresh.eval()
     batch = inputs(tokenizer)
     torch.testing.assert_close(fresh(**batch).logits, model(**batch).logits)
+
+
+def test_mask_set_state_dict_round_trip_and_reserved_names():
+    masks = MaskSet({"layer.0.adapter.down.weight": torch.tensor([[True, False]]), "head.weight": torch.tensor([False, True])})
+    restored = MaskSet()
+    restored.load_state_dict(masks.state_dict())  # a fresh set creates the buffers it is given
+    assert dict(restored.items()).keys() == dict(masks.items()).keys()
+    assert all(torch.equal(restored[n], m) for n, m in masks.items())
+    assert "layer.0.adapter.down.weight" in restored and "my__weight" not in restored
+    with pytest.raises(ValueError, match="'__'"):
+        MaskSet({"my__weight": torch.ones(2, dtype=torch.bool)})

@@ -9,6 +9,10 @@ from torch import nn
 
 
 def _buffer_name(parameter_name: str) -> str:
+    """Buffer names cannot hold '.', so '.' becomes '__'; a name already holding '__' could not be
+    read back unambiguously from a checkpoint, so it is refused."""
+    if "__" in parameter_name:
+        raise ValueError(f"MaskSet: parameter name '{parameter_name}' contains '__', which mask buffer names reserve for '.'")
     return parameter_name.replace(".", "__")
 
 
@@ -40,7 +44,7 @@ class MaskSet(nn.Module):
         return iter(self._names.values())
 
     def __contains__(self, parameter_name: object) -> bool:
-        return isinstance(parameter_name, str) and _buffer_name(parameter_name) in self._names
+        return isinstance(parameter_name, str) and "__" not in parameter_name and _buffer_name(parameter_name) in self._names
 
     def items(self) -> Iterator[tuple[str, torch.Tensor]]:
         for buffer, name in self._names.items():
