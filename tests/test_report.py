@@ -61,3 +61,13 @@ def test_a_table_appears_once_one_of_its_own_rows_ran(tmp_path):
     write_run(tmp_path, "rte", "dense", 1, 0.5)
     text = report(load_summaries([tmp_path]))
     assert "Table 1" in text and "Table 2" not in text and "Table 3" not in text
+
+
+def test_each_table_shows_the_papers_reference_for_its_backbone(tmp_path):
+    write_run(tmp_path, "rte", "snip", 1, 0.6)
+    write_run(tmp_path, "rte", "snip_s60", 1, 0.5, sparsity=0.6)
+    main([str(tmp_path), "--out", str(tmp_path / "out")])
+    text = (tmp_path / "out" / "report.md").read_text()
+    table1, table2 = text.split("### Table 2")
+    assert "paper BERT Avg." in table1 and "| 74.2 |" in table1  # Table 1: BERT-base
+    assert "paper RoBERTa Avg." in table2 and "| 78.6 |" in table2 and "| 78.2 |" in table2  # Table 2: RoBERTa only
