@@ -14,9 +14,10 @@ Ratios (the contract of issue 3; lower is better):
   prune_snip_over_step    PruneAtInit time (SNIP, default batches) / one sparse training step
   prune_grasp_over_step   the same for GraSP
   prune_*_over_rte10      PruneAtInit time / a 10-epoch RTE run (780 steps at this step time)
-Each step is forward + backward + AdamW step (+ the mask calls MaskEnforcement makes); timings
-are medians over --steps after --warmup, variants interleaved round by round so that drift in
-machine load hits all of them alike. Peak memory: CUDA peak allocated per variant, or on CPU the
+Each step is forward + backward + AdamW step (+ the mask calls MaskEnforcement makes). Variants
+run interleaved, one step each per round in a new order, for --steps rounds after --warmup; a step
+ratio is the median over rounds of that round's ratio (paired, so drift in machine load cancels),
+printed with its interquartile range as the noise. Peak memory: CUDA peak allocated per variant, or on CPU the
 peak RSS of a fresh subprocess that runs the variant alone.
 """
 
@@ -46,6 +47,30 @@ from sparse_adapter.pruning import MaskSet, PrunerConfig, mask_gradients_, mask_
 
 VARIANTS = ("forward", "forward_train", "dense_houlsby", "sparse_houlsby", "ours_lora", "peft_lora", "dense_houlsby_no_attn_dropout")
 RTE_STEPS_10_EPOCHS = 10 * math.ceil(2490 / 32)
+PAIRS = {  # step ratio: (numerator, denominator) variants
+    "sparse_over_dense": ("sparse_houlsby", "dense_houlsby"),
+    "ours_over_peft_lora": ("ours_lora", "peft_lora"),
+    "houlsby_over_forward": ("dense_houlsby", "forward"),
+    "forward_train_over_forward": ("forward_train", "forward"),
+    "houlsby_over_forward_train": ("dense_houlsby", "forward_train"),
+    "houlsby_no_attn_dropout_over_forward": ("dense_houlsby_no_attn_dropout", "forward"),
+}
+TARGETS = {"sparse_over_dense": 1.02, "ours_over_peft_lora": 1.00, "houlsby_over_forward": 2.1,
+           "houlsby_no_attn_dropout_over_forward": 2.1, "prune_snip_over_rte10": 0.01, "prune_grasp_over_rte10": 0.01}
+
+
+def quartiles(values: list[float]) -> tuple[float, float]:
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    return q1, q3
+
+
+def verdict(value: float, target: float | None, low: float | None, high: float | None) -> str:
+    """'yes'/'no' by the median; 'within noise' when the target lies inside the interquartile range."""
+    if target is None:
+        return ""
+    if low is not None and low <= target <= high:
+        return f"within noise ({'yes' if value <= target else 'no'} by the median)"
+    return "yes" if value <= target else "no"
 
 
 def minilm(dtype: torch.dtype, device: str, **config):
@@ -108,12 +133,15 @@ def build(name: str, args, scoring_batches) -> tuple[Variant, dict]:
             return Variant(name, model), extra
         named = dict(model.named_parameters())
         params = {n: named[n] for n in prunable}
+        loss_fn = lambda b, temperature=1.0: loss_of(model, b, temperature)  # noqa: E731
+        model.eval()
         for scorer in ("snip", "grasp"):
-            model.eval()
+            # one untimed scoring batch first: a process's cold start (first-call allocations,
+            # kernel selection) is paid once per run, by the first training step if nothing prunes
+            prune(params, 0.4, PrunerConfig(scorer, batches=1), loss_fn, scoring_batches[:1], model=model)
             sync(args.device)
             start = time.perf_counter()
-            masks = prune(params, 0.4, PrunerConfig(scorer, batches=args.prune_batches), lambda b, temperature=1.0: loss_of(model, b, temperature),
-                          scoring_batches, model=model)
+            masks = prune(params, 0.4, PrunerConfig(scorer, batches=args.prune_batches), loss_fn, scoring_batches, model=model)
             sync(args.device)
             extra[f"prune_{scorer}_seconds"] = time.perf_counter() - start
         model.train()
@@ -213,21 +241,15 @@ def main() -> None:
     if not args.device.startswith("cuda"):
         memory = {name: peak_memory_mb(name, args) for name in names}
 
+    # Step ratios are paired: each round's two timings of a pair share that round's machine load,
+    # so the median of per-round ratios (and its interquartile range, the noise) is what we report.
+    paired = {key: [a / b for a, b in zip(times[top], times[bottom])] for key, (top, bottom) in PAIRS.items()}
+    ratios = {key: statistics.median(values) for key, values in paired.items()}
+    spread = {key: quartiles(values) for key, values in paired.items()}
     step = median["sparse_houlsby"]
-    ratios = {
-        "sparse_over_dense": median["sparse_houlsby"] / median["dense_houlsby"],
-        "ours_over_peft_lora": median["ours_lora"] / median["peft_lora"],
-        "houlsby_over_forward": median["dense_houlsby"] / median["forward"],
-        "forward_train_over_forward": median["forward_train"] / median["forward"],
-        "houlsby_over_forward_train": median["dense_houlsby"] / median["forward_train"],
-        "houlsby_no_attn_dropout_over_forward": median["dense_houlsby_no_attn_dropout"] / median["forward"],
-        "prune_snip_over_step": extra["prune_snip_seconds"] / step,
-        "prune_grasp_over_step": extra["prune_grasp_seconds"] / step,
-        "prune_snip_over_rte10": extra["prune_snip_seconds"] / (RTE_STEPS_10_EPOCHS * step),
-        "prune_grasp_over_rte10": extra["prune_grasp_seconds"] / (RTE_STEPS_10_EPOCHS * step),
-    }
-    targets = {"sparse_over_dense": 1.02, "ours_over_peft_lora": 1.00, "houlsby_over_forward": 2.1, "houlsby_no_attn_dropout_over_forward": 2.1,
-               "prune_snip_over_rte10": 0.01, "prune_grasp_over_rte10": 0.01}
+    for scorer in ("snip", "grasp"):
+        ratios[f"prune_{scorer}_over_step"] = extra[f"prune_{scorer}_seconds"] / step
+        ratios[f"prune_{scorer}_over_rte10"] = extra[f"prune_{scorer}_seconds"] / (RTE_STEPS_10_EPOCHS * step)
 
     print(f"\nMiniLM, batch {args.batch_size}, seq {args.seq_len}, {args.device}, {str(args.dtype).removeprefix('torch.')}, "
           f"torch threads {torch.get_num_threads()}, median of {args.steps} after {args.warmup} warm-up\n")
@@ -235,14 +257,14 @@ def main() -> None:
     for name in names:
         print(f"| {name} | {1000 * median[name]:.1f} | {1000 * min(times[name]):.1f} | {memory[name]:.0f} |")
     print(f"\nPruneAtInit ({args.prune_batches} batches): SNIP {extra['prune_snip_seconds']:.2f} s, GraSP {extra['prune_grasp_seconds']:.2f} s\n")
-    print("| ratio | value | target | met |\n|---|---:|---:|---|")
+    print("| ratio | value | IQR over rounds | target | met |\n|---|---:|---:|---:|---|")
     for key, value in ratios.items():
-        target = targets.get(key)
-        met = "" if target is None else ("yes" if value <= target else "no")
-        print(f"| {key} | {value:.4f} | {'' if target is None else target} | {met} |")
+        target, (low, high) = TARGETS.get(key), spread.get(key, (None, None))
+        iqr = "" if low is None else f"{low:.3f}–{high:.3f}"
+        print(f"| {key} | {value:.4f} | {iqr} | {'' if target is None else target} | {verdict(value, target, low, high)} |")
     result = {"device": args.device, "dtype": str(args.dtype), "batch_size": args.batch_size, "seq_len": args.seq_len,
               "threads": torch.get_num_threads(), "steps": args.steps, "median_seconds": median, "peak_memory_mib": memory,
-              **extra, "ratios": ratios}
+              "seconds_per_round": times, **extra, "ratios": ratios, "ratio_quartiles": spread}
     print(json.dumps({"ratios": ratios}))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
