@@ -39,8 +39,17 @@ def load_adapter(model: nn.Module, path: str | Path) -> None:
 
 
 def write_json_atomic(data: dict, path: str | Path) -> None:
-    """Write JSON through a temporary file so a crash never leaves a half-written file."""
+    """Write JSON through a temporary file so a crash never leaves a half-written file.
+
+    The temporary name is unique per call: two writers sharing one fixed ``.tmp`` name truncate
+    each other's file and can publish corrupt JSON.
+    """
     path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(temporary, path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)

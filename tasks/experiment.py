@@ -5,7 +5,6 @@ Kept apart from ``train.py`` so tests and scripts can call it with a config they
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -14,10 +13,15 @@ import lightning as L
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from callbacks import MaskEnforcement, PruneAtInit
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from callbacks import FiniteGuard, MaskEnforcement, PruneAtInit, RunState
 from sparse_adapter.errors import ConfigError
 from sparse_adapter.io import save_adapter, write_json_atomic
 from sparse_adapter.pruning import PrunerConfig, check_sparsity
+from tasks import rundir
+from tasks.resume import check_matches, read_checkpoint
+from tasks.validation import check_budget, max_positions, validate_config
 
 log = logging.getLogger(__name__)
 SUMMARY = "summary.json"
@@ -48,21 +52,31 @@ def publish_summary(loggers: list, summary: dict) -> None:
             experiment.finish()
 
 
-def finished_summary(output_dir: Path) -> dict | None:
-    path = output_dir / SUMMARY
-    if path.is_file():
-        summary = json.loads(path.read_text())
-        if summary.get("status") == "complete":
-            return summary
-    return None
+finished_summary = rundir.finished_summary
 
 
 def run(cfg: DictConfig, output_dir: Path) -> float:
-    """Train and validate once; write ``summary.json`` and ``adapter.safetensors`` in ``output_dir``."""
+    """Train and validate once; write ``summary.json`` and ``adapter.safetensors`` in ``output_dir``.
+
+    The directory is locked for the run (``tasks.rundir``): a second run there is refused, not mixed in.
+    """
+    validate_config(cfg)
     if cfg.get("skip_finished") and (done := finished_summary(output_dir)):
         log.info("skip_finished: %s already holds a complete summary", output_dir)
         return done["metrics"][done["main_metric"]]
+    owner = rundir.is_launching_process()
+    if owner:
+        rundir.claim(output_dir, resuming=bool(cfg.get("ckpt_path")))
+    try:
+        return _run(cfg, output_dir)
+    finally:
+        if owner:
+            rundir.release(output_dir)
+
+
+def _run(cfg: DictConfig, output_dir: Path) -> float:
     started = time.perf_counter()
+    recorded = read_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else None
     task = instantiate(cfg.task, _convert_="object")
     adapter = instantiate(cfg.adapter, _convert_="object")
     pruner = instantiate(cfg.pruner, _convert_="object")
@@ -84,17 +98,32 @@ def run(cfg: DictConfig, output_dir: Path) -> float:
         pruner = PrunerConfig(scorer=None)
     if not pruner.enabled:
         sparsity = 0.0  # a dense adapter or full fine-tuning: nothing is pruned, whatever `sparsity` says
+    record = {
+        "task": task.name, "backbone": cfg.backbone_name, "adapter": cfg.adapter_name, "adapter_config": dict(vars(adapter)),
+        "pruner": pruner.scorer or "none", "scope": pruner.scope if pruner.enabled else None, "sparsity": sparsity,
+        "large_sparse": cfg.get("large_sparse"), "seed": cfg.seed,
+    }
+    if recorded is not None:
+        check_matches(cfg.ckpt_path, recorded, record)
+    elif pruner.enabled:
+        shapes = {name: tuple(p.shape) for name, p in module.prunable_parameters().items()}
+        check_budget(shapes, sparsity, pruner.scope)
     data_dir = to_absolute_path(cfg.data_dir) if cfg.get("data_dir") else None
-    datamodule = task.datamodule_class()(task=task, tokenizer=module.tokenizer, data_dir=data_dir, **cfg.data)
+    datamodule = task.datamodule_class()(
+        task=task, tokenizer=module.tokenizer, data_dir=data_dir, seed=cfg.seed, max_positions=max_positions(module.model), **cfg.data
+    )
     datamodule.setup("fit")  # fail on bad data before any training
 
     pruning = PruneAtInit(pruner, sparsity, seed=cfg.seed)
-    callbacks = [pruning, MaskEnforcement()] + [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    guard = FiniteGuard(hint=f"lower optimizer.lr (now {optimizer.lr:g}) or check the data")
+    callbacks = [pruning, MaskEnforcement(), RunState(record), guard]
+    callbacks += [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     config_dict = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:
         logger.log_hyperparams(config_dict)
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    checkpointing = any(isinstance(c, ModelCheckpoint) for c in callbacks)  # Lightning refuses one with it off
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, enable_checkpointing=checkpointing)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k.removeprefix("val/"): float(v) for k, v in trainer.validate(module, datamodule=datamodule, verbose=False)[0].items()}
 
@@ -104,12 +133,13 @@ def run(cfg: DictConfig, output_dir: Path) -> float:
         "backbone": cfg.backbone_name,
         "adapter": cfg.adapter_name,
         "row": cfg.get("row_name"),
-        "adapter_config": dict(vars(adapter)),
-        "pruner": pruner.scorer or "none",
-        "scope": pruner.scope if pruner.enabled else None,
+        "adapter_config": record["adapter_config"],
+        "pruner": record["pruner"],
+        "scope": record["scope"],
         "sparsity": sparsity,
         "large_sparse": cfg.get("large_sparse"),
         "seed": cfg.seed,
+        "resumed_from": str(cfg.ckpt_path) if cfg.get("ckpt_path") else None,
         "main_metric": task.main_metric,
         "metrics": metrics,
         **module.parameter_report(),

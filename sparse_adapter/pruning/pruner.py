@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from sparse_adapter.backbones import second_order_attention
-from sparse_adapter.errors import ConfigError
+from sparse_adapter.errors import ConfigError, NumericalError
 from sparse_adapter.pruning.allocation import SCOPES, select
 from sparse_adapter.pruning.scorers import SCORERS, LossFn
 
@@ -85,4 +85,10 @@ def prune(
         params=params, loss_fn=loss_fn, batches=batches, generator=generator,
         temperature=config.temperature, double_backward=double_backward,
     )
+    for name, score in scores.items():  # a NaN ranks arbitrarily: refuse it before it picks the topology
+        if not bool(torch.isfinite(score).all()):
+            raise NumericalError(
+                f"pruner.scorer={config.scorer}: the scores of {name} hold NaN/Inf; check adapter.init_std, the data"
+                " and the scoring loss (pruner=random needs no scores)"
+            )
     return select(scores, sparsity, config.scope, generator)

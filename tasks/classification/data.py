@@ -7,11 +7,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
 from sparse_adapter.backbones import hub_reachable
 from sparse_adapter.errors import ConfigError
+from tasks.classification.tsv import check_tsv
+from tasks.sampling import ResumableSampler
 
 DATA_ENV = "SPARSE_ADAPTER_DATA"
 
@@ -66,6 +69,8 @@ def load_glue(task: GlueTask, data_dir: str | None):
         missing = [str(f) for f in files.values() if not f.is_file()]
         if missing:
             raise ConfigError(f"data_dir: missing {', '.join(missing)} (set {DATA_ENV} to the folder that holds glue/)")
+        for path in files.values():
+            check_tsv(path, task)
         # Quoting off (fields hold unbalanced quotes), BOM stripped (MRPC), "NA"/"null" kept as text.
         options = dict(delimiter="\t", quoting=csv.QUOTE_NONE, keep_default_na=False, na_filter=False, encoding="utf-8-sig")
         if task.columns:
@@ -79,6 +84,14 @@ def load_glue(task: GlueTask, data_dir: str | None):
         raw = {"train": raw["train"], "validation": raw["validation"]}
         text_fields, label_field = task.hub_text_fields, task.hub_label_field
     return {split: _normalise(dataset, task, text_fields, label_field) for split, dataset in raw.items()}
+
+
+def glue_row(task: GlueTask, data_dir: str | None, split: str, index: int) -> str:
+    """Where row ``index`` of ``split`` came from, as a file and line (or a hub split and row)."""
+    if not data_dir:
+        return f"{task.hub_name}/{task.name} {split} row {index}"
+    file = Path(data_dir).expanduser() / "glue" / task.directory / ("train.tsv" if split == "train" else "dev.tsv")
+    return f"{file} line {index + (1 if task.columns else 2)}"
 
 
 def _normalise(dataset, task: GlueTask, text_fields: list[str], label_field: str):
@@ -111,6 +124,8 @@ class GlueDataModule(L.LightningDataModule):
         max_train_samples: int | None = None,
         max_eval_samples: int | None = None,
         num_workers: int = 0,
+        seed: int = 0,
+        max_positions: int | None = None,
     ):
         super().__init__()
         self.task, self.tokenizer = task, tokenizer
@@ -118,6 +133,8 @@ class GlueDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.max_train_samples, self.max_eval_samples = max_train_samples, max_eval_samples
         self.num_workers = num_workers
+        self.seed, self.max_positions = seed, max_positions
+        self.sampler: ResumableSampler | None = None
         self.datasets = None
         self.collate = DataCollatorWithPadding(tokenizer)
 
@@ -132,13 +149,31 @@ class GlueDataModule(L.LightningDataModule):
                 dataset = dataset.select(range(min(limits[split], len(dataset))))
             texts = [c for c in ("text_a", "text_b") if c in dataset.column_names]
             self.datasets[split] = dataset.map(self._tokenize, batched=True, remove_columns=texts, desc=f"{self.task.name}: tokenize")
+            self._check_lengths(split)
+        self.sampler = ResumableSampler(len(self.datasets["train"]), self.seed)
+
+    def _check_lengths(self, split: str) -> None:
+        """A row longer than the model's positions would crash inside the embedding, mid-training; name it now."""
+        if not self.max_positions or self.max_length <= self.max_positions:
+            return
+        lengths = [len(ids) for ids in self.datasets[split]["input_ids"]]
+        too_long = next((i for i, n in enumerate(lengths) if n > self.max_positions), None)
+        if too_long is not None:
+            where = glue_row(self.task, self.data_dir, split, too_long)
+            raise ConfigError(
+                f"data.max_length={self.max_length}: {where} has {lengths[too_long]} tokens, more than the backbone's"
+                f" {self.max_positions} positions; set data.max_length ≤ {self.max_positions}"
+            )
 
     def _tokenize(self, rows):
         texts = [rows["text_a"]] + ([rows["text_b"]] if "text_b" in rows else [])
         return self.tokenizer(*texts, truncation=True, max_length=self.max_length)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.datasets["train"], batch_size=self.batch_size, shuffle=True, collate_fn=self.collate, num_workers=self.num_workers)
+        # an own generator: creating the iterator must not draw from the global RNG (dropout's), or a resumed run drifts
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.datasets["train"], batch_size=self.batch_size, sampler=self.sampler, collate_fn=self.collate,
+                          num_workers=self.num_workers, generator=generator)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.datasets["validation"], batch_size=self.eval_batch_size, collate_fn=self.collate, num_workers=self.num_workers)

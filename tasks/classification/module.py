@@ -38,10 +38,11 @@ class ClassificationModule(AdapterModule):
     def validation_step(self, batch, batch_idx):
         logits = self(batch)
         labels = batch["labels"]
-        self.log("val/loss", self.loss(logits, labels), batch_size=labels.shape[0])
+        self.log("val/loss", self.loss(logits, labels), batch_size=labels.shape[0], sync_dist=True)  # mean over ranks
         predictions = logits.squeeze(-1) if self.task.is_regression else logits.argmax(-1)
         self.val_metrics.update(predictions, labels)
 
     def on_validation_epoch_end(self):
+        # torchmetrics' compute() gathers every rank's state under DDP, so each rank logs the whole dev set's metric
         self.log_dict({k: v.float() for k, v in self.val_metrics.compute().items()}, prog_bar=True)
         self.val_metrics.reset()

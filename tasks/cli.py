@@ -1,0 +1,155 @@
+"""The command line's error contract: bad input or a failed run prints one ``error:`` line and exits 2.
+
+``train.py`` and the tests go through the same functions: ``compose_checked`` turns Hydra's
+multi-line composition errors into one ``ConfigError``, ``run_checked`` runs the experiment and
+reports ``ConfigError``/``NumericalError`` as one line, and ``expand_resume`` turns
+``resume=<run dir>`` into the overrides that run was started with.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from pathlib import Path
+
+import yaml
+from omegaconf import DictConfig
+
+from sparse_adapter.errors import ConfigError, NumericalError
+from tasks import rundir
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+EXIT_CODE = 2
+FAILURES = (ConfigError, NumericalError)
+RESUME = "resume="
+log = logging.getLogger("train")
+
+
+def one_line(text: str) -> str:
+    """Collapse a multi-line message (Hydra's, OmegaConf's) into one line, dropping type noise."""
+    lines = [line.strip() for line in str(text).splitlines()]
+    kept = [line for line in lines if line and not line.startswith(("object_type=", "Set the environment variable HYDRA_FULL_ERROR"))]
+    return re.sub(r"\s+", " ", "; ".join(kept)).strip()
+
+
+# Hydra's composition errors, rephrased to name the setting first (pattern on the one-line text → message).
+REPHRASE: list[tuple[re.Pattern, str]] = [
+    (re.compile(r"^.*?Could not override '([^']+)'.*?To append to your config use \+([^;\s]+).*$"),
+     r"\1: not a setting of the config (to add a key the config lacks, use +\2)"),
+    (re.compile(r"^.*?Could not find '([^'/]+)/([^']+)'; Available options in '[^']+':; (.*?); Config search path.*$"),
+     r"\1=\2: unknown option (choose from: \3)"),
+    (re.compile(r"^.*?Could not find '([^']+)'; Config search path.*$"), r"\1: no such config"),
+]
+
+
+def rephrase(message: str) -> str:
+    for pattern, replacement in REPHRASE:
+        if pattern.search(message):
+            return pattern.sub(replacement, message, count=1)
+    return message
+
+
+def _bad_override(overrides: list[str]) -> str | None:
+    """The first override Hydra's grammar rejects (its own message does not say which)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parser.parse_overrides([override])
+        except OverrideParseException:
+            return override
+    return None
+
+
+def report(error: BaseException) -> None:
+    message = one_line(str(error))
+    log.error("%s", message)
+    print(f"error: {message}", file=sys.stderr)
+
+
+def compose_checked(overrides: list[str]) -> DictConfig:
+    """Compose ``train`` with ``overrides`` (Hydra config included); any composition error becomes a ConfigError."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+            return compose("train", overrides=list(overrides), return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException, ValueError) as error:
+        cause = error.__cause__ if isinstance(error.__cause__, (HydraException, OmegaConfBaseException)) else None
+        detail = f"{error}; {cause}" if cause and str(cause) not in str(error) else str(error)
+        bad = _bad_override(overrides)
+        if bad:
+            detail = f"{bad}: cannot parse this override ({detail})"
+        raise ConfigError(rephrase(one_line(detail).replace(".;", ";"))) from error
+
+
+def run_checked(cfg: DictConfig, output_dir: Path) -> float:
+    """``tasks.experiment.run``, with bad input and failed runs reported as one line and exit code 2."""
+    from tasks.experiment import run
+
+    try:
+        return run(cfg, output_dir)
+    except FAILURES as error:
+        report(error)
+        raise SystemExit(EXIT_CODE) from None
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def expand_resume(argv: list[str]) -> list[str]:
+    """``resume=DIR [overrides]`` → the overrides DIR was started with, then the new ones, run in DIR from its last.ckpt.
+
+    Overrides given again replace the saved ones; the checkpoint check in ``tasks.resume`` then refuses
+    any that contradict what the checkpoint trained.
+    """
+    given = [a for a in argv if a.startswith(RESUME)]
+    if not given:
+        return argv
+    directory = Path(given[-1][len(RESUME):]).expanduser()
+    saved_file = directory / ".hydra" / "overrides.yaml"
+    if not saved_file.is_file():
+        raise ConfigError(f"resume={directory}: no run there ({saved_file} is missing); pass the run directory of an earlier run")
+    checkpoint = directory / rundir.LAST_CHECKPOINT
+    if not checkpoint.is_file():
+        raise ConfigError(f"resume={directory}: no {rundir.LAST_CHECKPOINT} there; runs are resumable when started with callbacks=resumable")
+    try:
+        saved = yaml.safe_load(saved_file.read_text()) or []
+    except yaml.YAMLError as error:
+        raise ConfigError(f"resume={directory}: {saved_file} is not readable YAML ({one_line(str(error))})") from error
+    new = [a for a in argv if not a.startswith(RESUME)]
+    flags = [a for a in new if a.startswith("-")]
+    if flags:
+        raise ConfigError(f"resume={directory}: resumes one run; drop {' '.join(flags)}")
+    replaced = {_key(a) for a in new} | {"hydra.run.dir", "ckpt_path"}
+    kept = [str(a) for a in saved if _key(str(a)) not in replaced]
+    return [*kept, *new, f"hydra.run.dir={directory.resolve()}", f"ckpt_path={checkpoint.resolve()}"]
+
+
+def precheck(argv: list[str]) -> list[str]:
+    """Expand ``resume=``, compose once and claim the run directory, before Hydra writes anything.
+
+    Returns the argv Hydra should parse. Sweeps (-m) are checked per job instead: their overrides hold
+    comma lists and ranges that only the sweeper expands. Processes started by Lightning's DDP launcher
+    (ranks > 0) skip all of this: rank 0 checked the same command.
+    """
+    if not rundir.is_launching_process():
+        return argv
+    try:
+        argv = expand_resume(argv)
+        if any(a.startswith("-") for a in argv):
+            return argv  # -m, --cfg, --help, -cn ...: Hydra's own handling
+        cfg = compose_checked(argv)
+        explicit_dir = next((a.split("=", 1)[1] for a in reversed(argv) if _key(a) == "hydra.run.dir"), None)
+        if explicit_dir:
+            rundir.claim(Path(explicit_dir), resuming=bool(cfg.get("ckpt_path")))
+    except ConfigError as error:
+        report(error)
+        raise SystemExit(EXIT_CODE) from None
+    return argv

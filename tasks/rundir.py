@@ -1,0 +1,87 @@
+"""One run per directory: a lock held while a run lives, and no run written over a finished one.
+
+Two runs sharing a directory would interleave their logs, checkpoints and summaries. The lock is
+an ``flock`` on ``.run.lock``: the kernel drops it when the holder dies (even by SIGKILL), so an
+interrupted run can be resumed in place, and no stale lock file ever needs cleaning up.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+
+from sparse_adapter.errors import ConfigError
+
+LOCK = ".run.lock"
+SUMMARY = "summary.json"
+LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+_held: dict[Path, int] = {}  # directories this process has claimed -> lock file descriptor
+
+
+def is_launching_process() -> bool:
+    """False in the processes Lightning's DDP launcher starts for ranks > 0: they share rank 0's directory."""
+    return all(int(os.environ.get(name, "0") or 0) == 0 for name in ("LOCAL_RANK", "NODE_RANK", "RANK"))
+
+
+def read_summary(directory: Path) -> dict | None:
+    """The run's summary, or None; a corrupt summary is an error naming the file, never a traceback."""
+    path = Path(directory) / SUMMARY
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not valid JSON ({error}); delete it or choose another hydra.run.dir") from error
+    if not isinstance(summary, dict):
+        raise ConfigError(f"{path}: not a run summary (a JSON object was expected)")
+    return summary
+
+
+def finished_summary(directory: Path) -> dict | None:
+    summary = read_summary(directory)
+    return summary if summary and summary.get("status") == "complete" else None
+
+
+def claim(directory: Path, resuming: bool) -> None:
+    """Lock ``directory`` for this process, refusing a directory in use, finished, or interrupted.
+
+    Idempotent within a process (train.py claims before Hydra writes into the directory, the run
+    claims again). Raises ConfigError naming the directory and what to do instead.
+    """
+    directory = Path(directory).resolve()
+    if directory in _held:
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(descriptor, 64).decode(errors="replace").strip() or "?"
+        os.close(descriptor)
+        raise ConfigError(f"hydra.run.dir: {directory} is in use by a running run (pid {holder}); choose another directory") from None
+    os.ftruncate(descriptor, 0)
+    os.write(descriptor, f"{os.getpid()}\n".encode())
+    _held[directory] = descriptor
+    try:
+        if finished_summary(directory):
+            raise ConfigError(
+                f"hydra.run.dir: {directory} already holds a complete run ({SUMMARY}); choose another directory"
+                " (sweeps: skip_finished=true skips finished jobs)"
+            )
+        if not resuming and (directory / LAST_CHECKPOINT).is_file():
+            raise ConfigError(
+                f"hydra.run.dir: {directory} holds an interrupted run; resume it with `python train.py resume={directory}`"
+                " or choose another directory"
+            )
+    except ConfigError:
+        release(directory)
+        raise
+
+
+def release(directory: Path) -> None:
+    descriptor = _held.pop(Path(directory).resolve(), None)
+    if descriptor is not None:
+        fcntl.flock(descriptor, fcntl.LOCK_UN)
+        os.close(descriptor)
