@@ -12,18 +12,44 @@ import os
 import uuid
 from pathlib import Path
 
+import random
+
 import lightning as L
-from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
+import numpy as np
+import torch
 
 log = logging.getLogger(__name__)
 KEY = "sparse_adapter"  # where RunState puts its part of the checkpoint
+
+
+def rng_states() -> dict:
+    """Every global RNG as tensors, ints and tuples only, so checkpoints load with ``weights_only=True``."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    kind, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 class RunState(L.Callback):
     """Save the run record, RNG states and data position into every checkpoint; restore them on resume.
 
     RNGs are restored at ``on_train_start``, the last hook before the first resumed step draws from
-    them; the data position goes to the datamodule's ``ResumableSampler`` at the epoch's start.
+    them; the data position goes to the datamodule's ``ResumableSampler`` as soon as the checkpoint loads.
     """
 
     def __init__(self, record: dict):
@@ -31,32 +57,31 @@ class RunState(L.Callback):
         self.loaded: dict | None = None
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict) -> None:
+        batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed
         checkpoint[KEY] = {
             "run": self.record,
-            "rng": _collect_rng_states(),
+            "rng": rng_states(),
             "epoch": trainer.current_epoch,
-            "batches": trainer.fit_loop.epoch_loop.batch_progress.current.processed,
+            "batches": batches,
+            "epoch_done": batches >= trainer.num_training_batches,
         }
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict) -> None:
+        """Runs before Lightning builds the training iterator, so the sampler can start mid-epoch."""
         self.loaded = checkpoint.get(KEY)
-
-    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
-        if self.loaded:
-            _set_rng_states(self.loaded["rng"])
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
-        if not self.loaded:
-            return
-        state, self.loaded = self.loaded, None
-        batches = state["batches"]
-        if trainer.current_epoch != state["epoch"] or not 0 < batches < trainer.num_training_batches:
+        if not self.loaded or self.loaded["epoch_done"] or not self.loaded["batches"]:
             return  # saved at an epoch's end: the next epoch starts from its first batch anyway
         sampler = getattr(trainer.datamodule, "sampler", None)
         if trainer.world_size > 1 or not hasattr(sampler, "skip_next"):
-            log.warning("resume: restarting epoch %d from its first batch (exact mid-epoch resume needs one process)", state["epoch"])
+            log.warning("resume: epoch %d restarts from its first batch (exact mid-epoch resume needs one process)", self.loaded["epoch"])
             return
-        sampler.skip_next(batches * trainer.datamodule.batch_size)
+        sampler.set_epoch(self.loaded["epoch"])
+        sampler.skip_next(self.loaded["batches"] * trainer.datamodule.batch_size)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
+        if self.loaded:
+            set_rng_states(self.loaded["rng"])
+            self.loaded = None
 
 
 class LastCheckpoint(L.Callback):

@@ -147,7 +147,7 @@ def precheck(argv: list[str]) -> list[str]:
             return argv  # -m, --cfg, --help, -cn ...: Hydra's own handling
         cfg = compose_checked(argv)
         explicit_dir = next((a.split("=", 1)[1] for a in reversed(argv) if _key(a) == "hydra.run.dir"), None)
-        if explicit_dir:
+        if explicit_dir and not (cfg.get("skip_finished") and rundir.finished_summary(Path(explicit_dir))):
             rundir.claim(Path(explicit_dir), resuming=bool(cfg.get("ckpt_path")))
     except ConfigError as error:
         report(error)

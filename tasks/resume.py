@@ -26,7 +26,7 @@ def read_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"ckpt_path={path}: not a file (pass the checkpoint, e.g. <run dir>/checkpoints/last.ckpt, or use resume=<run dir>)")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only: no code runs
     except Exception as error:  # pickle, zip and torch errors all mean the same here
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ConfigError(f"ckpt_path={path}: not a readable checkpoint ({first})") from error

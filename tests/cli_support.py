@@ -1,0 +1,57 @@
+"""train.py's entry point, in-process and as a subprocess, with the error contract made checkable.
+
+``call_train`` runs exactly what ``python train.py ...`` runs (precheck, composition, ``run_checked``)
+without a new interpreter (about 8 s of imports saved per call) and returns the exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from tasks import rundir
+from tasks.cli import compose_checked, precheck, run_checked
+from tests.conftest import ROOT
+
+FAST = [
+    "backbone=tiny-bert", "trainer=smoke", "logger=csv",
+    "data.max_train_samples=32", "data.max_eval_samples=16", "data.batch_size=8", "pruner.batches=2",
+]
+
+
+def call_train(*argv: str) -> int:
+    """``python train.py *argv`` in this process; returns the exit code (0, or 2 with one `error:` line on stderr)."""
+    run_dir = None
+    try:
+        args = precheck(list(argv))
+        cfg = compose_checked(args)
+        run_dir = Path(cfg.hydra.run.dir)
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(run_dir)
+        HydraConfig.instance().set_config(cfg)
+        saved = run_dir / ".hydra" / "overrides.yaml"  # Hydra records the task overrides; resume= reads them
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(yaml.safe_dump([a for a in args if not a.split("=", 1)[0].lstrip("+~").startswith("hydra")]))
+        run_checked(cfg, run_dir)
+        return 0
+    except SystemExit as exit_:
+        return exit_.code
+    finally:
+        for directory in [run_dir, *(Path(a.split("=", 1)[1]) for a in argv if a.startswith("hydra.run.dir="))]:
+            if directory is not None:
+                rundir.release(directory)
+
+
+def train_subprocess(*argv: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="offline", HYDRA_FULL_ERROR="0", OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "train.py", *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]

@@ -1,0 +1,44 @@
+"""Test-only callbacks, loaded by train.py through `+callbacks.<name>._target_=tests.helpers.<Class>` overrides."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import lightning as L
+import torch
+
+
+class KillAtStep(L.Callback):
+    """SIGKILL this process when training reaches optimizer step ``step``: a crash with no cleanup at all.
+
+    Kills once: it leaves ``marker`` behind, so the resumed run (started with the same overrides) goes on.
+    """
+
+    def __init__(self, step: int, marker: str):
+        self.step, self.marker = step, Path(marker)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step and not self.marker.exists():
+            self.marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class DumpRankState(L.Callback):
+    """Write each rank's masks, trained weights and dev metrics to ``<dirpath>/rank<r>.pt`` after training."""
+
+    def __init__(self, dirpath: str):
+        self.dirpath = Path(dirpath)
+
+    def on_validation_end(self, trainer, pl_module):
+        self.metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+
+    def on_train_end(self, trainer, pl_module):
+        state = {
+            "masks": {n: m.clone().cpu() for n, m in pl_module.masks.items()},
+            "weights": {n: p.detach().clone().cpu() for n, p in pl_module.model.named_parameters() if p.requires_grad},
+            "metrics": getattr(self, "metrics", {}),
+            "world_size": trainer.world_size,
+        }
+        torch.save(state, self.dirpath / f"rank{trainer.global_rank}.pt")

@@ -1,0 +1,110 @@
+"""Runs that survive a SIGKILL: resume from the run directory to the uninterrupted result; refuse other settings."""
+
+import fcntl
+import json
+import os
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tasks import rundir
+from tests.cli_support import FAST, call_train, error_lines, train_subprocess
+
+# 24 rows in batches of 4: 6 steps an epoch, 3 epochs; last.ckpt every 4 steps and at each epoch end
+RESUMABLE = [
+    *FAST, "data.max_train_samples=24", "data.batch_size=4", "trainer.max_steps=-1", "trainer.max_epochs=3",
+    "callbacks=resumable", "callbacks.last_checkpoint.every_n_train_steps=4",
+]
+KILL_STEP = 9  # mid epoch 1, one step after the step-8 checkpoint
+
+
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory, glue_dir):
+    """A run SIGKILLed at step 9 (its last.ckpt is from step 8): no summary, no adapter, a checkpoint."""
+    root = tmp_path_factory.mktemp("killed")
+    kill = ["+callbacks.kill._target_=tests.helpers.KillAtStep", f"+callbacks.kill.step={KILL_STEP}", f"+callbacks.kill.marker={root / 'killed'}"]
+    result = train_subprocess(*RESUMABLE, f"data_dir={glue_dir}", *kill, f"hydra.run.dir={root / 'run'}")
+    assert result.returncode == -9, result.stderr[-3000:]
+    run = root / "run"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert not (run / "summary.json").exists() and not (run / "adapter.safetensors").exists()
+    assert not list((run / "checkpoints").glob("*.tmp"))
+    return run
+
+
+def test_killed_run_resumes_to_the_uninterrupted_weights_and_metric(killed_run, tmp_path, glue_dir):
+    resumed = tmp_path / "resumed"
+    shutil.copytree(killed_run, resumed)
+    result = train_subprocess(f"resume={resumed}")  # the documented command, nothing else
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    straight = tmp_path / "straight"
+    assert call_train(*RESUMABLE, f"data_dir={glue_dir}", f"hydra.run.dir={straight}") == 0
+
+    got, want = json.loads((resumed / "summary.json").read_text()), json.loads((straight / "summary.json").read_text())
+    assert got["global_steps"] == want["global_steps"] == 18
+    assert got["resumed_from"].endswith("last.ckpt") and want["resumed_from"] is None
+    assert got["metrics"]["accuracy"] == want["metrics"]["accuracy"]
+    assert got["metrics"]["loss"] == pytest.approx(want["metrics"]["loss"], abs=1e-6)
+    assert (got["pruner"], got["sparsity"], got["layer_density"]) == (want["pruner"], want["sparsity"], want["layer_density"])
+    a, b = load_file(resumed / "adapter.safetensors"), load_file(straight / "adapter.safetensors")
+    assert set(a) == set(b)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("sparsity=0.8", "sparsity=0.4 (command line: 0.8)"),
+        ("pruner=random", "pruner=snip (command line: random)"),
+        ("pruner=none", "pruner=snip (command line: none)"),
+        ("pruner.scope=layer", "scope=global (command line: layer)"),
+        ("seed=7", "seed=42 (command line: 7)"),
+        ("adapter.bottleneck=16", "adapter.bottleneck=64 (command line: 16)"),
+        ("adapter=lora", "adapter=houlsby (command line: lora)"),
+        ("task=mrpc", "task=rte (command line: mrpc)"),
+    ],
+)
+def test_resume_with_other_settings_is_refused_naming_them(killed_run, tmp_path, capsys, override, named):
+    run = tmp_path / "run"
+    shutil.copytree(killed_run, run)
+    assert call_train(f"resume={run}", override) == 2
+    lines = error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and named in lines[0] and "ckpt_path" in lines[0]
+    assert not (run / "summary.json").exists() and not (run / "adapter.safetensors").exists()
+
+
+def test_a_dense_checkpoint_is_never_pruned_on_resume(tmp_path, glue_dir, capsys):
+    run = tmp_path / "dense"
+    dense = [*RESUMABLE, f"data_dir={glue_dir}", "pruner=none", "trainer.max_epochs=1"]
+    assert call_train(*dense, f"hydra.run.dir={run}") == 0
+    (run / "summary.json").unlink()  # as if killed after its last checkpoint
+    (run / "adapter.safetensors").unlink()
+    assert call_train(f"resume={run}", "pruner=snip") == 2
+    assert "pruner=none (command line: snip)" in error_lines(capsys.readouterr().err)[0]
+
+
+def test_an_interrupted_or_busy_or_finished_run_directory_is_not_reused(killed_run, tmp_path, glue_dir, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(killed_run, run)
+    args = [*RESUMABLE, f"data_dir={glue_dir}", f"hydra.run.dir={run}"]
+    assert call_train(*args) == 2  # a fresh run would mix its files with the interrupted one's
+    assert "resume=" in error_lines(capsys.readouterr().err)[0]
+
+    holder = os.open(run / rundir.LOCK, os.O_RDWR)  # another live run holds the directory's lock
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (flock locks belong to open files: this conflicts like a process)
+    try:
+        assert call_train(f"resume={run}") == 2
+        assert "in use by a running run" in error_lines(capsys.readouterr().err)[0]
+    finally:
+        os.close(holder)
+
+    assert call_train(f"resume={run}") == 0
+    assert call_train(f"resume={run}") == 2  # finished: nothing left to resume, nothing to overwrite
+    assert "already holds a complete run" in error_lines(capsys.readouterr().err)[0]
+    stamp = (run / "summary.json").stat().st_mtime_ns
+    assert call_train(*[a for a in args if not a.startswith("callbacks")], "skip_finished=true") == 0  # sweeps skip it
+    assert (run / "summary.json").stat().st_mtime_ns == stamp
