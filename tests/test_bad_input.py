@@ -1,0 +1,182 @@
+"""Every bad input ends in one `error:` line naming the setting or file, exit code 2, and nothing written.
+
+The cases run in-process through the same entry point as train.py (``tests.cli_support.call_train``);
+a few run as real subprocesses to check that no traceback reaches the terminal there either.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+
+from tests.cli_support import FAST, call_train, error_lines, train_subprocess
+from tests.conftest import data_dir
+
+GLUE = Path(data_dir() or "/nonexistent") / "glue"
+
+
+@dataclass
+class Env:
+    tmp: Path
+    glue: str
+
+    @property
+    def run(self) -> Path:
+        return self.tmp / "run"
+
+    def data(self, task_dir: str = "RTE", train: bytes | str | None = None, dev: bytes | str | None = None, rows: int = 40) -> str:
+        """A data_dir holding glue/<task_dir> made from the real files' first ``rows`` lines, ``train``/``dev`` replaced."""
+        folder = self.tmp / "data" / "glue" / task_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, content in (("train.tsv", train), ("dev.tsv", dev)):
+            if content is None:
+                lines = (GLUE / task_dir / name).read_bytes().splitlines(keepends=True)[:rows]
+                content = b"".join(lines)
+            (folder / name).write_bytes(content.encode() if isinstance(content, str) else content)
+        return str(self.tmp / "data")
+
+    def file(self, name: str, content: bytes) -> Path:
+        path = self.tmp / name
+        path.write_bytes(content)
+        return path
+
+
+RTE_HEADER = "index\tsentence1\tsentence2\tlabel\n"
+
+
+def rte(*rows: str) -> str:
+    return RTE_HEADER + "".join(f"{row}\n" for row in rows) + "".join(f"{100 + i}\tA dog runs.\tAn animal moves.\tentailment\n" for i in range(12))
+
+
+def fake_checkpoint(env: Env, record: dict | None) -> str:
+    """A checkpoint in Lightning's layout (state_dict + our run record), as written by an earlier run."""
+    path = env.tmp / "other.ckpt"
+    torch.save({"state_dict": {}, **({"sparse_adapter": {"run": record}} if record else {})}, path)
+    return str(path)
+
+
+TRAINED = {
+    "task": "rte", "backbone": "tiny-bert", "adapter": "houlsby",
+    "adapter_config": {"bottleneck": 64, "activation": "relu", "dropout": 0.0, "init": "bert", "init_std": 0.02},
+    "pruner": "snip", "scope": "global", "sparsity": 0.4, "large_sparse": None, "seed": 42,
+}
+
+
+def finished_run(env: Env, summary: str) -> None:
+    env.run.mkdir(parents=True)
+    (env.run / "summary.json").write_text(summary)
+
+
+Case = Callable[[Env], list[str]]
+CASES: dict[str, tuple[Case, str]] = {
+    # --- command line: options, keys, syntax, resume ---
+    "unknown-option": (lambda e: ["adapter=nonexistent"], "adapter=nonexistent"),
+    "unknown-trainer": (lambda e: ["trainer=nope"], "trainer=nope"),
+    "unknown-key": (lambda e: ["foo=1"], "foo"),
+    "added-unknown-key": (lambda e: ["+foo=1"], "foo"),
+    "added-adapter-key": (lambda e: ["+adapter.size=3"], "adapter.size"),
+    "added-trainer-key": (lambda e: ["+trainer.epochz=3"], "trainer.epochz"),
+    "unparseable": (lambda e: ["sparsity=[0.4"], "sparsity=[0.4"),
+    "resume-nothing": (lambda e: [f"resume={e.tmp / 'nowhere'}"], "resume="),
+    "resume-no-checkpoint": (lambda e: (e.run.joinpath(".hydra").mkdir(parents=True), e.run.joinpath(".hydra/overrides.yaml").write_text("[]"), [f"resume={e.run}"])[-1], "callbacks=resumable"),
+    "resume-bad-yaml": (lambda e: (e.run.joinpath(".hydra").mkdir(parents=True), e.run.joinpath(".hydra/overrides.yaml").write_text("- [unclosed"), e.run.joinpath("checkpoints").mkdir(), e.run.joinpath("checkpoints/last.ckpt").write_bytes(b"x"), [f"resume={e.run}"])[-1], "overrides.yaml"),
+    # --- config values: types, ranges, contradictions ---
+    "sparsity-one": (lambda e: ["sparsity=1.0"], "sparsity"),
+    "sparsity-negative": (lambda e: ["sparsity=-0.1"], "sparsity"),
+    "sparsity-keeps-nothing": (lambda e: ["sparsity=0.99999"], "sparsity=0.99999: keeps no weight"),
+    "sparsity-empties-a-matrix": (lambda e: ["sparsity=0.9999", "pruner.scope=layer"], "sparsity=0.9999: keeps no weight"),
+    "sparsity-string": (lambda e: ["sparsity=high"], "sparsity"),
+    "bottleneck-float": (lambda e: ["adapter.bottleneck=2.5"], "adapter.bottleneck=2.5"),
+    "bottleneck-zero": (lambda e: ["adapter.bottleneck=0"], "adapter.bottleneck"),
+    "seed-string": (lambda e: ["seed=abc"], "seed='abc'"),
+    "seed-negative": (lambda e: ["seed=-1"], "seed"),
+    "batch-size-zero": (lambda e: ["data.batch_size=0"], "data.batch_size"),
+    "max-length-zero": (lambda e: ["data.max_length=0"], "data.max_length"),
+    "max-train-samples-zero": (lambda e: ["data.max_train_samples=0"], "data.max_train_samples"),
+    "accumulate-zero": (lambda e: ["trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches"),
+    "max-epochs-zero": (lambda e: ["trainer.max_epochs=0", "trainer.max_steps=-1"], "trainer.max_epochs"),
+    "lora-alpha-zero": (lambda e: ["adapter=lora", "adapter.alpha=0"], "adapter.alpha"),
+    "lora-rank-zero": (lambda e: ["adapter=lora", "adapter.r=0"], "adapter.r"),
+    "lora-targets-string": (lambda e: ["adapter=lora", "adapter.targets=[1,2]"], "adapter.targets"),
+    "dropout-above-one": (lambda e: ["adapter.dropout=1.5"], "adapter.dropout"),
+    "init-unknown": (lambda e: ["adapter.init=xavier"], "adapter.init"),
+    "weight-decay-negative": (lambda e: ["optimizer.weight_decay=-1"], "optimizer.weight_decay"),
+    "lr-zero": (lambda e: ["optimizer.lr=0"], "optimizer.lr"),
+    "lr-string": (lambda e: ["optimizer.lr=fast"], "optimizer.lr"),
+    "betas-out-of-range": (lambda e: ["optimizer.betas=[0.9,1.5]"], "optimizer.betas"),
+    "pruner-batches-negative": (lambda e: ["pruner=random", "pruner.batches=-3"], "pruner.batches"),
+    "snip-without-batches": (lambda e: ["pruner=snip", "pruner.batches=0"], "pruner.batches"),
+    "scope-unknown": (lambda e: ["pruner.scope=diagonal"], "pruner.scope"),
+    "large-sparse-zero": (lambda e: ["large_sparse=0"], "large_sparse"),
+    "large-sparse-dense": (lambda e: ["pruner=none", "large_sparse=2"], "large_sparse"),
+    "fsdp": (lambda e: ["+trainer.strategy=fsdp"], "trainer.strategy=fsdp"),
+    "backbone-missing": (lambda e: ["backbone=bert-base", "backbone.name_or_path=/nonexistent/model"], "backbone.name_or_path"),
+    # --- data files: named with file and line ---
+    "data-dir-missing": (lambda e: ["data_dir=/nonexistent/data"], "SPARSE_ADAPTER_DATA"),
+    "tsv-empty": (lambda e: ["data_dir=" + e.data(train='')], "train.tsv is empty"),
+    "tsv-header-only": (lambda e: ["data_dir=" + e.data(train=RTE_HEADER)], "train.tsv has a header but no rows"),
+    "tsv-binary": (lambda e: ["data_dir=" + e.data(train=RTE_HEADER.encode() + bytes(range(256)))], "train.tsv line 2 holds binary data"),
+    "tsv-not-utf8": (lambda e: ["data_dir=" + e.data(train=RTE_HEADER.encode() + b'0\tcaf\xe9\tx\tentailment\n')], "train.tsv line 2 is not UTF-8"),
+    "tsv-wrong-columns": (lambda e: ["data_dir=" + e.data(train='id\ttext\tlabel\n0\ta\tentailment\n')], "train.tsv line 1: header lacks column(s) sentence1, sentence2"),
+    "tsv-truncated-row": (lambda e: ["data_dir=" + e.data(train=rte('0\tA dog runs.', ))], "train.tsv line 2: 2 fields, expected 4"),
+    "tsv-unknown-label": (lambda e: ["data_dir=" + e.data(dev=rte('0\ta\tb\tmaybe'))], "dev.tsv line 2: label 'maybe'"),
+    "cola-label-two": (lambda e: ["task=cola", "data_dir=" + e.data('CoLA', train='gj04\t2\t\tA sentence.\n' * 3)], "train.tsv line 1: label '2' is outside 0..1"),
+    "cola-label-negative": (lambda e: ["task=cola", "data_dir=" + e.data('CoLA', train='gj04\t1\t\tFine.\n' * 3 + 'gj04\t-1\t\tBad.\n')], "train.tsv line 4: label '-1'"),
+    "stsb-label-word": (lambda e: ["task=stsb", "data_dir=" + e.data('STS-B', rows=5, train=(GLUE / 'STS-B/train.tsv').read_text().splitlines()[0] + '\n0\tg\tf\ty\t1\tn\tn\ta\tb\thigh\n')], "label 'high' is not a number"),
+    "row-longer-than-positions": (lambda e: ["data.max_length=1024", "data_dir=" + e.data(train=rte('0\t' + 'word ' * 700 + '\tshort\tentailment'))], "data.max_length=1024:"),
+    # --- checkpoints ---
+    "ckpt-missing": (lambda e: [f"ckpt_path={e.tmp / 'none.ckpt'}"], "ckpt_path="),
+    "ckpt-directory": (lambda e: [f"ckpt_path={e.tmp}"], "not a file"),
+    "ckpt-garbage": (lambda e: [f"ckpt_path={e.file('garbage.ckpt', b'not a checkpoint at all')}"], "not a readable checkpoint"),
+    "ckpt-truncated": (lambda e: [f"ckpt_path={e.file('cut.ckpt', Path(fake_checkpoint(e, TRAINED)).read_bytes()[:100])}"], "not a readable checkpoint"),
+    "ckpt-foreign": (lambda e: [f"ckpt_path={fake_checkpoint(e, None)}"], "without train.py's run record"),
+    "ckpt-other-sparsity": (lambda e: [f"ckpt_path={fake_checkpoint(e, dict(TRAINED, sparsity=0.8))}"], "sparsity=0.8 (command line: 0.4)"),
+    "ckpt-other-adapter": (lambda e: [f"ckpt_path={fake_checkpoint(e, dict(TRAINED, adapter_config=dict(TRAINED['adapter_config'], bottleneck=16)))}"], "adapter.bottleneck=16 (command line: 64)"),
+    # --- saved run outputs ---
+    "run-dir-complete": (lambda e: (finished_run(e, json.dumps({"status": "complete"})), [])[-1], "already holds a complete run"),
+    "summary-corrupt": (lambda e: (finished_run(e, '{"status": "compl'), ["skip_finished=true"])[-1], "summary.json: not valid JSON"),
+    "summary-not-object": (lambda e: (finished_run(e, "[1, 2]"), ["skip_finished=true"])[-1], "summary.json: not a run summary"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_is_one_error_line_naming_it(name, tmp_path, glue_dir, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    build, named = CASES[name]
+    env = Env(tmp_path, glue_dir)
+    overrides = build(env)
+    summary = env.run / "summary.json"
+    before = summary.read_bytes() if summary.exists() else None
+    has_data = any(o.startswith("data_dir=") for o in overrides)
+    code = call_train(*FAST, *([] if has_data else [f"data_dir={glue_dir}"]), f"hydra.run.dir={env.run}", *overrides)
+    err = capsys.readouterr().err
+    lines = error_lines(err)
+    assert code == 2
+    assert len(lines) == 1, err[-2000:]
+    assert named in lines[0], lines[0]
+    assert (summary.read_bytes() if summary.exists() else None) == before  # nothing written, nothing overwritten
+    assert not (env.run / "adapter.safetensors").exists()
+    assert not list(env.run.glob("**/*.tmp"))
+
+
+def test_there_are_at_least_forty_cases():
+    assert len(CASES) >= 40
+
+
+@pytest.mark.parametrize("name", ["unknown-option", "seed-string", "tsv-truncated-row", "ckpt-garbage"])
+def test_bad_input_through_a_real_process(name, tmp_path, glue_dir):
+    build, named = CASES[name]
+    env = Env(tmp_path, glue_dir)
+    overrides = build(env)
+    has_data = any(o.startswith("data_dir=") for o in overrides)
+    result = train_subprocess(*FAST, *([] if has_data else [f"data_dir={glue_dir}"]), f"hydra.run.dir={env.run}", *overrides)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and named in lines[0], result.stderr[-2000:]
+    assert not (env.run / "summary.json").exists() and not (env.run / "adapter.safetensors").exists()
