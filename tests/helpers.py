@@ -26,19 +26,19 @@ class KillAtStep(L.Callback):
 
 
 class DumpRankState(L.Callback):
-    """Write each rank's masks, trained weights and dev metrics to ``<dirpath>/rank<r>.pt`` after training."""
+    """Write each rank's masks, trained weights and dev metrics to ``<dirpath>/rank<r>.pt`` after each validation.
+
+    The last write comes from the run's final ``trainer.validate``, so the file holds the final state.
+    """
 
     def __init__(self, dirpath: str):
         self.dirpath = Path(dirpath)
 
     def on_validation_end(self, trainer, pl_module):
-        self.metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-
-    def on_train_end(self, trainer, pl_module):
         state = {
             "masks": {n: m.clone().cpu() for n, m in pl_module.masks.items()},
             "weights": {n: p.detach().clone().cpu() for n, p in pl_module.model.named_parameters() if p.requires_grad},
-            "metrics": getattr(self, "metrics", {}),
+            "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")},
             "world_size": trainer.world_size,
         }
         torch.save(state, self.dirpath / f"rank{trainer.global_rank}.pt")

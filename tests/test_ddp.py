@@ -1,0 +1,65 @@
+"""DDP on 2 CPU processes (gloo): identical masks and weights on every rank, metrics over the whole dev set."""
+
+import json
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from tasks.classification import GlueDataModule
+from tests.cli_support import train_subprocess
+from tests.conftest import compose_config
+
+DDP = [
+    "backbone=tiny-bert", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=1",
+    "trainer.max_steps=3", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=csv",
+    "data.max_train_samples=32", "data.max_eval_samples=16", "data.batch_size=4", "pruner.batches=2",
+]
+
+
+def single_process_metrics(glue_dir, weights):
+    """Accuracy and loss of ``weights`` over the same 16 dev rows, in this one process."""
+    cfg = compose_config("backbone=tiny-bert")
+    task = instantiate(cfg.task, _convert_="object")
+    module = task.module_class()(
+        backbone=instantiate(cfg.backbone, _convert_="object"), adapter=instantiate(cfg.adapter, _convert_="object"),
+        optimizer=instantiate(cfg.optimizer, _convert_="object"), task=task,
+    )
+    module.model.load_state_dict(weights, strict=False)
+    module.eval()
+    data = GlueDataModule(task, module.tokenizer, glue_dir, max_eval_samples=16)
+    data.setup("fit")
+    with torch.no_grad():
+        batch = next(iter(data.val_dataloader()))
+        logits = module(batch)
+    accuracy = float((logits.argmax(-1) == batch["labels"]).float().mean())
+    return accuracy, float(module.loss(logits, batch["labels"]))
+
+
+@pytest.mark.parametrize("pruner", ["snip", "grasp"])
+def test_two_cpu_ranks_train_one_topology_and_report_whole_dev_set_metrics(tmp_path, glue_dir, pruner):
+    result = train_subprocess(
+        *DDP, f"pruner={pruner}", f"data_dir={glue_dir}", f"hydra.run.dir={tmp_path}",
+        "+callbacks.dump._target_=tests.helpers.DumpRankState", f"+callbacks.dump.dirpath={tmp_path}", timeout=400,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    zero, one = ranks
+    assert zero["masks"].keys() == one["masks"].keys() and zero["masks"]
+    for name in zero["masks"]:
+        assert torch.equal(zero["masks"][name], one["masks"][name]), name
+    for name in zero["weights"]:
+        assert torch.equal(zero["weights"][name], one["weights"][name]), name
+    kept = sum(int(m.sum()) for m in zero["masks"].values())
+    total = sum(m.numel() for m in zero["masks"].values())
+    assert kept == round(0.6 * total)
+    for name, mask in zero["masks"].items():  # pruned weights stayed exactly zero
+        assert torch.count_nonzero(zero["weights"][name][~mask]) == 0
+
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["adapter_weights_kept"] == kept and summary["global_steps"] == 3
+    assert zero["metrics"] == one["metrics"]  # every rank reports the gathered metric, not its own half
+    accuracy, loss = single_process_metrics(glue_dir, zero["weights"])
+    assert summary["metrics"]["accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    assert summary["metrics"]["loss"] == pytest.approx(loss, abs=1e-5)
