@@ -21,8 +21,8 @@ _held: dict[Path, int] = {}  # directories this process has claimed -> lock file
 
 
 def is_launching_process() -> bool:
-    """False in the processes Lightning's DDP launcher starts for ranks > 0: they share rank 0's directory."""
-    return all(int(os.environ.get(name, "0") or 0) == 0 for name in ("LOCAL_RANK", "NODE_RANK", "RANK"))
+    """False in ranks > 0 (started by Lightning's DDP launcher, or as SLURM tasks): they share rank 0's directory."""
+    return all(int(os.environ.get(name, "0") or 0) == 0 for name in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
 
 
 def read_summary(directory: Path) -> dict | None:
