@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from sparse_adapter.errors import ConfigError, NumericalError
 from tasks import rundir
+from tasks.validation import validate_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EXIT_CODE = 2
@@ -146,9 +147,11 @@ def precheck(argv: list[str]) -> list[str]:
         if any(a.startswith("-") for a in argv):
             return argv  # -m, --cfg, --help, -cn ...: Hydra's own handling
         cfg = compose_checked(argv)
+        validate_config(cfg)  # before Hydra creates the run directory
         explicit_dir = next((a.split("=", 1)[1] for a in reversed(argv) if _key(a) == "hydra.run.dir"), None)
         if explicit_dir and not (cfg.get("skip_finished") and rundir.finished_summary(Path(explicit_dir))):
-            rundir.claim(Path(explicit_dir), resuming=bool(cfg.get("ckpt_path")))
+            # skip_finished resumes an interrupted job (tasks.experiment.run), so its checkpoint is no obstacle
+            rundir.claim(Path(explicit_dir), resuming=bool(cfg.get("ckpt_path") or cfg.get("skip_finished")))
     except ConfigError as error:
         report(error)
         raise SystemExit(EXIT_CODE) from None

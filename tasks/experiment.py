@@ -11,7 +11,7 @@ from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate, to_absolute_path
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -64,6 +64,10 @@ def run(cfg: DictConfig, output_dir: Path) -> float:
     if cfg.get("skip_finished") and (done := finished_summary(output_dir)):
         log.info("skip_finished: %s already holds a complete summary", output_dir)
         return done["metrics"][done["main_metric"]]
+    if cfg.get("skip_finished") and not cfg.get("ckpt_path") and (output_dir / rundir.LAST_CHECKPOINT).is_file():
+        with open_dict(cfg):  # a sweep revisiting an interrupted job resumes it (callbacks=resumable left a checkpoint)
+            cfg.ckpt_path = str(output_dir / rundir.LAST_CHECKPOINT)
+        log.info("skip_finished: resuming the interrupted job from %s", cfg.ckpt_path)
     owner = rundir.is_launching_process()
     if owner:
         rundir.claim(output_dir, resuming=bool(cfg.get("ckpt_path")))

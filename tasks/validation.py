@@ -83,7 +83,7 @@ def _type_problem(value: Any, hint: Any) -> str | None:
         for i, item in enumerate(value):
             problem = _type_problem(item, item_hints[min(i, len(item_hints) - 1)])
             if problem:
-                return f"a list of {problem}s"
+                return f"a list whose item {i} is {problem}"
         if origin is tuple and Ellipsis not in args and args and len(value) != len(args):
             return f"a list of {len(args)} items"
         return None
@@ -277,10 +277,14 @@ def validate_config(cfg: DictConfig) -> None:
             check_target_node(group, plain[group])
     for key, rule in RULES.items():
         present, value = _lookup(plain, key)
-        if present and value is not None or key.endswith(("max_train_samples", "max_eval_samples")):
-            problem = rule(value) if present else None
-            if problem:
-                raise ConfigError(f"{key}={_show(value)}: {problem}")
+        if not present:
+            continue
+        try:
+            problem = rule(value)
+        except TypeError:  # a string or null where a number belongs (keys without a dataclass type)
+            problem = "must be a number"
+        if problem:
+            raise ConfigError(f"{key}={_show(value)}: {problem}")
     for contradiction in CONTRADICTIONS:
         problem = contradiction(plain)
         if problem:

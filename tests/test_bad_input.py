@@ -99,6 +99,7 @@ CASES: dict[str, tuple[Case, str]] = {
     "max-length-zero": (lambda e: ["data.max_length=0"], "data.max_length"),
     "max-train-samples-zero": (lambda e: ["data.max_train_samples=0"], "data.max_train_samples"),
     "accumulate-zero": (lambda e: ["trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches"),
+    "accumulate-string": (lambda e: ["trainer.accumulate_grad_batches=two"], "trainer.accumulate_grad_batches='two': must be a number"),
     "max-epochs-zero": (lambda e: ["trainer.max_epochs=0", "trainer.max_steps=-1"], "trainer.max_epochs"),
     "lora-alpha-zero": (lambda e: ["adapter=lora", "adapter.alpha=0"], "adapter.alpha"),
     "lora-rank-zero": (lambda e: ["adapter=lora", "adapter.r=0"], "adapter.r"),

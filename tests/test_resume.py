@@ -108,3 +108,11 @@ def test_an_interrupted_or_busy_or_finished_run_directory_is_not_reused(killed_r
     stamp = (run / "summary.json").stat().st_mtime_ns
     assert call_train(*[a for a in args if not a.startswith("callbacks")], "skip_finished=true") == 0  # sweeps skip it
     assert (run / "summary.json").stat().st_mtime_ns == stamp
+
+
+def test_a_sweep_revisiting_an_interrupted_job_resumes_it(killed_run, tmp_path, glue_dir):
+    run = tmp_path / "job"
+    shutil.copytree(killed_run, run)
+    assert call_train(*RESUMABLE, f"data_dir={glue_dir}", f"hydra.run.dir={run}", "skip_finished=true") == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["resumed_from"].endswith("last.ckpt") and summary["global_steps"] == 18
