@@ -9,6 +9,7 @@ import time
 import lightning as L
 import torch
 
+from sparse_adapter.errors import NumericalError
 from sparse_adapter.pruning import PrunerConfig, prune
 
 log = logging.getLogger(__name__)
@@ -20,8 +21,8 @@ class PruneAtInit(L.Callback):
     Scoring runs in eval mode (dropout off, so scores are repeatable for a seed) on the first
     ``pruner.batches`` batches of a fresh training iterator; the global RNG is restored afterwards
     so the training data order is the same as in a dense run. A module that already holds masks
-    (resumed from a checkpoint) is not pruned again. Under several processes the masks of rank 0
-    are broadcast, so every rank trains the same topology.
+    (resumed from a checkpoint) is not pruned again. Under several processes rank 0 scores and
+    broadcasts its masks (or its NaN-score error), so every rank trains the same topology.
     """
 
     def __init__(self, pruner: PrunerConfig, sparsity: float, seed: int = 0):
@@ -36,18 +37,24 @@ class PruneAtInit(L.Callback):
             log.info("PruneAtInit: %d masks restored from the checkpoint; not pruning again", len(pl_module.masks))
             return
         start = time.perf_counter()
-        batches = self._scoring_batches(trainer) if self.pruner.needs_batches else []
         params = pl_module.prunable_parameters()
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            masks = prune(
-                params, self.sparsity, self.pruner,
-                loss_fn=pl_module.scoring_loss, batches=batches, seed=self.seed, model=pl_module.model,
-            )
-        finally:
-            pl_module.train(was_training)
+        masks: dict | str | None = None
+        if trainer.is_global_zero:  # only rank 0's masks are used: other ranks wait for the broadcast
+            batches = self._scoring_batches(trainer) if self.pruner.needs_batches else []
+            was_training = pl_module.training
+            pl_module.eval()
+            try:
+                masks = prune(
+                    params, self.sparsity, self.pruner,
+                    loss_fn=pl_module.scoring_loss, batches=batches, seed=self.seed, model=pl_module.model,
+                )
+            except NumericalError as error:
+                masks = str(error)  # broadcast the failure, so every rank stops instead of one waiting forever
+            finally:
+                pl_module.train(was_training)
         masks = trainer.strategy.broadcast(masks, src=0)
+        if isinstance(masks, str):
+            raise NumericalError(masks)
         for name, mask in masks.items():
             pl_module.masks[name] = mask.to(pl_module.device)
         pl_module.masks.apply_(params)
