@@ -20,11 +20,9 @@ RESUMABLE = [
 KILL_STEP = 9  # mid epoch 1, one step after the step-8 checkpoint
 
 
-@pytest.fixture(scope="module")
-def killed_run(tmp_path_factory, glue_dir):
-    """A run SIGKILLed at step 9 (its last.ckpt is from step 8): no summary, no adapter, a checkpoint."""
-    root = tmp_path_factory.mktemp("killed")
-    kill = ["+callbacks.kill._target_=tests.helpers.KillAtStep", f"+callbacks.kill.step={KILL_STEP}", f"+callbacks.kill.marker={root / 'killed'}"]
+def kill_at(root, glue_dir, step: int):
+    """A run SIGKILLed when it reaches ``step``: no summary, no adapter, a whole last.ckpt."""
+    kill = ["+callbacks.kill._target_=tests.helpers.KillAtStep", f"+callbacks.kill.step={step}", f"+callbacks.kill.marker={root / 'killed'}"]
     result = train_subprocess(*RESUMABLE, f"data_dir={glue_dir}", *kill, f"hydra.run.dir={root / 'run'}")
     assert result.returncode == -9, result.stderr[-3000:]
     run = root / "run"
@@ -34,15 +32,36 @@ def killed_run(tmp_path_factory, glue_dir):
     return run
 
 
-def test_killed_run_resumes_to_the_uninterrupted_weights_and_metric(killed_run, tmp_path, glue_dir):
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory, glue_dir):
+    """Killed at step 9, mid epoch 1: its last.ckpt is from step 8, two batches into the epoch."""
+    return kill_at(tmp_path_factory.mktemp("killed"), glue_dir, KILL_STEP)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, glue_dir):
+    """The same run, never interrupted."""
+    run = tmp_path_factory.mktemp("straight") / "run"
+    assert call_train(*RESUMABLE, f"data_dir={glue_dir}", f"hydra.run.dir={run}") == 0
+    return run
+
+
+def test_killed_run_resumes_to_the_uninterrupted_weights_and_metric(killed_run, straight, tmp_path):
     resumed = tmp_path / "resumed"
     shutil.copytree(killed_run, resumed)
     result = train_subprocess(f"resume={resumed}")  # the documented command, nothing else
     assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_run(resumed, straight)
 
-    straight = tmp_path / "straight"
-    assert call_train(*RESUMABLE, f"data_dir={glue_dir}", f"hydra.run.dir={straight}") == 0
 
+def test_killed_after_an_epoch_end_checkpoint_resumes_at_the_next_epoch(tmp_path, straight, glue_dir):
+    run = kill_at(tmp_path, glue_dir, 7)  # last.ckpt from the end of epoch 0 (step 6)
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["sparse_adapter"]["epoch_done"]
+    assert call_train(f"resume={run}") == 0
+    assert_same_run(run, straight)
+
+
+def assert_same_run(resumed, straight):
     got, want = json.loads((resumed / "summary.json").read_text()), json.loads((straight / "summary.json").read_text())
     assert got["global_steps"] == want["global_steps"] == 18
     assert got["resumed_from"].endswith("last.ckpt") and want["resumed_from"] is None
