@@ -11,7 +11,7 @@ export SPARSE_ADAPTER_DATA="${SPARSE_ADAPTER_DATA:-../shared/data}"
 stage="${1:-grid}"
 out="${2:-results/claims}"
 py="${PYTHON:-.venv/bin/python}"
-budget=(trainer.max_epochs=5 backbone.config.attention_probs_dropout_prob=0 trainer.val_check_interval=0.5
+budget=(trainer.max_epochs=5 +backbone.config.attention_probs_dropout_prob=0 trainer.val_check_interval=0.5
         logger=csv trainer.enable_progress_bar=false skip_finished=true)
 case "$stage" in
   lr)
