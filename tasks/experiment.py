@@ -18,34 +18,39 @@ from callbacks import MaskEnforcement, PruneAtInit
 from sparse_adapter.errors import ConfigError
 from sparse_adapter.io import save_adapter, write_json_atomic
 from sparse_adapter.pruning import PrunerConfig, check_sparsity
+from sparse_adapter.report import training_budget
 
 log = logging.getLogger(__name__)
 SUMMARY = "summary.json"
 
 
-def resolve_budget(adapter, pruner: PrunerConfig, sparsity: float, large_sparse: int | None):
-    """Large-Sparse: bottleneck (or rank) ×k and sparsity 1 - 1/k, the paper's Table 3 budget."""
+def check_large_sparse(adapter, pruner: PrunerConfig, sparsity: float, large_sparse: int | None) -> None:
+    """Large-Sparse (paper Table 3) is resolved in the config (``tasks/resolvers.py``: width ×k,
+    sparsity 1 - 1/k); refuse the settings that contradict it instead of silently picking one."""
     check_sparsity(sparsity)
     if large_sparse is None:
-        return adapter, sparsity
-    if not isinstance(large_sparse, int) or large_sparse < 1:
+        return
+    if not isinstance(large_sparse, int) or isinstance(large_sparse, bool) or large_sparse < 1:
         raise ConfigError(f"large_sparse={large_sparse} must be an integer ≥ 1 (the bottleneck multiplier k)")
-    if not pruner.enabled and large_sparse > 1:
+    if large_sparse > 1 and not pruner.enabled:
         raise ConfigError(f"large_sparse={large_sparse} needs a pruner (it sets sparsity 1-1/k); got pruner=none")
-    return adapter.scaled(large_sparse), 1.0 - 1.0 / large_sparse
+    if large_sparse > 1 and adapter.size_field is None:
+        raise ConfigError(f"large_sparse: adapter '{type(adapter).__name__}' has no bottleneck or rank to scale")
+    if abs(sparsity - (1.0 - 1.0 / large_sparse)) > 1e-9:
+        raise ConfigError(
+            f"sparsity={sparsity} contradicts large_sparse={large_sparse}, which sets sparsity 1-1/k = {1.0 - 1.0 / large_sparse:.4f}; drop one"
+        )
+
+
+def _compact(settings: dict) -> str:
+    return "(" + ", ".join(f"{k}={v}" for k, v in settings.items()) + ")"
 
 
 def publish_summary(loggers: list, summary: dict) -> None:
-    """Put the summary into each experiment tracker's run summary (W&B), then close the run.
-
-    Closing matters in sweeps: a W&B run left open would be reused by the next job's logger.
-    """
+    """Hand the summary to each experiment tracker that keeps one (W&B: see ``tasks.loggers``)."""
     for logger in loggers:
-        experiment = getattr(logger, "experiment", None)
-        if hasattr(getattr(experiment, "summary", None), "update"):
-            experiment.summary.update({k: v for k, v in summary.items() if k != "layer_density"})
-        if hasattr(experiment, "finish"):
-            experiment.finish()
+        if hasattr(logger, "publish_summary"):
+            logger.publish_summary(summary)
 
 
 def finished_summary(output_dir: Path) -> dict | None:
@@ -70,8 +75,16 @@ def run(cfg: DictConfig, output_dir: Path) -> float:
     for part in (adapter, optimizer):
         part.validate()
     pruner.validate(cfg.sparsity)
-    adapter, sparsity = resolve_budget(adapter, pruner, cfg.sparsity, cfg.get("large_sparse"))
-    L.seed_everything(cfg.seed, workers=True)
+    sparsity = cfg.sparsity
+    check_large_sparse(adapter, pruner, sparsity, cfg.get("large_sparse"))
+    config_dict = OmegaConf.to_container(cfg, resolve=True)
+    budget = training_budget(config_dict)
+    log.info(
+        "run: %s on %s | adapter=%s %s | pruner=%s scope=%s sparsity=%.4f | seed=%s | %s",
+        task.name, cfg.backbone_name, cfg.adapter_name, _compact(vars(adapter)), pruner.scorer or "none", pruner.scope,
+        sparsity if pruner.enabled else 0.0, cfg.seed, _compact(budget),
+    )
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     module = task.module_class()(
         backbone=instantiate(cfg.backbone, _convert_="object"),
@@ -91,7 +104,6 @@ def run(cfg: DictConfig, output_dir: Path) -> float:
     pruning = PruneAtInit(pruner, sparsity, seed=cfg.seed)
     callbacks = [pruning, MaskEnforcement()] + [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
-    config_dict = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:
         logger.log_hyperparams(config_dict)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -110,9 +122,13 @@ def run(cfg: DictConfig, output_dir: Path) -> float:
         "sparsity": sparsity,
         "large_sparse": cfg.get("large_sparse"),
         "seed": cfg.seed,
+        "budget": budget,
         "main_metric": task.main_metric,
         "metrics": metrics,
+        "baseline": datamodule.trivial_baseline(),
         **module.parameter_report(),
+        "empty_matrices": module.masks.empty(),
+        "silenced_modules": module.masks.silenced_modules(),
         "layer_density": module.masks.densities(),
         "prune_seconds": pruning.seconds,
         "global_steps": trainer.global_step,
