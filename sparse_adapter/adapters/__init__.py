@@ -7,6 +7,7 @@ from torch import nn
 from sparse_adapter.adapters.base import AdapterConfig
 from sparse_adapter.adapters.full import FullFineTuningConfig
 from sparse_adapter.adapters.houlsby import HoulsbyConfig
+from sparse_adapter.adapters.ia3 import IA3Config
 from sparse_adapter.adapters.lora import LoRAConfig
 from sparse_adapter.adapters.mam import MAMConfig
 from sparse_adapter.adapters.parallel import ParallelConfig
@@ -22,6 +23,7 @@ ADAPTERS: dict[str, type[AdapterConfig]] = {
     "parallel": ParallelConfig,
     "prefix": PrefixConfig,
     "mam": MAMConfig,
+    "ia3": IA3Config,
 }
 
 
@@ -43,6 +45,6 @@ def adapter_name(config: AdapterConfig) -> str:
 
 
 __all__ = [
-    "ADAPTERS", "AdapterConfig", "FullFineTuningConfig", "HoulsbyConfig", "LoRAConfig", "MAMConfig", "ParallelConfig",
+    "ADAPTERS", "AdapterConfig", "FullFineTuningConfig", "HoulsbyConfig", "IA3Config", "LoRAConfig", "MAMConfig", "ParallelConfig",
     "PfeifferConfig", "PrefixConfig", "adapter_name", "attach_adapter",
 ]
