@@ -6,7 +6,7 @@ import torch
 
 from callbacks import MaskEnforcement, PruneAtInit
 from sparse_adapter.accounting import parameter_report
-from sparse_adapter.adapters import IA3Config, MAMConfig, ParallelConfig, PrefixConfig, attach_adapter
+from sparse_adapter.adapters import ADAPTERS, IA3Config, MAMConfig, ParallelConfig, PrefixConfig, attach_adapter
 from sparse_adapter.adapters.base import adapter_parameter_names, merge_adapters
 from sparse_adapter.errors import ConfigError
 from sparse_adapter.pruning import PrunerConfig
@@ -151,3 +151,30 @@ def test_masks_hold_exactly_while_training(tmp_path, rte_task, glue_dir, model_t
     for name, mask in module.masks.items():
         assert torch.count_nonzero(params[name][~mask]) == 0
     assert any(not torch.equal(params[n][m], initial[n][m]) for n, m in module.masks.items())  # kept weights train
+
+
+@pytest.mark.parametrize(
+    "backbone, adapter, extra",
+    [
+        ("tiny-bert", "parallel", ["adapter.bottleneck=8", "pruner=snip", "sparsity=0.5"]),
+        ("tiny-roberta", "prefix", ["adapter.length=4", "adapter.mlp_hidden=8", "pruner=magnitude", "sparsity=0.4"]),
+        ("tiny-roberta", "mam", ["adapter.size=4", "large_sparse=2"]),
+        ("tiny-bert", "ia3", ["pruner=random", "sparsity=0.2"]),
+    ],
+)
+def test_every_variant_trains_through_train_py(tmp_path, glue_dir, backbone, adapter, extra):
+    from tests.test_cli import summary, train_in_process
+
+    train_in_process(tmp_path, f"data_dir={glue_dir}", f"backbone={backbone}", f"adapter={adapter}", *extra)
+    s = summary(tmp_path)
+    assert (s["adapter"], s["backbone"]) == (adapter, backbone)
+    assert s["adapter_weights_kept"] == round((1 - s["sparsity"]) * s["adapter_weights_total"])
+    assert 0 < s["trained_params_body"] and 0 < s["trained_params_pct"] < 100
+    model = load_adapter_for(backbone, tmp_path / "adapter.safetensors")
+    assert type(model.adapter_config) is ADAPTERS[adapter]
+
+
+def load_adapter_for(backbone, path):
+    from sparse_adapter import load_adapter
+
+    return load_adapter(tiny_backbone(backbone.removeprefix("tiny-")), path)
