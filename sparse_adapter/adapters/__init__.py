@@ -6,6 +6,7 @@ from torch import nn
 
 from sparse_adapter.adapters.base import AdapterConfig
 from sparse_adapter.adapters.full import FullFineTuningConfig
+from sparse_adapter.adapters.fusion import FusionConfig
 from sparse_adapter.adapters.houlsby import HoulsbyConfig
 from sparse_adapter.adapters.ia3 import IA3Config
 from sparse_adapter.adapters.lora import LoRAConfig
@@ -24,6 +25,7 @@ ADAPTERS: dict[str, type[AdapterConfig]] = {
     "prefix": PrefixConfig,
     "mam": MAMConfig,
     "ia3": IA3Config,
+    "fusion": FusionConfig,
 }
 
 
@@ -45,6 +47,6 @@ def adapter_name(config: AdapterConfig) -> str:
 
 
 __all__ = [
-    "ADAPTERS", "AdapterConfig", "FullFineTuningConfig", "HoulsbyConfig", "IA3Config", "LoRAConfig", "MAMConfig", "ParallelConfig",
+    "ADAPTERS", "AdapterConfig", "FullFineTuningConfig", "FusionConfig", "HoulsbyConfig", "IA3Config", "LoRAConfig", "MAMConfig", "ParallelConfig",
     "PfeifferConfig", "PrefixConfig", "adapter_name", "attach_adapter",
 ]
