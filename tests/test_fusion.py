@@ -108,3 +108,21 @@ def test_two_stages_through_train_py(tmp_path, glue_dir):
     result = train(tmp_path / "bad", f"data_dir={glue_dir}", "adapter=fusion")  # no sources: one clear line
     assert result.returncode != 0 and "error: adapter.sources" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "bad" / "summary.json").exists()
+
+
+def test_table4_sweep_runs_fusion_over_the_sparse_pfeiffer_row_and_reports(tmp_path, glue_dir):
+    """experiment=table4's sparse Pfeiffer and AdapterFusion rows: stage 2 finds stage 1 in the sweep."""
+    from sparse_adapter.report import load_summaries, report
+    from tests.test_cli import train
+
+    rows = "hydra.sweeper.params.row='t4_pfeiffer_snip,t4_fusion_snip'"
+    result = train(tmp_path, f"data_dir={glue_dir}", "experiment=table4", rows, "hydra.sweeper.params.seed=42",
+                   "data.max_train_samples=16", "pruner.batches=1", multirun=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = load_summaries([tmp_path])
+    assert sorted((r["row"], r["task"]) for r in runs) == sorted(
+        (row, task) for row in ("t4_pfeiffer_snip", "t4_fusion_snip") for task in ("cola", "mrpc", "rte", "stsb"))
+    fusion = next(r for r in runs if r["row"] == "t4_fusion_snip" and r["task"] == "rte")
+    assert fusion["adapter"] == "fusion" and len(fusion["adapter_config"]["sources"]) == 4
+    text = report(runs)
+    assert "Table 4" in text and "AdapterFusion + SNIP s=0.4" in text and "Pfeiffer + SNIP s=0.4" in text

@@ -11,6 +11,7 @@ The fusion layer's Q, K, V matrices are what the pruner prunes; the sources keep
 
 from __future__ import annotations
 
+import glob
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,7 +64,7 @@ class FusedAdapters(nn.Module):
 
 @dataclass
 class FusionConfig(AdapterConfig):
-    sources: list[str] = field(default_factory=list)  # adapter files (or run dirs) from stage 1
+    sources: list[str] = field(default_factory=list)  # adapter files or run dirs from stage 1 (globs matching one)
     init_std: float = 0.02
 
     def validate(self) -> None:
@@ -80,6 +81,14 @@ class FusionConfig(AdapterConfig):
         loaded = []
         for source in self.sources:
             path = Path(source)
+            if any(c in source for c in "*?["):  # a pattern (sweeps: "<sweep dir>/*row=...,task=cola*")
+                matches = sorted(glob.glob(source))
+                if len(matches) != 1:
+                    raise ConfigError(
+                        f"adapter.sources: pattern '{source}' matches {len(matches)} paths, not one "
+                        "(train the source adapters first, e.g. the t4_pfeiffer row of experiment=table4)"
+                    )
+                path = Path(matches[0])
             path = path / "adapter.safetensors" if path.is_dir() else path
             if not path.is_file():
                 raise ConfigError(f"adapter.sources: '{source}' is not an adapter file or a run directory holding one")
