@@ -12,7 +12,7 @@ from sparse_adapter.errors import ConfigError
 from sparse_adapter.pruning import PrunerConfig
 from tasks.classification import ClassificationModule, GlueDataModule
 from tasks.optim import AdamWConfig
-from tests.conftest import TINY, tiny_backbone, tiny_model
+from tests.conftest import ROOT, TINY, tiny_backbone, tiny_model
 
 H, LAYERS, FFN = TINY["hidden_size"], TINY["num_hidden_layers"], TINY["intermediate_size"]
 
@@ -178,3 +178,45 @@ def load_adapter_for(backbone, path):
     from sparse_adapter import load_adapter
 
     return load_adapter(tiny_backbone(backbone.removeprefix("tiny-")), path)
+
+
+@pytest.mark.parametrize(
+    "overrides, setting",
+    [
+        (["adapter=prefix", "adapter.length=0"], "adapter.length"),
+        (["adapter=prefix", "adapter.length=-2"], "adapter.length"),
+        (["adapter=ia3", "adapter.targets=[key,query]"], "adapter.targets"),
+        (["adapter=fusion"], "adapter.sources"),
+        (["adapter=ia3", "large_sparse=2"], "large_sparse"),
+    ],
+)
+def test_bad_variant_settings_raise_one_config_error_and_write_nothing(tmp_path, glue_dir, overrides, setting):
+    from tests.test_cli import train_in_process
+
+    with pytest.raises(ConfigError, match=setting.replace(".", r"\.")):
+        train_in_process(tmp_path, f"data_dir={glue_dir}", *overrides)
+    assert not (tmp_path / "summary.json").exists() and not (tmp_path / "adapter.safetensors").exists()
+
+
+def test_fusion_source_from_another_backbone_is_refused_through_train_py(tmp_path, glue_dir):
+    from sparse_adapter import save_adapter
+    from tests.test_cli import train_in_process
+
+    model, _ = tiny_model("roberta")
+    ParallelConfig(bottleneck=4).attach(model)
+    save_adapter(model, tmp_path / "roberta.safetensors")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with pytest.raises(ConfigError, match="adapter.sources.*another backbone: model_type=roberta"):
+        train_in_process(run_dir, f"data_dir={glue_dir}", "adapter=fusion", f"adapter.sources=[{tmp_path / 'roberta.safetensors'}]")
+    assert not any(run_dir.iterdir())
+
+
+def test_the_library_imports_without_lightning_or_hydra():
+    import subprocess
+    import sys
+
+    code = ("import sys, sparse_adapter, sparse_adapter.export, sparse_adapter.adapters.fusion; "
+            "print(sorted(m for m in ('lightning', 'hydra', 'omegaconf', 'peft') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=str(ROOT))
+    assert out.stdout.strip() == "[]"
