@@ -91,7 +91,8 @@ class PrefixAttention(AdapterLayer):
         value = torch.cat([as_heads(prefix_value).to(value.dtype), value], dim=2)
         eager = getattr(sys.modules[type(attention).__module__], "eager_attention_forward", None)
         interface = ALL_ATTENTION_FUNCTIONS.get_interface(attention.config._attn_implementation, eager)
-        kwargs.pop("cache", None), kwargs.pop("past_key_values", None)
+        for unused in ("cache", "past_key_values", "encoder_hidden_states"):  # self-attention of an encoder only
+            kwargs.pop(unused, None)
         output, weights = interface(
             attention, query, key, value, extend_mask(attention_mask, self.length),
             dropout=attention.dropout.p if self.training else 0.0, scaling=attention.scaling, **kwargs,
