@@ -88,6 +88,14 @@ def test_prefix_enters_attention_and_padding_stays_masked(model_type, attn):
     assert padded[1].any()
     other = dict(batch, input_ids=batch["input_ids"].masked_fill(padded, 1000))  # other tokens under the padding
     torch.testing.assert_close(model(**other).logits, logits, rtol=0, atol=0)
+    if attn == "eager":  # the eager kernel returns the weights: padded keys get exactly none
+        seen = []
+        model.base_model.encoder.layer[0].attention.self.register_forward_hook(lambda m, a, out: seen.append(out[1]))
+        model(**batch)
+        weights = seen[0]  # (batch, heads, queries, 4 prefix + keys)
+        assert weights.shape[-1] == 4 + padded.shape[1]
+        assert torch.count_nonzero(weights[1][..., 4:][..., padded[1]]) == 0
+        assert weights[..., :4].sum(-1).max() > 0.99  # some queries attend almost only to the huge prefix
 
 
 def test_prefix_eager_and_sdpa_agree():
