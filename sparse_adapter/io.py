@@ -219,8 +219,13 @@ def load_adapter(model_or_backbone, path: str | Path) -> nn.Module:
         if not head.get("task_head"):
             raise ConfigError(f"adapter file '{path}' records no task head; build the model and pass it instead")
         model, _ = model_or_backbone.build(head["task_head"], num_labels=head["num_labels"], problem_type=head["problem_type"])
-    check_backbone(model, metadata.get("backbone"), path)
-    if not adapter_parameter_names(model) and getattr(model, "adapter_config", None) is None:
+    legacy = "format" not in metadata  # a file from before format 2: tensors only, adapter must be attached
+    if not legacy:
+        check_backbone(model, metadata.get("backbone"), path)
+    has_adapter = bool(adapter_parameter_names(model)) or getattr(model, "adapter_config", None) is not None
+    if legacy and not has_adapter:
+        raise ConfigError(f"adapter file '{path}' predates self-describing files: attach its adapter to the model first")
+    if not has_adapter:
         name = metadata.get("adapter")
         if name not in ADAPTERS:
             raise ConfigError(f"adapter file '{path}' names adapter '{name}', which is unknown (choose from {', '.join(ADAPTERS)})")

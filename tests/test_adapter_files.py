@@ -104,3 +104,21 @@ def test_load_refuses_another_backbone_or_hidden_size(lora_qv_file):
         load_adapter(wider, lora_qv_file)
     with pytest.raises(ConfigError, match="does not exist"):
         load_adapter(tiny_backbone("bert"), lora_qv_file.with_name("nothing.safetensors"))
+
+
+def test_files_from_before_format_2_still_load_into_an_attached_model(tmp_path):
+    from safetensors.torch import save_file
+
+    from sparse_adapter.io import trained_state_dict
+
+    model, tokenizer = tiny_model("bert")
+    HoulsbyConfig(bottleneck=4).attach(model)
+    save_file(trained_state_dict(model), str(tmp_path / "old.safetensors"), metadata={"adapter": "houlsby"})
+    fresh, _ = tiny_model("bert")
+    with pytest.raises(ConfigError, match="attach its adapter"):
+        load_adapter(fresh, tmp_path / "old.safetensors")
+    HoulsbyConfig(bottleneck=4, init="lora").attach(fresh)
+    load_adapter(fresh, tmp_path / "old.safetensors")
+    model.eval(), fresh.eval()
+    batch = inputs(tokenizer)
+    assert torch.equal(fresh(**batch).logits, model(**batch).logits)
