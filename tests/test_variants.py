@@ -162,22 +162,24 @@ def test_masks_hold_exactly_while_training(tmp_path, rte_task, glue_dir, model_t
 
 
 @pytest.mark.parametrize(
-    "backbone, adapter, extra",
+    "backbone, adapter, extra, total, body",  # hand counts: prunable weights; trained body parameters (kept + biases)
     [
-        ("tiny-bert", "parallel", ["adapter.bottleneck=8", "pruner=snip", "sparsity=0.5"]),
-        ("tiny-roberta", "prefix", ["adapter.length=4", "adapter.mlp_hidden=8", "pruner=magnitude", "sparsity=0.4"]),
-        ("tiny-roberta", "mam", ["adapter.size=4", "large_sparse=2"]),
-        ("tiny-bert", "ia3", ["pruner=random", "sparsity=0.2"]),
+        ("tiny-bert", "parallel", ["adapter.bottleneck=8", "pruner=snip", "sparsity=0.5"], 2 * 2 * 32 * 8, 512 + 2 * (8 + 32)),
+        ("tiny-roberta", "prefix", ["adapter.length=4", "adapter.mlp_hidden=8", "pruner=magnitude", "sparsity=0.4"],
+         2 * (4 * 32 + 32 * 8 + 8 * 64), round(0.6 * 1792) + 2 * (8 + 64)),
+        ("tiny-roberta", "mam", ["adapter.size=4", "large_sparse=2"], 2 * (2 * 8 * 32 + 2 * 32 * 8), 1024 + 2 * (8 + 32)),
+        ("tiny-bert", "ia3", ["pruner=random", "sparsity=0.2"], 2 * (32 + 32 + 64), round(0.8 * 256)),
     ],
 )
-def test_every_variant_trains_through_train_py(tmp_path, glue_dir, backbone, adapter, extra):
+def test_every_variant_trains_through_train_py(tmp_path, glue_dir, backbone, adapter, extra, total, body):
     from tests.test_cli import summary, train_in_process
 
     train_in_process(tmp_path, f"data_dir={glue_dir}", f"backbone={backbone}", f"adapter={adapter}", *extra)
     s = summary(tmp_path)
     assert (s["adapter"], s["backbone"]) == (adapter, backbone)
     assert s["adapter_weights_kept"] == round((1 - s["sparsity"]) * s["adapter_weights_total"])
-    assert 0 < s["trained_params_body"] and 0 < s["trained_params_pct"] < 100
+    assert (s["adapter_weights_total"], s["trained_params_body"]) == (total, body)
+    assert s["trained_params_pct"] == pytest.approx(100 * body / s["backbone_params"])
     model = load_adapter_for(backbone, tmp_path / "adapter.safetensors")
     assert type(model.adapter_config) is ADAPTERS[adapter]
 
