@@ -230,3 +230,17 @@ def test_the_library_imports_without_lightning_or_hydra():
             "print(sorted(m for m in ('lightning', 'hydra', 'omegaconf', 'peft') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=str(ROOT))
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("name", sorted(set(ADAPTERS) - {"none"}))
+def test_adapter_yaml_maps_one_to_one_to_its_config_dataclass(name):
+    import dataclasses
+
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_config
+
+    node = compose_config(f"adapter={name}").adapter
+    config = instantiate(node, _convert_="object")
+    assert type(config) is ADAPTERS[name]
+    assert set(node) - {"_target_"} == {f.name for f in dataclasses.fields(config)}
