@@ -4,7 +4,9 @@ attention, composed from the ``parallel`` and ``prefix`` modules.
 The trained-parameter budget is split equally: the prefix holds 2·length·hidden weights per layer
 and the parallel adapter 2·bottleneck·hidden, so one width ``size`` (prefix length = bottleneck)
 gives both parts the same number of weight entries. Large-Sparse (``large_sparse=k``) scales
-``size``, hence both parts; sparsity applies to both parts' matrices in one ranking.
+``size``, hence both parts; sparsity applies to both parts' matrices in one ranking. With
+``mlp_hidden > 0`` the prefix trains through an MLP (more parameters while training, counted as
+such in the summary); merged after training it holds 2·size·hidden per layer again.
 """
 
 from __future__ import annotations
