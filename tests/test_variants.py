@@ -6,7 +6,7 @@ import torch
 
 from callbacks import MaskEnforcement, PruneAtInit
 from sparse_adapter.accounting import parameter_report
-from sparse_adapter.adapters import ADAPTERS, IA3Config, MAMConfig, ParallelConfig, PrefixConfig, attach_adapter
+from sparse_adapter.adapters import ADAPTERS, IA3Config, MAMConfig, ParallelConfig, PrefixConfig
 from sparse_adapter.adapters.base import adapter_parameter_names, merge_adapters
 from sparse_adapter.errors import ConfigError
 from sparse_adapter.pruning import PrunerConfig
