@@ -36,6 +36,10 @@ ROW_LABELS = {
     "large_sparse2": "Large-Sparse r=128, s=50%",
     "large_sparse3": "Large-Sparse r=192, s=67%",
     "large_sparse4": "Large-Sparse r=256, s=75%",
+    "t4_pfeiffer": "Pfeiffer", "t4_pfeiffer_snip": "Pfeiffer + SNIP s=0.4",
+    "t4_lora": "LoRA", "t4_lora_snip": "LoRA + SNIP s=0.4",
+    "t4_mam": "MAM", "t4_mam_snip": "MAM + SNIP s=0.4",
+    "t4_fusion": "AdapterFusion", "t4_fusion_snip": "AdapterFusion + SNIP s=0.4",
 }
 PAPER_BERT_AVG = {  # the paper's BERT-base GLUE averages (CoLA/MRPC/STS-B/RTE), Tables 1 and 3
     "finetune": 74.5, "dense": 73.6, "random": 73.7, "magnitude": 73.2, "er": 73.7, "snip": 74.2, "grasp": 74.0,
@@ -43,6 +47,10 @@ PAPER_BERT_AVG = {  # the paper's BERT-base GLUE averages (CoLA/MRPC/STS-B/RTE),
 }
 PAPER_ROBERTA_AVG_TABLE2 = {  # Table 2 reports sparsities on RoBERTa-base only
     "finetune": 79.0, "dense": 78.3, "snip_s20": 78.7, "snip": 78.6, "snip_s60": 78.2, "snip_s80": 77.9,
+}
+PAPER_ROBERTA_AVG_TABLE4 = {  # Table 4: other adapters, dense -> SparseAdapter (RoBERTa-base)
+    "t4_pfeiffer": 77.7, "t4_pfeiffer_snip": 77.9, "t4_lora": 78.1, "t4_lora_snip": 78.2,
+    "t4_mam": 78.0, "t4_mam_snip": 78.3, "t4_fusion": 79.9, "t4_fusion_snip": 80.1,
 }
 
 
@@ -61,6 +69,8 @@ TABLES = {
         ("paper RoBERTa Avg.", PAPER_ROBERTA_AVG_TABLE2)),
     "Table 3: Large-Sparse (same budget as dense r=64)": Table(
         ["finetune", "dense", "large_sparse2", "large_sparse3", "large_sparse4"], {"large_sparse2", "large_sparse3", "large_sparse4"}),
+    "Table 4: other adapters, dense and SNIP s=0.4": Table(
+        list(PAPER_ROBERTA_AVG_TABLE4), set(PAPER_ROBERTA_AVG_TABLE4), ("paper RoBERTa Avg.", PAPER_ROBERTA_AVG_TABLE4)),
 }
 
 

@@ -15,6 +15,7 @@ from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from callbacks import MaskEnforcement, PruneAtInit
+from sparse_adapter.adapters.base import merge_adapters
 from sparse_adapter.errors import ConfigError
 from sparse_adapter.io import save_adapter, write_json_atomic
 from sparse_adapter.pruning import PrunerConfig, check_sparsity
@@ -136,7 +137,8 @@ def run(cfg: DictConfig, output_dir: Path) -> float:
         "wall_seconds": time.perf_counter() - started,
     }
     if trainer.is_global_zero:
-        save_adapter(module.model, output_dir / "adapter.safetensors", {"task": task.name, "adapter": cfg.adapter_name})
+        merge_adapters(module.model)  # after the summary's counts: e.g. a prefix MLP folds into its prefix
+        save_adapter(module.model, output_dir / "adapter.safetensors", {"task": task.name}, masks=module.masks)
         write_json_atomic(summary, output_dir / SUMMARY)
         publish_summary(loggers, summary)
     log.info("%s %s=%.4f (%s, %s, sparsity %.2f) in %.0fs", task.name, task.main_metric, metrics[task.main_metric],

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
 from sparse_adapter.errors import ConfigError
+from sparse_adapter.io import read_adapter
 from tasks.experiment import run
 from tests.conftest import ROOT
 
@@ -63,14 +63,16 @@ def test_default_run_writes_summary_and_adapter(tmp_path, glue_dir):
     assert s["trained_params"] > 0 and 0 < s["trained_params_pct"] < 100 and s["wall_seconds"] > 0
     assert len(s["layer_density"]) == 8
 
-    weights = load_file(tmp_path / "adapter.safetensors")
+    weights, masks, metadata = read_adapter(tmp_path / "adapter.safetensors")
+    assert (metadata["adapter"], metadata["task"], metadata["backbone"]["model_type"]) == ("houlsby", "rte", "bert")
     assert set(weights) == {n for n in weights if ".adapter." in n or n.startswith("classifier.")}
     assert {"classifier.weight", "classifier.bias"} <= set(weights)
     prunable = [n for n in weights if n.endswith(("down.weight", "up.weight"))]
     assert len(prunable) == 8
     assert sum(int(torch.count_nonzero(weights[n])) for n in prunable) <= s["adapter_weights_kept"]
-    for name in prunable:  # pruned entries were saved as exact zeros, in the density the masks say
-        assert torch.count_nonzero(weights[name]) <= round(s["layer_density"][name] * weights[name].numel())
+    for name in prunable:  # stored sparsely: the saved mask has the density the run reported
+        assert int(masks[name].sum()) == round(s["layer_density"][name] * weights[name].numel())
+        assert torch.count_nonzero(weights[name][~masks[name]]) == 0
     assert (tmp_path / "csv" / "metrics.csv").is_file()
 
 
