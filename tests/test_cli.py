@@ -102,6 +102,8 @@ def test_the_config_shows_the_effective_width_and_sparsity_of_large_sparse():
     assert (cfg["adapter"]["r"], cfg["sparsity"]) == (32, 0.75)
     cfg = OmegaConf.to_container(compose_config("adapter=pfeiffer"), resolve=True)
     assert (cfg["adapter"]["bottleneck"], cfg["sparsity"]) == (64, 0.4)
+    cfg = OmegaConf.to_container(compose_config("adapter=mam", "large_sparse=2"), resolve=True)
+    assert (cfg["adapter"]["size"], cfg["sparsity"]) == (60, 0.5)  # prefix length and parallel bottleneck both ×2
 
 
 def test_global_grasp_collapse_is_reported_and_min_density_prevents_it(tmp_path, glue_dir):

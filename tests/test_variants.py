@@ -167,7 +167,7 @@ def test_masks_hold_exactly_while_training(tmp_path, rte_task, glue_dir, model_t
         ("tiny-bert", "parallel", ["adapter.bottleneck=8", "pruner=snip", "sparsity=0.5"], 2 * 2 * 32 * 8, 512 + 2 * (8 + 32)),
         ("tiny-roberta", "prefix", ["adapter.length=4", "adapter.mlp_hidden=8", "pruner=magnitude", "sparsity=0.4"],
          2 * (4 * 32 + 32 * 8 + 8 * 64), round(0.6 * 1792) + 2 * (8 + 64)),
-        ("tiny-roberta", "mam", ["adapter.size=4", "large_sparse=2"], 2 * (2 * 8 * 32 + 2 * 32 * 8), 1024 + 2 * (8 + 32)),
+        ("tiny-roberta", "mam", ["adapter.size=8", "large_sparse=2"], 2 * (2 * 8 * 32 + 2 * 32 * 8), 1024 + 2 * (8 + 32)),
         ("tiny-bert", "ia3", ["pruner=random", "sparsity=0.2"], 2 * (32 + 32 + 64), round(0.8 * 256)),
     ],
 )
