@@ -5,9 +5,11 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections.abc import Sequence
 
 import lightning as L
 import torch
+from tqdm.auto import tqdm
 
 from sparse_adapter.errors import NumericalError
 from sparse_adapter.pruning import PrunerConfig, prune
@@ -41,13 +43,16 @@ class PruneAtInit(L.Callback):
         masks: dict | str | None = None
         if trainer.is_global_zero:  # only rank 0's masks are used: other ranks wait for the broadcast
             batches = self._scoring_batches(trainer) if self.pruner.needs_batches else []
+            if batches:
+                log.info("PruneAtInit: scoring %d batches with %s (eval mode)", len(batches), self.pruner.scorer)
             was_training = pl_module.training
             pl_module.eval()
             try:
-                masks = prune(
-                    params, self.sparsity, self.pruner,
-                    loss_fn=pl_module.scoring_loss, batches=batches, seed=self.seed, model=pl_module.model,
-                )
+                with ScoringProgress(batches, self.pruner.scorer, enabled=trainer.progress_bar_callback is not None) as scored:
+                    masks = prune(
+                        params, self.sparsity, self.pruner,
+                        loss_fn=pl_module.scoring_loss, batches=scored, seed=self.seed, model=pl_module.model,
+                    )
             except NumericalError as error:
                 masks = str(error)  # broadcast the failure, so every rank stops instead of one waiting forever
             finally:
@@ -79,3 +84,35 @@ class PruneAtInit(L.Callback):
             "PruneAtInit: %s/%s kept %d of %d adapter weights (sparsity %.4f) in %.2fs",
             self.pruner.scorer, self.pruner.scope, masks.kept(), masks.total(), metrics["prune/actual_sparsity"], self.seconds,
         )
+        if empty := masks.empty():
+            log.warning(
+                "PruneAtInit: %d adapter matrices kept no weight: %s; modules silenced by an empty factor: %s "
+                "(pruner.min_density=0.05, say, keeps a floor in every matrix)",
+                len(empty), ", ".join(empty), ", ".join(masks.silenced_modules()),
+            )
+
+
+class ScoringProgress(Sequence):
+    """The scoring batches, showing "scoring batch n/N" while a scorer walks them (GraSP walks them twice)."""
+
+    def __init__(self, batches: list, scorer: str, enabled: bool):
+        self.batches = batches
+        self.bar = tqdm(desc=f"PruneAtInit {scorer}: scoring batch", unit="batch", disable=not (enabled and batches), leave=False)
+
+    def __enter__(self) -> ScoringProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index):
+        return self.batches[index]
+
+    def __iter__(self):
+        self.bar.reset(total=len(self.batches))
+        for batch in self.batches:
+            yield batch
+            self.bar.update()

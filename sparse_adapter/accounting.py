@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from sparse_adapter.adapters.base import adapter_parameter_names
 from sparse_adapter.pruning.masks import MaskSet
 
 
@@ -16,7 +17,7 @@ def parameter_report(model: nn.Module, prunable: list[str], masks: MaskSet | Non
     """
     named = dict(model.named_parameters())
     base_prefix = model.base_model_prefix + "."
-    adapter_names = {n for n, p in named.items() if n.startswith(base_prefix) and _is_adapter(n)}
+    adapter_names = adapter_parameter_names(model)  # found through the adapter modules, not by name
     backbone = sum(p.numel() for n, p in named.items() if n.startswith(base_prefix) and n not in adapter_names)
     head = sum(p.numel() for n, p in named.items() if not n.startswith(base_prefix) and p.requires_grad)
     prunable_total = sum(named[n].numel() for n in prunable)
@@ -34,6 +35,3 @@ def parameter_report(model: nn.Module, prunable: list[str], masks: MaskSet | Non
         "trained_params_pct": 100.0 * trained_body / backbone,
     }
 
-
-def _is_adapter(name: str) -> bool:
-    return ".adapter." in name or ".lora_" in name

@@ -2,8 +2,9 @@
 
     python -m sparse_adapter.report multirun/paper [more dirs ...] --out results/
 
-Every ``summary.json`` below the given folders is one run. Runs are grouped by table row and task;
-cells are mean ± std over seeds of the task's main metric ×100 (CoLA Matthews, MRPC and RTE
+Every ``summary.json`` below the given folders is one run. Runs are grouped by backbone and
+training budget first (one set of tables each), then by table row, lr and task; cells are mean ±
+std over seeds of the task's main metric ×100 (CoLA Matthews, MRPC and RTE
 accuracy, STS-B Pearson), ``Avg.`` averages the task means as in the paper, ``#Param`` is the
 trained adapter parameters as % of the backbone. Plots: metric vs sparsity per pruner,
 Large-Sparse vs the dense adapter, and dev metric vs training fraction (the paper's Figure 4)
@@ -16,7 +17,7 @@ import argparse
 import csv
 import json
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,10 @@ ROW_LABELS = {
     "large_sparse2": "Large-Sparse r=128, s=50%",
     "large_sparse3": "Large-Sparse r=192, s=67%",
     "large_sparse4": "Large-Sparse r=256, s=75%",
+    "t4_pfeiffer": "Pfeiffer", "t4_pfeiffer_snip": "Pfeiffer + SNIP s=0.4",
+    "t4_lora": "LoRA", "t4_lora_snip": "LoRA + SNIP s=0.4",
+    "t4_mam": "MAM", "t4_mam_snip": "MAM + SNIP s=0.4",
+    "t4_fusion": "AdapterFusion", "t4_fusion_snip": "AdapterFusion + SNIP s=0.4",
 }
 PAPER_BERT_AVG = {  # the paper's BERT-base GLUE averages (CoLA/MRPC/STS-B/RTE), Tables 1 and 3
     "finetune": 74.5, "dense": 73.6, "random": 73.7, "magnitude": 73.2, "er": 73.7, "snip": 74.2, "grasp": 74.0,
@@ -42,6 +47,10 @@ PAPER_BERT_AVG = {  # the paper's BERT-base GLUE averages (CoLA/MRPC/STS-B/RTE),
 }
 PAPER_ROBERTA_AVG_TABLE2 = {  # Table 2 reports sparsities on RoBERTa-base only
     "finetune": 79.0, "dense": 78.3, "snip_s20": 78.7, "snip": 78.6, "snip_s60": 78.2, "snip_s80": 77.9,
+}
+PAPER_ROBERTA_AVG_TABLE4 = {  # Table 4: other adapters, dense -> SparseAdapter (RoBERTa-base)
+    "t4_pfeiffer": 77.7, "t4_pfeiffer_snip": 77.9, "t4_lora": 78.1, "t4_lora_snip": 78.2,
+    "t4_mam": 78.0, "t4_mam_snip": 78.3, "t4_fusion": 79.9, "t4_fusion_snip": 80.1,
 }
 
 
@@ -60,6 +69,8 @@ TABLES = {
         ("paper RoBERTa Avg.", PAPER_ROBERTA_AVG_TABLE2)),
     "Table 3: Large-Sparse (same budget as dense r=64)": Table(
         ["finetune", "dense", "large_sparse2", "large_sparse3", "large_sparse4"], {"large_sparse2", "large_sparse3", "large_sparse4"}),
+    "Table 4: other adapters, dense and SNIP s=0.4": Table(
+        list(PAPER_ROBERTA_AVG_TABLE4), set(PAPER_ROBERTA_AVG_TABLE4), ("paper RoBERTa Avg.", PAPER_ROBERTA_AVG_TABLE4)),
 }
 
 
@@ -78,6 +89,25 @@ def row_key(summary: dict) -> str:
     return f"{summary['pruner']}_s{round(100 * summary['sparsity'])}"
 
 
+def training_budget(config: dict) -> dict:
+    """What a run's numbers depend on besides its row, task and seed (from its resolved config).
+
+    The report never averages runs whose budgets differ: a 32-step run beside a 5-epoch run, or a
+    tiny random backbone beside MiniLM, would make a number that describes neither.
+    """
+    trainer, data, optimizer = config.get("trainer", {}), config.get("data", {}), config.get("optimizer", {})
+    return {
+        "epochs": trainer.get("max_epochs"),
+        "max_steps": trainer.get("max_steps", -1),
+        "lr": optimizer.get("lr"),
+        "batch_size": data.get("batch_size"),
+        "accumulate_grad_batches": trainer.get("accumulate_grad_batches", 1),
+        "max_train_samples": data.get("max_train_samples"),
+        "max_length": data.get("max_length"),
+        "backbone_overrides": dict(config.get("backbone", {}).get("config") or {}),
+    }
+
+
 def load_summaries(folders: list[Path]) -> list[dict]:
     runs = []
     for folder in folders:
@@ -89,19 +119,57 @@ def load_summaries(folders: list[Path]) -> list[dict]:
     return runs
 
 
-def cells(runs: list[dict]) -> dict[tuple[str, str], list[float]]:
-    grouped: dict[tuple[str, str], list[float]] = defaultdict(list)
+def lr_of(run: dict) -> float | None:
+    return (run.get("budget") or {}).get("lr")
+
+
+def group_key(run: dict) -> str:
+    """Runs comparable in one table: same backbone and budget (the lr is a column of its own)."""
+    budget = {k: v for k, v in (run.get("budget") or {}).items() if k != "lr"}
+    return json.dumps({"backbone": run.get("backbone"), **budget}, sort_keys=True)
+
+
+def describe_group(key: str) -> str:
+    budget = json.loads(key)
+    if len(budget) == 1:
+        return f"backbone {budget['backbone']}, budget not recorded"
+    parts = [f"backbone {budget['backbone']}"]
+    parts.append(f"{budget['epochs']} epochs" if budget.get("max_steps", -1) in (-1, None) else f"{budget['max_steps']} steps (≤ {budget['epochs']} epochs)")
+    batch = budget["batch_size"] * (budget.get("accumulate_grad_batches") or 1)
+    parts.append(f"batch {batch}")
+    parts.append(f"max length {budget['max_length']}")
+    parts.append(f"first {budget['max_train_samples']} training rows" if budget.get("max_train_samples") else "all training rows")
+    parts += [f"{k}={v}" for k, v in sorted((budget.get("backbone_overrides") or {}).items())]
+    return ", ".join(parts)
+
+
+Cells = dict[tuple[str, float | None, str], list[float]]
+
+
+def cells(runs: list[dict]) -> Cells:
+    """(row, lr, task) → main metric ×100 of each seed."""
+    grouped: Cells = defaultdict(list)
     for run in runs:
-        grouped[(row_key(run), run["task"])].append(100.0 * run["metrics"][run["main_metric"]])
+        grouped[(row_key(run), lr_of(run), run["task"])].append(100.0 * run["metrics"][run["main_metric"]])
     return grouped
 
 
-def mean_std(values: list[float]) -> str:
+def baselines(runs: list[dict]) -> dict[str, float]:
+    """task → the trivial predictor's main metric ×100 (majority class, or mean for STS-B)."""
+    found = {}
+    for run in runs:
+        if run.get("baseline"):
+            found.setdefault(run["task"], 100.0 * run["baseline"]["metrics"][run["main_metric"]])
+    return found
+
+
+def mean_std(values: list[float], floor: float | None = None) -> str:
     if not values:
         return "–"
+    mark = " †" if floor is not None and statistics.mean(values) <= floor + 1e-9 else ""
     if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+        return f"{values[0]:.1f}{mark}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}{mark}"
 
 
 def param_pct(runs: list[dict], row: str) -> str:
@@ -110,34 +178,51 @@ def param_pct(runs: list[dict], row: str) -> str:
 
 
 def markdown_table(runs: list[dict], rows: list[str], reference: tuple[str, dict[str, float]] = Table.reference) -> str:
+    """One table over comparable runs: a trivial-baseline row first, then each (row, lr) present.
+
+    A cell marked † does not beat the trivial baseline of its task: that run learned nothing the
+    majority class (or the mean score) does not already give.
+    """
     grouped = cells(runs)
-    tasks = [(t, name) for t, name in TASKS if any(task == t for _, task in grouped)]
+    floors = baselines(runs)
+    tasks = [(t, name) for t, name in TASKS if any(task == t for *_, task in grouped)]
     reference_name, reference_values = reference
-    header = "| Method | " + " | ".join(name for _, name in tasks) + f" | Avg. | #Param | seeds | {reference_name} |"
-    lines = [header, "|---" * (len(tasks) + 5) + "|"]
+    header = "| Method | lr | " + " | ".join(name for _, name in tasks) + f" | Avg. | #Param | seeds | {reference_name} |"
+    lines = [header, "|---" * (len(tasks) + 6) + "|"]
+    if floors:
+        values = [floors.get(t) for t, _ in tasks]
+        average = f"{statistics.mean(values):.1f}" if None not in values else "–"
+        shown = " | ".join("–" if v is None else f"{v:.1f}" for v in values)
+        lines.append(f"| Trivial baseline (best constant predictor) | – | {shown} | {average} | 0 | – | |")
     for row in rows:
-        if not any((row, t) in grouped for t, _ in tasks):
-            continue
-        means = [statistics.mean(grouped[(row, t)]) for t, _ in tasks if grouped.get((row, t))]
-        complete = len(means) == len(tasks)
-        average = f"{statistics.mean(means):.1f}" if complete else "–"
-        seeds = max(len(grouped.get((row, t), [])) for t, _ in tasks)
-        paper = reference_values.get(row, "")
-        lines.append(
-            f"| {ROW_LABELS.get(row, row)} | " + " | ".join(mean_std(grouped.get((row, t), [])) for t, _ in tasks)
-            + f" | {average} | {param_pct(runs, row)} | {seeds} | {paper} |"
-        )
+        for lr in sorted({lr for (r, lr, _) in grouped if r == row}, key=lambda v: (v is None, v)):
+            present = [grouped.get((row, lr, t), []) for t, _ in tasks]
+            means = [statistics.mean(v) for v in present if v]
+            average = f"{statistics.mean(means):.1f}" if len(means) == len(tasks) else "–"
+            paper = reference_values.get(row, "")
+            lines.append(
+                f"| {ROW_LABELS.get(row, row)} | {'–' if lr is None else f'{lr:g}'} | "
+                + " | ".join(mean_std(v, floors.get(t)) for v, (t, _) in zip(present, tasks))
+                + f" | {average} | {param_pct(runs, row)} | {max(len(v) for v in present)} | {paper} |"
+            )
     return "\n".join(lines)
 
 
 def report(runs: list[dict]) -> str:
+    """Every table once per backbone and budget; † marks cells at or below the trivial baseline."""
     parts = []
-    for title, table in TABLES.items():
-        if any(row_key(r) in table.signature for r in runs):
-            parts.append(f"### {title}\n\n{markdown_table(runs, table.rows, table.reference)}\n")
-    other = sorted({row_key(r) for r in runs} - {row for table in TABLES.values() for row in table.rows})
-    if other:
-        parts.append(f"### Other runs\n\n{markdown_table(runs, other)}\n")
+    by_group: dict[str, list[dict]] = defaultdict(list)
+    for run in runs:
+        by_group[group_key(run)].append(run)
+    for key, group in sorted(by_group.items()):
+        parts.append(f"## {describe_group(key)}\n")
+        for title, table in TABLES.items():
+            if any(row_key(r) in table.signature for r in group):
+                parts.append(f"### {title}\n\n{markdown_table(group, table.rows, table.reference)}\n")
+        other = sorted({row_key(r) for r in group} - {row for table in TABLES.values() for row in table.rows})
+        if other:
+            parts.append(f"### Other runs\n\n{markdown_table(group, other)}\n")
+    parts.append("† not above the task's trivial baseline: the best constant predictor on dev (the majority class; for STS-B a constant score, correlation 0).\n")
     return "\n".join(parts)
 
 
@@ -156,14 +241,24 @@ def learning_curve(run: dict) -> list[tuple[float, float]]:
     return sorted(points.items())
 
 
+def one_lr_per_row(runs: list[dict]) -> list[dict]:
+    """Plots show each row at one lr (its most frequent), never an average over lrs."""
+    chosen: dict[str, float | None] = {}
+    for (row, lr), _ in Counter((row_key(r), lr_of(r)) for r in runs).most_common():
+        chosen.setdefault(row, lr)
+    return [r for r in runs if lr_of(r) == chosen[row_key(r)]]
+
+
 def plot(runs: list[dict], out: Path) -> list[Path]:
+    """The plots of one backbone and budget (call once per ``group_key``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     written = []
-    grouped = cells(runs)
+    runs = one_lr_per_row(runs)
+    grouped = {(row, task): values for (row, _, task), values in cells(runs).items()}
     tasks = [(t, name) for t, name in TASKS if any(task == t for _, task in grouped)]
 
     # 1. metric vs sparsity, one line per pruner, dense adapter at s=0
@@ -251,8 +346,13 @@ def main(argv: list[str] | None = None) -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "report.md").write_text(text)
         if not args.no_plots:
-            for path in plot(runs, args.out):
-                print(f"wrote {path}")
+            groups: dict[str, list[dict]] = defaultdict(list)
+            for run in runs:
+                groups[group_key(run)].append(run)
+            for index, (key, group) in enumerate(sorted(groups.items())):
+                folder = args.out if len(groups) == 1 else args.out / f"plots-{index + 1}"
+                for path in plot(group, folder):
+                    print(f"wrote {path}  ({describe_group(key)})")
 
 
 if __name__ == "__main__":

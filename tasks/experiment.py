@@ -16,9 +16,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from callbacks import FiniteGuard, MaskEnforcement, PruneAtInit, RunState
+from sparse_adapter.adapters.base import merge_adapters
 from sparse_adapter.errors import ConfigError
 from sparse_adapter.io import save_adapter, write_json_atomic
 from sparse_adapter.pruning import PrunerConfig, check_sparsity
+from sparse_adapter.report import training_budget
 from tasks import rundir
 from tasks.resume import check_matches, read_checkpoint
 from tasks.validation import check_budget, max_positions, validate_config
@@ -27,29 +29,33 @@ log = logging.getLogger(__name__)
 SUMMARY = "summary.json"
 
 
-def resolve_budget(adapter, pruner: PrunerConfig, sparsity: float, large_sparse: int | None):
-    """Large-Sparse: bottleneck (or rank) ×k and sparsity 1 - 1/k, the paper's Table 3 budget."""
+def check_large_sparse(adapter, pruner: PrunerConfig, sparsity: float, large_sparse: int | None) -> None:
+    """Large-Sparse (paper Table 3) is resolved in the config (``tasks/resolvers.py``: width ×k,
+    sparsity 1 - 1/k); refuse the settings that contradict it instead of silently picking one."""
     check_sparsity(sparsity)
     if large_sparse is None:
-        return adapter, sparsity
-    if not isinstance(large_sparse, int) or large_sparse < 1:
+        return
+    if not isinstance(large_sparse, int) or isinstance(large_sparse, bool) or large_sparse < 1:
         raise ConfigError(f"large_sparse={large_sparse} must be an integer ≥ 1 (the bottleneck multiplier k)")
-    if not pruner.enabled and large_sparse > 1:
+    if large_sparse > 1 and not pruner.enabled:
         raise ConfigError(f"large_sparse={large_sparse} needs a pruner (it sets sparsity 1-1/k); got pruner=none")
-    return adapter.scaled(large_sparse), 1.0 - 1.0 / large_sparse
+    if large_sparse > 1 and adapter.size_field is None:
+        raise ConfigError(f"large_sparse: adapter '{type(adapter).__name__}' has no bottleneck or rank to scale")
+    if abs(sparsity - (1.0 - 1.0 / large_sparse)) > 1e-9:
+        raise ConfigError(
+            f"sparsity={sparsity} contradicts large_sparse={large_sparse}, which sets sparsity 1-1/k = {1.0 - 1.0 / large_sparse:.4f}; drop one"
+        )
+
+
+def _compact(settings: dict) -> str:
+    return "(" + ", ".join(f"{k}={v}" for k, v in settings.items()) + ")"
 
 
 def publish_summary(loggers: list, summary: dict) -> None:
-    """Put the summary into each experiment tracker's run summary (W&B), then close the run.
-
-    Closing matters in sweeps: a W&B run left open would be reused by the next job's logger.
-    """
+    """Hand the summary to each experiment tracker that keeps one (W&B: see ``tasks.loggers``)."""
     for logger in loggers:
-        experiment = getattr(logger, "experiment", None)
-        if hasattr(getattr(experiment, "summary", None), "update"):
-            experiment.summary.update({k: v for k, v in summary.items() if k != "layer_density"})
-        if hasattr(experiment, "finish"):
-            experiment.finish()
+        if hasattr(logger, "publish_summary"):
+            logger.publish_summary(summary)
 
 
 finished_summary = rundir.finished_summary
@@ -88,8 +94,16 @@ def _run(cfg: DictConfig, output_dir: Path) -> float:
     for part in (adapter, optimizer):
         part.validate()
     pruner.validate(cfg.sparsity)
-    adapter, sparsity = resolve_budget(adapter, pruner, cfg.sparsity, cfg.get("large_sparse"))
-    L.seed_everything(cfg.seed, workers=True)
+    sparsity = cfg.sparsity
+    check_large_sparse(adapter, pruner, sparsity, cfg.get("large_sparse"))
+    config_dict = OmegaConf.to_container(cfg, resolve=True)
+    budget = training_budget(config_dict)
+    log.info(
+        "run: %s on %s | adapter=%s %s | pruner=%s scope=%s sparsity=%.4f | seed=%s | %s",
+        task.name, cfg.backbone_name, cfg.adapter_name, _compact(vars(adapter)), pruner.scorer or "none", pruner.scope,
+        sparsity if pruner.enabled else 0.0, cfg.seed, _compact(budget),
+    )
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     module = task.module_class()(
         backbone=instantiate(cfg.backbone, _convert_="object"),
@@ -123,7 +137,6 @@ def _run(cfg: DictConfig, output_dir: Path) -> float:
     callbacks = [pruning, MaskEnforcement(), RunState(record), guard]
     callbacks += [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
-    config_dict = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:
         logger.log_hyperparams(config_dict)
     checkpointing = any(isinstance(c, ModelCheckpoint) for c in callbacks)  # Lightning refuses one with it off
@@ -143,10 +156,14 @@ def _run(cfg: DictConfig, output_dir: Path) -> float:
         "sparsity": sparsity,
         "large_sparse": cfg.get("large_sparse"),
         "seed": cfg.seed,
+        "budget": budget,
         "resumed_from": str(cfg.ckpt_path) if cfg.get("ckpt_path") else None,
         "main_metric": task.main_metric,
         "metrics": metrics,
+        "baseline": datamodule.trivial_baseline(),
         **module.parameter_report(),
+        "empty_matrices": module.masks.empty(),
+        "silenced_modules": module.masks.silenced_modules(),
         "layer_density": module.masks.densities(),
         "prune_seconds": pruning.seconds,
         "global_steps": trainer.global_step,
@@ -154,7 +171,8 @@ def _run(cfg: DictConfig, output_dir: Path) -> float:
         "wall_seconds": time.perf_counter() - started,
     }
     if trainer.is_global_zero:
-        save_adapter(module.model, output_dir / "adapter.safetensors", {"task": task.name, "adapter": cfg.adapter_name})
+        merge_adapters(module.model)  # after the summary's counts: e.g. a prefix MLP folds into its prefix
+        save_adapter(module.model, output_dir / "adapter.safetensors", {"task": task.name}, masks=module.masks)
         write_json_atomic(summary, output_dir / SUMMARY)
         publish_summary(loggers, summary)
     log.info("%s %s=%.4f (%s, %s, sparsity %.2f) in %.0fs", task.name, task.main_metric, metrics[task.main_metric],

@@ -14,7 +14,7 @@ NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 
 @dataclass
 class AdamWConfig:
-    lr: float = 2e-4
+    lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
     weight_decay: float = 0.1

@@ -182,7 +182,6 @@ def epochs(v) -> str | None:
 
 RULES: dict[str, Rule] = {
     "sparsity": finite(interval(0.0, 1.0)),
-    "large_sparse": optional(at_least(1)),
     "seed": lambda v: None if 0 <= v < 2**32 else "must be in [0, 2^32)",
     "data.max_length": at_least(1),
     "data.batch_size": at_least(1),
@@ -225,13 +224,8 @@ def _sharded_strategy(cfg: dict) -> str | None:
     return None
 
 
-def _large_sparse_needs_a_pruner(cfg: dict) -> str | None:
-    if (cfg.get("large_sparse") or 1) > 1 and (cfg.get("pruner") or {}).get("scorer") in (None, "none"):
-        return f"large_sparse={cfg['large_sparse']} needs a pruner (it sets sparsity 1-1/k); got pruner=none"
-    return None
-
-
-CONTRADICTIONS: list[Callable[[dict], str | None]] = [_sharded_strategy, _large_sparse_needs_a_pruner]
+# (large_sparse and its contradictions are checked where it is resolved: tasks/resolvers.py, tasks/experiment.py)
+CONTRADICTIONS: list[Callable[[dict], str | None]] = [_sharded_strategy]
 
 
 def _lookup(cfg: dict, dotted: str) -> tuple[bool, Any]:

@@ -20,7 +20,7 @@ from tasks.cli import compose_checked, precheck, run_checked
 from tests.conftest import ROOT
 
 FAST = [
-    "backbone=tiny-bert", "trainer=smoke", "logger=csv",
+    "backbone=tiny-bert", "task=rte", "trainer=smoke", "logger=csv",
     "data.max_train_samples=32", "data.max_eval_samples=16", "data.batch_size=8", "pruner.batches=2",
 ]
 

@@ -86,3 +86,37 @@ def test_er_keeps_overfull_layers_dense_and_total_exact():
 def test_unknown_scope_is_a_config_error():
     with pytest.raises(ConfigError, match="pruner.scope"):
         select(scores_for(SHAPES), 0.4, "blockwise", torch.Generator())
+
+
+@pytest.mark.parametrize("sparsity", [0.4, 0.75, 0.9])
+def test_min_density_keeps_a_floor_in_every_matrix_and_the_total_exact(sparsity):
+    scores = scores_for(SHAPES)
+    scores["lora.B"] = torch.zeros(SHAPES["lora.B"])  # a zero-init factor: all ties, lowest scores
+    plain = select(scores, sparsity, "global", torch.Generator().manual_seed(0))
+    assert int(plain["lora.B"].sum()) == 0  # the global ranking empties it (layer collapse)
+    masks = select(scores, sparsity, "global", torch.Generator().manual_seed(0), min_density=0.05)
+    total = sum(math.prod(s) for s in SHAPES.values())
+    assert sum(int(m.sum()) for m in masks.values()) == kept_count(total, sparsity)
+    for name, shape in SHAPES.items():
+        assert int(masks[name].sum()) >= math.ceil(0.05 * math.prod(shape)), name
+    # beyond the floors one global ranking decides: in a matrix holding more than its floor, the
+    # lowest kept score beats every pruned score anywhere
+    above = [n for n, s in SHAPES.items() if int(masks[n].sum()) > math.ceil(0.05 * math.prod(s))]
+    assert above
+    lowest_kept = min(float(scores[n][masks[n]].min()) for n in above)
+    highest_pruned = max(float(scores[n][~masks[n]].max()) for n in SHAPES if bool((~masks[n]).any()))
+    assert lowest_kept >= highest_pruned
+
+
+def test_min_density_beyond_the_budget_is_a_config_error():
+    with pytest.raises(ConfigError, match="pruner.min_density"):
+        select(scores_for(SHAPES), 0.9, "global", torch.Generator().manual_seed(0), min_density=0.5)
+
+
+def test_pruner_config_refuses_min_density_outside_its_range_or_scope():
+    from sparse_adapter.pruning import PrunerConfig
+
+    with pytest.raises(ConfigError, match="pruner.min_density"):
+        PrunerConfig("snip", min_density=0.7).validate(0.4)
+    with pytest.raises(ConfigError, match="pruner.min_density"):
+        PrunerConfig("snip", scope="layer", min_density=0.1).validate(0.4)

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
 from sparse_adapter.errors import ConfigError
+from sparse_adapter.io import read_adapter
 from tasks.experiment import run
 from tests.conftest import ROOT
 
@@ -48,22 +48,31 @@ def summary(run_dir: Path) -> dict:
 def test_default_run_writes_summary_and_adapter(tmp_path, glue_dir):
     result = train(tmp_path, f"data_dir={glue_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
+    console = result.stdout + result.stderr
+    for chatter in ["litlogger", "Total FLOPs", "anonymous setting", "GPU available", "Generating train split"]:
+        assert chatter not in console, chatter
+    first = next(line for line in console.splitlines() if "run: " in line)
+    assert "bottleneck=64" in first and "sparsity=0.4000" in first and "max_train_samples=32" in first
     s = summary(tmp_path)
-    assert (s["task"], s["backbone"], s["adapter"], s["pruner"], s["sparsity"], s["seed"]) == ("rte", "tiny-bert", "houlsby", "snip", 0.4, 42)
+    assert (s["task"], s["backbone"], s["adapter"], s["pruner"], s["sparsity"], s["seed"]) == ("sst2", "tiny-bert", "houlsby", "snip", 0.4, 42)
+    assert s["budget"]["max_train_samples"] == 32 and s["budget"]["max_steps"] == 4
+    assert s["baseline"]["predictor"].startswith("constant class") and 0.4 < s["baseline"]["metrics"]["accuracy"] < 0.6
     assert 0.0 <= s["metrics"]["accuracy"] <= 1.0
     assert s["adapter_weights_kept"] == round(0.6 * s["adapter_weights_total"])
     assert s["actual_sparsity"] == pytest.approx(0.4, abs=1e-4)
     assert s["trained_params"] > 0 and 0 < s["trained_params_pct"] < 100 and s["wall_seconds"] > 0
     assert len(s["layer_density"]) == 8
 
-    weights = load_file(tmp_path / "adapter.safetensors")
+    weights, masks, metadata = read_adapter(tmp_path / "adapter.safetensors")
+    assert (metadata["adapter"], metadata["task"], metadata["backbone"]["model_type"]) == ("houlsby", "rte", "bert")
     assert set(weights) == {n for n in weights if ".adapter." in n or n.startswith("classifier.")}
     assert {"classifier.weight", "classifier.bias"} <= set(weights)
     prunable = [n for n in weights if n.endswith(("down.weight", "up.weight"))]
     assert len(prunable) == 8
     assert sum(int(torch.count_nonzero(weights[n])) for n in prunable) <= s["adapter_weights_kept"]
-    for name in prunable:  # pruned entries were saved as exact zeros, in the density the masks say
-        assert torch.count_nonzero(weights[name]) <= round(s["layer_density"][name] * weights[name].numel())
+    for name in prunable:  # stored sparsely: the saved mask has the density the run reported
+        assert int(masks[name].sum()) == round(s["layer_density"][name] * weights[name].numel())
+        assert torch.count_nonzero(weights[name][~masks[name]]) == 0
     assert (tmp_path / "csv" / "metrics.csv").is_file()
 
 
@@ -76,11 +85,38 @@ def test_lora_grasp_on_roberta_regression(tmp_path, glue_dir):
 
 
 def test_large_sparse_scales_the_bottleneck_and_sets_sparsity(tmp_path, glue_dir):
-    train_in_process(tmp_path, f"data_dir={glue_dir}", "adapter.bottleneck=16", "large_sparse=4", "task=mrpc")
+    train_in_process(tmp_path, f"data_dir={glue_dir}", "large_sparse=4", "task=mrpc")
     s = summary(tmp_path)
-    assert s["adapter_config"]["bottleneck"] == 64 and s["sparsity"] == 0.75 and s["large_sparse"] == 4
-    dense_budget = 2 * 2 * (2 * 32 * 16)  # the r=16 dense adapter's weight count
+    assert s["adapter_config"]["bottleneck"] == 256 and s["sparsity"] == 0.75 and s["large_sparse"] == 4
+    dense_budget = 2 * 2 * (2 * 32 * 64)  # the r=64 dense adapter's weight count
     assert s["adapter_weights_kept"] == dense_budget
+
+
+def test_the_config_shows_the_effective_width_and_sparsity_of_large_sparse():
+    """What `--cfg job --resolve` prints is what runs (no hidden rescaling inside the run)."""
+    from omegaconf import OmegaConf
+
+    from tests.conftest import compose_config
+
+    cfg = OmegaConf.to_container(compose_config("large_sparse=4", "adapter=lora"), resolve=True)
+    assert (cfg["adapter"]["r"], cfg["sparsity"]) == (32, 0.75)
+    cfg = OmegaConf.to_container(compose_config("adapter=pfeiffer"), resolve=True)
+    assert (cfg["adapter"]["bottleneck"], cfg["sparsity"]) == (64, 0.4)
+    cfg = OmegaConf.to_container(compose_config("adapter=mam", "large_sparse=2"), resolve=True)
+    assert (cfg["adapter"]["size"], cfg["sparsity"]) == (60, 0.5)  # prefix length and parallel bottleneck both ×2
+
+
+def test_global_grasp_collapse_is_reported_and_min_density_prevents_it(tmp_path, glue_dir):
+    """The issue's case: LoRA + GraSP at s=0.75 empties both query factors of every layer on tiny-bert."""
+    lora = [f"data_dir={glue_dir}", "adapter=lora", "pruner=grasp", "sparsity=0.75"]
+    train_in_process(tmp_path / "plain", *lora)
+    s = summary(tmp_path / "plain")
+    assert s["empty_matrices"] and all(s["layer_density"][n] == 0.0 for n in s["empty_matrices"])
+    assert s["silenced_modules"] == sorted({n.rsplit(".", 1)[0] for n in s["empty_matrices"]})
+    train_in_process(tmp_path / "floor", *lora, "pruner.min_density=0.05")
+    s = summary(tmp_path / "floor")
+    assert s["empty_matrices"] == [] and min(s["layer_density"].values()) >= 0.05
+    assert s["adapter_weights_kept"] == round(0.25 * s["adapter_weights_total"])
 
 
 def test_full_fine_tuning_trains_everything(tmp_path, glue_dir):
@@ -119,6 +155,7 @@ def test_bad_input_exits_non_zero_with_one_clear_message(tmp_path, glue_dir, ove
     assert result.returncode != 0
     assert setting in result.stderr
     assert "Traceback" not in result.stderr
+    assert sum("error:" in line for line in result.stderr.splitlines()) <= 1  # said once, not logged and printed
     assert not (tmp_path / "summary.json").exists() and not (tmp_path / "adapter.safetensors").exists()
 
 
@@ -131,6 +168,8 @@ def test_bad_input_exits_non_zero_with_one_clear_message(tmp_path, glue_dir, ove
         (["pruner=snip", "pruner.batches=0"], "pruner.batches"),
         (["large_sparse=0"], "large_sparse"),
         (["pruner=none", "large_sparse=2"], "large_sparse"),
+        (["large_sparse=2", "sparsity=0.8"], "sparsity=0.8 contradicts large_sparse=2"),
+        (["adapter=none", "pruner=snip", "large_sparse=2"], "large_sparse"),
         (["backbone=bert-base", "backbone.name_or_path=/nonexistent/model-name"], "backbone.name_or_path"),
     ],
 )

@@ -65,3 +65,19 @@ def test_hub_layout_is_normalised_like_the_local_files():
     hub_rows = Dataset.from_dict({"sentence1": ["a b"], "sentence2": ["c d"], "label": [1], "idx": [0]})
     normalised = _normalise(hub_rows, mrpc, mrpc.hub_text_fields, mrpc.hub_label_field)
     assert normalised[0] == {"text_a": "a b", "text_b": "c d", "labels": 1}
+
+
+@pytest.mark.parametrize(
+    "name, metric, value, predictor",
+    [("mrpc", "accuracy", 279 / 408, "constant class 1"), ("cola", "matthews", 0.0, "constant class 1"),
+     ("rte", "accuracy", 146 / 277, "constant class 0"), ("stsb", "pearson", 0.0, "mean predictor")],
+)
+def test_trivial_baseline_is_the_best_constant_predictor_on_dev(glue_dir, name, metric, value, predictor):
+    tokenizer = tiny_model()[1]
+    # the first 1,000 RTE rows hold more not_entailment: the bar must still be dev's majority class
+    datamodule = GlueDataModule(task(name), tokenizer, glue_dir, max_train_samples=1000)
+    baseline = datamodule.trivial_baseline()
+    assert baseline["metrics"][metric] == pytest.approx(value)
+    assert baseline["predictor"].startswith(predictor)
+    if name == "cola":
+        assert baseline["metrics"]["accuracy"] == pytest.approx(721 / 1043)  # the majority, among equal Matthews 0

@@ -11,7 +11,7 @@ from tests.cli_support import train_subprocess
 from tests.conftest import compose_config
 
 DDP = [
-    "backbone=tiny-bert", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=1",
+    "backbone=tiny-bert", "task=rte", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=1",
     "trainer.max_steps=3", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=csv",
     "data.max_train_samples=32", "data.max_eval_samples=16", "data.batch_size=4", "pruner.batches=2",
 ]
@@ -19,7 +19,7 @@ DDP = [
 
 def single_process_metrics(glue_dir, weights):
     """Accuracy and loss of ``weights`` over the same 16 dev rows, in this one process."""
-    cfg = compose_config("backbone=tiny-bert")
+    cfg = compose_config("backbone=tiny-bert", "task=rte")
     task = instantiate(cfg.task, _convert_="object")
     module = task.module_class()(
         backbone=instantiate(cfg.backbone, _convert_="object"), adapter=instantiate(cfg.adapter, _convert_="object"),

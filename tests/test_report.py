@@ -1,6 +1,7 @@
 """The report turns run summaries into the paper's table layout and plots."""
 
 import json
+import re
 
 import pytest
 
@@ -71,3 +72,33 @@ def test_each_table_shows_the_papers_reference_for_its_backbone(tmp_path):
     table1, table2 = text.split("### Table 2")
     assert "paper BERT Avg." in table1 and "| 74.2 |" in table1  # Table 1: BERT-base
     assert "paper RoBERTa Avg." in table2 and "| 78.6 |" in table2 and "| 78.2 |" in table2  # Table 2: RoBERTa only
+
+
+def test_runs_of_other_backbones_or_budgets_are_never_averaged_together(tmp_path):
+    """The issue's case: tiny-bert and MiniLM runs of one row and seed were averaged as one cell."""
+    budget = {"epochs": 5, "max_steps": -1, "lr": 1e-3, "batch_size": 32, "accumulate_grad_batches": 1,
+              "max_train_samples": None, "max_length": 128, "backbone_overrides": {}}
+    write_run(tmp_path / "a", "rte", "snip", 1, 0.60, backbone="minilm", budget=budget)
+    write_run(tmp_path / "b", "rte", "snip", 1, 0.40, backbone="tiny-bert", budget=budget)
+    write_run(tmp_path / "c", "rte", "snip", 1, 0.55, backbone="minilm", budget={**budget, "epochs": 1})
+    write_run(tmp_path / "d", "rte", "snip", 2, 0.70, backbone="minilm", budget={**budget, "lr": 2e-4})
+    from sparse_adapter.report import report
+
+    text = report(load_summaries([tmp_path]))
+    sections = re.split(r"^## ", text, flags=re.M)[1:]
+    assert len(sections) == 3  # minilm 5 epochs, minilm 1 epoch, tiny-bert 5 epochs
+    assert any(s.startswith("backbone minilm, 5 epochs, batch 32, max length 128, all training rows") for s in sections)
+    minilm = next(s for s in sections if s.startswith("backbone minilm, 5 epochs"))
+    assert "| SparseAdapter SNIP | 0.001 | 60.0 |" in minilm and "| SparseAdapter SNIP | 0.0002 | 70.0 |" in minilm  # lr apart
+    assert "50.0" not in text and "65.0" not in text  # no mean across backbones, budgets or lrs
+
+
+def test_each_table_has_a_trivial_baseline_row_and_marks_cells_that_do_not_beat_it(tmp_path):
+    baseline = {"predictor": "constant class 1", "metrics": {"accuracy": 0.684}}
+    write_run(tmp_path, "mrpc", "dense", 1, 0.684, baseline=baseline)
+    write_run(tmp_path, "mrpc", "snip", 1, 0.771, baseline=baseline)
+    table = markdown_table(load_summaries([tmp_path]), ["dense", "snip"])
+    lines = table.splitlines()
+    assert lines[2].startswith("| Trivial baseline") and "| 68.4 |" in lines[2]
+    assert "| 68.4 † |" in next(line for line in lines if "dense" in line)
+    assert "| 77.1 |" in next(line for line in lines if "SNIP" in line)

@@ -6,9 +6,14 @@ from torch import nn
 
 from sparse_adapter.adapters.base import AdapterConfig
 from sparse_adapter.adapters.full import FullFineTuningConfig
+from sparse_adapter.adapters.fusion import FusionConfig
 from sparse_adapter.adapters.houlsby import HoulsbyConfig
+from sparse_adapter.adapters.ia3 import IA3Config
 from sparse_adapter.adapters.lora import LoRAConfig
+from sparse_adapter.adapters.mam import MAMConfig
+from sparse_adapter.adapters.parallel import ParallelConfig
 from sparse_adapter.adapters.pfeiffer import PfeifferConfig
+from sparse_adapter.adapters.prefix import PrefixConfig
 from sparse_adapter.errors import ConfigError
 
 ADAPTERS: dict[str, type[AdapterConfig]] = {
@@ -16,6 +21,11 @@ ADAPTERS: dict[str, type[AdapterConfig]] = {
     "houlsby": HoulsbyConfig,
     "pfeiffer": PfeifferConfig,
     "lora": LoRAConfig,
+    "parallel": ParallelConfig,
+    "prefix": PrefixConfig,
+    "mam": MAMConfig,
+    "ia3": IA3Config,
+    "fusion": FusionConfig,
 }
 
 
@@ -28,4 +38,15 @@ def attach_adapter(model: nn.Module, adapter: AdapterConfig | str, **options) ->
     return adapter.attach(model)
 
 
-__all__ = ["ADAPTERS", "AdapterConfig", "FullFineTuningConfig", "HoulsbyConfig", "LoRAConfig", "PfeifferConfig", "attach_adapter"]
+def adapter_name(config: AdapterConfig) -> str:
+    """The registry name of a config's class (what an adapter file records)."""
+    for name, cls in ADAPTERS.items():
+        if type(config) is cls:
+            return name
+    raise ConfigError(f"adapter config {type(config).__name__} is not registered in ADAPTERS")
+
+
+__all__ = [
+    "ADAPTERS", "AdapterConfig", "FullFineTuningConfig", "FusionConfig", "HoulsbyConfig", "IA3Config", "LoRAConfig", "MAMConfig", "ParallelConfig",
+    "PfeifferConfig", "PrefixConfig", "adapter_name", "attach_adapter",
+]

@@ -26,8 +26,24 @@ class AdapterConfig:
     size_field = None  # class attribute, not a dataclass field
 
     def attach(self, model: nn.Module) -> list[str]:
-        """Insert the adapters and freeze the backbone; return the prunable parameter names."""
+        """Insert the adapters and freeze the backbone; return the prunable parameter names.
+
+        The config is recorded on the model (``model.adapter_config``) so an adapter file can
+        describe itself and be attached again from the file alone.
+        """
+        self.validate()
+        prunable = self.insert(model)
+        model.train(model.training)  # inserted modules take the model's train/eval mode
+        model.adapter_config = self
+        return prunable
+
+    def insert(self, model: nn.Module) -> list[str]:
+        """Variant-specific: edit ``model`` in place; return the prunable parameter names."""
         raise NotImplementedError
+
+    def merged(self) -> "AdapterConfig":
+        """The config after ``merge_adapters`` (a reparametrised prefix becomes a plain one)."""
+        return self
 
     def scaled(self, factor: int) -> "AdapterConfig":
         """The same adapter with its bottleneck (or rank) multiplied by ``factor``."""
@@ -44,6 +60,45 @@ class AdapterConfig:
         dropout = getattr(self, "dropout", 0.0)
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"adapter.dropout={dropout} must be in [0, 1)")
+
+
+class AdapterLayer(nn.Module):
+    """Base of every module an adapter inserts; accounting and saving find adapters through it.
+
+    Parameters of the module count as adapter parameters, except those under the children named
+    in ``wrapped`` (the backbone module an adapter wraps, e.g. LoRA's ``base_layer``).
+    """
+
+    wrapped: tuple[str, ...] = ()
+
+    def adapter_parameters(self, prefix: str = ""):
+        """(qualified name, parameter) of the adapter's own parameters."""
+        for name, parameter in self.named_parameters(prefix=prefix):
+            local = name[len(prefix) + 1 :] if prefix else name
+            if local.split(".", 1)[0] not in self.wrapped:
+                yield name, parameter
+
+    def merge_(self) -> None:
+        """Fold training-time reparametrisations away (no-op unless a variant has one)."""
+
+
+def adapter_parameter_names(model: nn.Module) -> set[str]:
+    """Names of all parameters that adapters added to ``model`` (trained or frozen)."""
+    names = set()
+    for module_name, module in model.named_modules():
+        if isinstance(module, AdapterLayer):
+            names.update(name for name, _ in module.adapter_parameters(module_name))
+    return names
+
+
+def merge_adapters(model: nn.Module) -> None:
+    """Merge every reparametrised adapter (e.g. a prefix MLP) into plain tensors, after training."""
+    for module in list(model.modules()):
+        if isinstance(module, AdapterLayer):
+            module.merge_()
+    config = getattr(model, "adapter_config", None)
+    if config is not None:
+        model.adapter_config = config.merged()
 
 
 def freeze_backbone(model: nn.Module) -> None:

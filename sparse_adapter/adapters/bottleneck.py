@@ -12,16 +12,21 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from sparse_adapter.adapters.base import ACTIVATIONS, AdapterConfig, freeze_backbone, init_linear
+from sparse_adapter.adapters.base import ACTIVATIONS, AdapterConfig, AdapterLayer, freeze_backbone, init_linear
 from sparse_adapter.adapters.layouts import layout_for, replace_submodule, transformer_blocks
 from sparse_adapter.errors import ConfigError
 
 
-class Bottleneck(nn.Module):
-    """x + up(dropout(act(down(x)))): identity at init when the up-projection starts at zero."""
+class Bottleneck(AdapterLayer):
+    """x + up(dropout(act(down(x)))): identity at init when the up-projection starts at zero.
 
-    def __init__(self, hidden: int, bottleneck: int, activation: str, dropout: float, init: str, init_std: float):
+    ``residual=False`` leaves the ``x +`` out (the parallel adapter adds its output elsewhere).
+    """
+
+    def __init__(self, hidden: int, bottleneck: int, activation: str, dropout: float, init: str, init_std: float,
+                 residual: bool = True):
         super().__init__()
+        self.residual = residual
         self.down = nn.Linear(hidden, bottleneck)
         self.up = nn.Linear(bottleneck, hidden)
         self.act = ACTIVATIONS[activation]()
@@ -30,7 +35,8 @@ class Bottleneck(nn.Module):
         init_linear(self.up, init_std, zero=init == "lora")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.up(self.dropout(self.act(self.down(x))))
+        update = self.up(self.dropout(self.act(self.down(x))))
+        return x + update if self.residual else update
 
 
 class AfterModule(nn.Module):
@@ -61,8 +67,7 @@ class BottleneckConfig(AdapterConfig):
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"adapter.activation='{self.activation}' is unknown (choose from {', '.join(ACTIVATIONS)})")
 
-    def attach(self, model: nn.Module) -> list[str]:
-        self.validate()
+    def insert(self, model: nn.Module) -> list[str]:
         freeze_backbone(model)
         layout = layout_for(model)
         hidden = model.config.hidden_size

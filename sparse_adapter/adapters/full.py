@@ -9,7 +9,7 @@ from sparse_adapter.adapters.base import AdapterConfig
 
 @dataclass
 class FullFineTuningConfig(AdapterConfig):
-    def attach(self, model: nn.Module) -> list[str]:
+    def insert(self, model: nn.Module) -> list[str]:
         for parameter in model.parameters():
             parameter.requires_grad_(True)
         return []

@@ -19,6 +19,19 @@ class Layout:
     after_attention: str  # module whose output a serial adapter follows (Houlsby)
     after_ffn: str  # ditto for the feed-forward sublayer (Houlsby, Pfeiffer)
     linears: dict[str, str] = field(default_factory=dict)  # LoRA target name -> path in a block
+    # prefix tuning: the self-attention module (query/key/value Linears, HF attention interface)
+    self_attention: str | None = None
+    # parallel adapter: the FFN's output module, called as (ffn_hidden, ffn_input); the adapter reads
+    # ffn_input and adds its output to the FFN output before the residual + LayerNorm
+    ffn_output: str | None = None
+    # IA³ target name -> path of the module whose output is scaled (keys, values, FFN activation)
+    scaled: dict[str, str] = field(default_factory=dict)
+
+    def require(self, slot: str, adapter: str) -> str:
+        path = getattr(self, slot)
+        if not path:
+            raise ConfigError(f"adapter={adapter}: this architecture's layout has no '{slot}' slot yet")
+        return path
 
 
 _BERT_LIKE = Layout(
@@ -34,6 +47,9 @@ _BERT_LIKE = Layout(
         "intermediate": "intermediate.dense",
         "output": "output.dense",
     },
+    self_attention="attention.self",
+    ffn_output="output",
+    scaled={"key": "attention.self.key", "value": "attention.self.value", "ffn": "intermediate"},
 )
 
 LAYOUTS: dict[str, Layout] = {

@@ -8,13 +8,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparse_adapter.adapters.base import AdapterConfig, freeze_backbone, kaiming_uniform
+from sparse_adapter.adapters.base import AdapterConfig, AdapterLayer, freeze_backbone, kaiming_uniform
 from sparse_adapter.adapters.layouts import layout_for, replace_submodule, transformer_blocks
 from sparse_adapter.errors import ConfigError
 
 
-class LoRALinear(nn.Module):
+class LoRALinear(AdapterLayer):
     """base(x) + scaling · B(A(dropout(x))); A is (r, in), B is (out, r) as in PEFT."""
+
+    wrapped = ("base_layer",)
 
     def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float, init: str, init_std: float):
         super().__init__()
@@ -47,8 +49,7 @@ class LoRAConfig(AdapterConfig):
 
     size_field = "r"
 
-    def attach(self, model: nn.Module) -> list[str]:
-        self.validate()
+    def insert(self, model: nn.Module) -> list[str]:
         layout = layout_for(model)
         unknown = [t for t in self.targets if t not in layout.linears]
         if unknown or not self.targets:

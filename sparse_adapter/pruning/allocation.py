@@ -94,20 +94,46 @@ def er_counts(shapes: dict[str, torch.Size], sparsity: float) -> dict[str, int]:
     return dict(zip(shapes, largest_remainder(quotas, total, list(sizes.values()))))
 
 
-def select(scores: dict[str, torch.Tensor], sparsity: float, scope: str, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Masks keeping exactly round((1 - s) · N) weights over all ``scores``, split by ``scope``."""
+def floor_counts(shapes: dict[str, torch.Size], min_density: float) -> dict[str, int]:
+    """ceil(min_density · n) weights every matrix keeps whatever the ranking says (0 when off)."""
+    return {name: min(math.prod(shape), math.ceil(min_density * math.prod(shape))) for name, shape in shapes.items()}
+
+
+def global_masks(scores: dict[str, torch.Tensor], sparsity: float, generator: torch.Generator, min_density: float = 0.0) -> dict[str, torch.Tensor]:
+    """One ranking over all matrices; with ``min_density`` each matrix first keeps its own best
+    ``ceil(min_density · n)`` and the rest of the budget goes to the global ranking of what is left."""
+    names = list(scores)
+    flat = torch.cat([scores[n].detach().reshape(-1).float() for n in names])
+    total = kept_count(flat.numel(), sparsity)
+    floors = floor_counts({n: scores[n].shape for n in names}, min_density)
+    if sum(floors.values()) > total:
+        raise ConfigError(
+            f"pruner.min_density={min_density} needs {sum(floors.values())} weights but sparsity={sparsity} keeps {total}; lower one of them"
+        )
+    reserved = torch.cat([top_k_mask(scores[n].detach().reshape(-1).float(), floors[n], generator) for n in names])
+    rest = (~reserved).nonzero().squeeze(1)
+    keep = reserved.clone()
+    keep[rest[top_k_mask(flat[rest], total - int(reserved.sum()), generator)]] = True
+    masks, offset = {}, 0
+    for name in names:
+        n = scores[name].numel()
+        masks[name] = keep[offset : offset + n].view_as(scores[name])
+        offset += n
+    return masks
+
+
+def select(
+    scores: dict[str, torch.Tensor], sparsity: float, scope: str, generator: torch.Generator, min_density: float = 0.0
+) -> dict[str, torch.Tensor]:
+    """Masks keeping exactly round((1 - s) · N) weights over all ``scores``, split by ``scope``.
+
+    ``min_density`` (global scope) guards against layer collapse; the layer and ER scopes give
+    every matrix a positive budget of its own already.
+    """
     if scope not in SCOPES:
         raise ConfigError(f"pruner.scope='{scope}' is unknown (choose from {', '.join(SCOPES)})")
     if scope == "global":
-        names = list(scores)
-        flat = torch.cat([scores[n].detach().reshape(-1).float() for n in names])
-        keep = top_k_mask(flat, kept_count(flat.numel(), sparsity), generator)
-        masks, offset = {}, 0
-        for name in names:
-            n = scores[name].numel()
-            masks[name] = keep[offset : offset + n].view_as(scores[name])
-            offset += n
-        return masks
+        return global_masks(scores, sparsity, generator, min_density)
     shapes = {name: score.shape for name, score in scores.items()}
     counts = uniform_counts(shapes, sparsity) if scope == "layer" else er_counts(shapes, sparsity)
     return {name: top_k_mask(scores[name].detach().float(), counts[name], generator) for name in scores}

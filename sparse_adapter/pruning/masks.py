@@ -16,6 +16,12 @@ def _buffer_name(parameter_name: str) -> str:
     return parameter_name.replace(".", "__")
 
 
+def owning_module(parameter_name: str) -> str:
+    """The adapter module a prunable tensor belongs to: ``x.adapter.down.weight`` → ``x.adapter``,
+    ``x.query.lora_A`` → ``x.query``."""
+    return parameter_name.removesuffix(".weight").rsplit(".", 1)[0]
+
+
 class MaskSet(nn.Module):
     """Masks keyed by parameter name (``True`` = kept). Empty until pruning (or a checkpoint) fills it.
 
@@ -58,6 +64,15 @@ class MaskSet(nn.Module):
 
     def densities(self) -> dict[str, float]:
         return {name: float(mask.float().mean()) for name, mask in self.items()}
+
+    def empty(self) -> list[str]:
+        """Matrices left with no weight (layer collapse: a global ranking can empty whole matrices)."""
+        return [name for name, mask in self.items() if not bool(mask.any())]
+
+    def silenced_modules(self) -> list[str]:
+        """Adapter modules with an empty factor (``down``/``up``, LoRA ``A``/``B``): a product with
+        an empty factor is zero, so the whole module contributes nothing (or only its bias)."""
+        return sorted({owning_module(name) for name in self.empty()})
 
     @torch.no_grad()
     def apply_(self, parameters: Mapping[str, torch.Tensor]) -> None:

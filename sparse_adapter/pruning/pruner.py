@@ -35,6 +35,7 @@ class PrunerConfig:
     scope: str = "global"
     batches: int = 10
     temperature: float = 200.0  # GraSP's logit temperature
+    min_density: float = 0.0  # global scope: every matrix keeps at least this fraction (0 = the paper's plain ranking)
 
     @property
     def enabled(self) -> bool:
@@ -56,6 +57,10 @@ class PrunerConfig:
             raise ConfigError(f"pruner.batches={self.batches}: pruner '{self.scorer}' needs at least one scoring batch")
         if self.temperature <= 0:
             raise ConfigError(f"pruner.temperature={self.temperature} must be positive")
+        if not 0.0 <= self.min_density <= 1.0 - sparsity:
+            raise ConfigError(f"pruner.min_density={self.min_density} must be in [0, 1 - sparsity] = [0, {1.0 - sparsity:g}]")
+        if self.min_density and self.scope != "global":
+            raise ConfigError(f"pruner.min_density applies to pruner.scope=global; scope={self.scope} gives every matrix its own budget already")
 
 
 def prune(
@@ -91,4 +96,4 @@ def prune(
                 f"pruner.scorer={config.scorer}: the scores of {name} hold NaN/Inf; check adapter.init_std, the data"
                 " and the scoring loss (pruner=random needs no scores)"
             )
-    return select(scores, sparsity, config.scope, generator)
+    return select(scores, sparsity, config.scope, generator, config.min_density)

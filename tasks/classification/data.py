@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
@@ -164,6 +165,26 @@ class GlueDataModule(L.LightningDataModule):
                 f"data.max_length={self.max_length}: {where} has {lengths[too_long]} tokens, more than the backbone's"
                 f" {self.max_positions} positions; set data.max_length ≤ {self.max_positions}"
             )
+
+    def trivial_baseline(self) -> dict:
+        """The dev metrics of the strongest constant predictor, the bar any run that learned must clear.
+
+        Classification: the class whose constant prediction scores best on dev (the majority class
+        for accuracy; taking the training rows' majority instead would set the bar below an
+        untrained run whenever a subset's majority differs, as RTE's first 1,000 rows do).
+        Regression (STS-B): the training mean, whose correlation is 0.
+        """
+        self.setup()
+        train = np.asarray(self.datasets["train"]["labels"], dtype=float)
+        dev = np.asarray(self.datasets["validation"]["labels"], dtype=float)
+        main = self.task.metrics[self.task.main_metric].scorer
+        if self.task.is_regression:
+            value, predictor = float(train.mean()), f"mean predictor ({train.mean():.3f})"
+        else:
+            value = float(max(range(self.task.num_labels), key=lambda c: (main(np.full_like(dev, c), dev), (dev == c).mean())))
+            predictor = f"constant class {int(value)}"
+        constant = np.full_like(dev, value)
+        return {"predictor": predictor, "metrics": {name: metric.scorer(constant, dev) for name, metric in self.task.metrics.items()}}
 
     def _tokenize(self, rows):
         texts = [rows["text_a"]] + ([rows["text_b"]] if "text_b" in rows else [])

@@ -1,0 +1,67 @@
+"""Parallel adapter on the FFN (He et al., 2022, "Towards a unified view of parameter-efficient
+transfer learning"): h ← FFN(x) + s · up(act(down(x))), computed from the FFN input x beside the
+FFN, added to its output before the residual and LayerNorm."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sparse_adapter.adapters.base import ACTIVATIONS, AdapterConfig, freeze_backbone
+from sparse_adapter.adapters.bottleneck import Bottleneck
+from sparse_adapter.adapters.layouts import layout_for, replace_submodule, transformer_blocks
+from sparse_adapter.errors import ConfigError
+
+
+class ParallelFFN(nn.Module):
+    """Wraps the FFN output module ``inner(ffn_hidden, ffn_input)`` (BERT: dense, dropout, residual, LN).
+
+    ``inner(h, x + s·A(x))`` = LN(FFN(x) + s·A(x) + x): the adapter's output joins the FFN output
+    right before the residual, so a zero up-projection leaves the model exactly unchanged.
+    """
+
+    def __init__(self, inner: nn.Module, adapter: Bottleneck, scaling: float):
+        super().__init__()
+        self.inner = inner
+        self.adapter = adapter
+        self.scaling = scaling
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor, *args, **kwargs):
+        return self.inner(hidden_states, input_tensor + self.scaling * self.adapter(input_tensor), *args, **kwargs)
+
+
+def insert_parallel(model: nn.Module, bottleneck: int, scaling: float, activation: str, dropout: float, init: str,
+                    init_std: float, adapter: str = "parallel") -> list[str]:
+    """Put a parallel adapter beside every block's FFN; return the prunable weight names."""
+    layout = layout_for(model)
+    path = layout.require("ffn_output", adapter)
+    hidden = model.config.hidden_size
+    prunable = []
+    for block_name, block in transformer_blocks(model):
+        module = Bottleneck(hidden, bottleneck, activation, dropout, init, init_std, residual=False)
+        replace_submodule(block, path, ParallelFFN(block.get_submodule(path), module, scaling))
+        prunable += [f"{block_name}.{path}.adapter.down.weight", f"{block_name}.{path}.adapter.up.weight"]
+    return prunable
+
+
+@dataclass
+class ParallelConfig(AdapterConfig):
+    bottleneck: int = 64
+    scaling: float = 4.0  # s in He et al. (2022)
+    activation: str = "relu"
+    dropout: float = 0.0
+    init: str = "bert"
+    init_std: float = 0.02
+
+    size_field = "bottleneck"
+
+    def validate(self) -> None:
+        super().validate()
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"adapter.activation='{self.activation}' is unknown (choose from {', '.join(ACTIVATIONS)})")
+
+    def insert(self, model: nn.Module) -> list[str]:
+        freeze_backbone(model)
+        return insert_parallel(model, self.bottleneck, self.scaling, self.activation, self.dropout, self.init, self.init_std)
