@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Issue 12: the paper's claims at a budget where MiniLM adapters learn (budget and verdicts in RESULTS.md).
 #   bash scripts/reproduce_claims.sh lr     # step 1: lr choice (dense adapter, full fine-tuning; MRPC, STS-B; seed 42)
-#   bash scripts/reproduce_claims.sh grid   # step 2: Tables 1-3 with the chosen lrs
+#   bash scripts/reproduce_claims.sh reference  # full fine-tuning: ours vs a plain PyTorch loop, MRPC, 3 seeds
+#   bash scripts/reproduce_claims.sh grid   # step 2: Tables 1-3 with the chosen lrs (conf/experiment/claims*.yaml)
+#   bash scripts/reproduce_claims.sh all    # lr, reference, grid, report: what a fresh session restarts
 # Budget, the same for every row: MiniLM, 5 epochs, batch 32, max length 128, attention dropout 0
 # (the CPU cost of attention dropout is in RESULTS.md section 1), dev set evaluated every half epoch.
 # Resumable: every job folder with a complete summary.json is skipped, so re-running continues.
@@ -17,7 +19,22 @@ case "$stage" in
   lr)
     $py train.py -m row=dense task=mrpc,stsb seed=42 optimizer.lr=2e-4,5e-4,1e-3,2e-3 "${budget[@]}" "hydra.sweep.dir=$out/lr"
     $py train.py -m row=finetune task=mrpc,stsb seed=42 optimizer.lr=2e-5,5e-5 "${budget[@]}" "hydra.sweep.dir=$out/lr"
-    $py -m sparse_adapter.report "$out/lr" --out "$out/lr-report" --group-by optimizer_lr || true
+    $py -m sparse_adapter.report "$out/lr" --out "$out/lr-report"
     ;;
-  *) echo "usage: $0 lr|grid [out]" >&2; exit 2 ;;
+  reference)
+    for seed in 1 2 3; do
+      [ -f "$out/reference/plain-mrpc-seed$seed.json" ] || $py benchmarks/reference_finetune.py --task mrpc --seed $seed --lr 5e-5 \
+        --attention-dropout 0 --out "$out/reference/plain-mrpc-seed$seed.json"
+    done
+    $py train.py -m row=finetune task=mrpc seed=1,2,3 optimizer.lr=5e-5 "${budget[@]}" "hydra.sweep.dir=$out/reference"
+    ;;
+  grid)
+    $py train.py -m experiment=claims "hydra.sweep.dir=$out/grid"
+    $py train.py -m experiment=claims_finetune "hydra.sweep.dir=$out/grid"
+    $py train.py -m experiment=claims "hydra.sweeper.params.row='dense,snip,random,snip_s80,large_sparse4'" \
+      hydra.sweeper.params.seed=43,44 "hydra.sweep.dir=$out/grid"
+    $py -m sparse_adapter.report "$out/grid" --out "$out/report"
+    ;;
+  all) for step in lr reference grid; do bash "$0" "$step" "$out"; done ;;
+  *) echo "usage: $0 lr|reference|grid|all [out]" >&2; exit 2 ;;
 esac
