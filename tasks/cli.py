@@ -8,7 +8,6 @@ reports ``ConfigError``/``NumericalError`` as one line, and ``expand_resume`` tu
 
 from __future__ import annotations
 
-import logging
 import re
 import sys
 from pathlib import Path
@@ -24,7 +23,6 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 EXIT_CODE = 2
 FAILURES = (ConfigError, NumericalError)
 RESUME = "resume="
-log = logging.getLogger("train")
 
 
 def one_line(text: str) -> str:
@@ -66,9 +64,7 @@ def _bad_override(overrides: list[str]) -> str | None:
 
 
 def report(error: BaseException) -> None:
-    message = one_line(str(error))
-    log.error("%s", message)
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {one_line(str(error))}", file=sys.stderr)  # once, on stderr (the console stays quiet)
 
 
 def compose_checked(overrides: list[str]) -> DictConfig:
