@@ -1,8 +1,8 @@
 """One run per directory: a lock held while a run lives, and no run written over a finished one.
 
 Two runs sharing a directory would interleave their logs, checkpoints and summaries. The lock is
-an ``flock`` on ``.run.lock``: the kernel drops it when the holder dies (even by SIGKILL), so an
-interrupted run can be resumed in place, and no stale lock file ever needs cleaning up.
+an ``flock`` on the directory itself: the kernel drops it when the holder dies (even by SIGKILL), so
+an interrupted run can be resumed in place, and no lock file is written or left behind.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from pathlib import Path
 
 from sparse_adapter.errors import ConfigError
 
-LOCK = ".run.lock"
 SUMMARY = "summary.json"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 _held: dict[Path, int] = {}  # directories this process has claimed -> lock file descriptor
@@ -54,15 +53,12 @@ def claim(directory: Path, resuming: bool) -> None:
     if directory in _held:
         return
     directory.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.read(descriptor, 64).decode(errors="replace").strip() or "?"
         os.close(descriptor)
-        raise ConfigError(f"hydra.run.dir: {directory} is in use by a running run (pid {holder}); choose another directory") from None
-    os.ftruncate(descriptor, 0)
-    os.write(descriptor, f"{os.getpid()}\n".encode())
+        raise ConfigError(f"hydra.run.dir: {directory} is in use by a running run; choose another directory") from None
     _held[directory] = descriptor
     try:
         if finished_summary(directory):

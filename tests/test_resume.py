@@ -113,7 +113,7 @@ def test_an_interrupted_or_busy_or_finished_run_directory_is_not_reused(killed_r
     assert call_train(*args) == 2  # a fresh run would mix its files with the interrupted one's
     assert "resume=" in error_lines(capsys.readouterr().err)[0]
 
-    holder = os.open(run / rundir.LOCK, os.O_RDWR)  # another live run holds the directory's lock
+    holder = os.open(run, os.O_RDONLY | os.O_DIRECTORY)  # another live run holds the directory's lock
     fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (flock locks belong to open files: this conflicts like a process)
     try:
         assert call_train(f"resume={run}") == 2
