@@ -72,6 +72,30 @@ def finished_run(env: Env, summary: str) -> None:
     (env.run / "summary.json").write_text(summary)
 
 
+def adapter_file(env: Env, kind: str) -> str:
+    """A file given to ``adapter=fusion adapter.sources=[...]``: a saved adapter, or something posing as one."""
+    from safetensors.torch import save_file
+
+    from sparse_adapter import save_adapter
+    from sparse_adapter.adapters.parallel import ParallelConfig
+    from tests.conftest import tiny_model
+
+    path = env.tmp / f"{kind}.safetensors"
+    if kind == "roberta":  # a real adapter, trained on another backbone than tiny-bert
+        model, _ = tiny_model("roberta")
+        ParallelConfig(bottleneck=4).attach(model)
+        save_adapter(model, path)
+    elif kind == "foreign":  # valid safetensors without an adapter's metadata
+        save_file({"x": torch.zeros(2)}, str(path))
+    elif kind == "garbage":
+        path.write_bytes(b"not safetensors")
+    return str(path)
+
+
+def fusion(path: str) -> list[str]:
+    return ["adapter=fusion", f"adapter.sources=[{path}]"]
+
+
 Case = Callable[[Env], list[str]]
 CASES: dict[str, tuple[Case, str]] = {
     # --- command line: options, keys, syntax, resume ---
@@ -138,6 +162,12 @@ CASES: dict[str, tuple[Case, str]] = {
     "ckpt-foreign": (lambda e: [f"ckpt_path={fake_checkpoint(e, None)}"], "without train.py's run record"),
     "ckpt-other-sparsity": (lambda e: [f"ckpt_path={fake_checkpoint(e, dict(TRAINED, sparsity=0.8))}"], "sparsity=0.8 (command line: 0.4)"),
     "ckpt-other-adapter": (lambda e: [f"ckpt_path={fake_checkpoint(e, dict(TRAINED, adapter_config=dict(TRAINED['adapter_config'], bottleneck=16)))}"], "adapter.bottleneck=16 (command line: 64)"),
+    # --- saved adapters (AdapterFusion's sources) ---
+    "adapter-file-missing": (lambda e: fusion(str(e.tmp / "none.safetensors")), "adapter.sources: '"),
+    "adapter-file-garbage": (lambda e: fusion(adapter_file(e, "garbage")), "garbage.safetensors' is not a readable safetensors file"),
+    "adapter-file-foreign": (lambda e: fusion(adapter_file(e, "foreign")), "foreign.safetensors' records no backbone identity"),
+    "adapter-file-other-backbone": (lambda e: fusion(adapter_file(e, "roberta")), "trained on another backbone: model_type=roberta"),
+    "adapter-sources-empty": (lambda e: ["adapter=fusion", "adapter.sources=[]"], "adapter.sources is empty"),
     # --- saved run outputs ---
     "run-dir-complete": (lambda e: (finished_run(e, json.dumps({"status": "complete"})), [])[-1], "already holds a complete run"),
     "summary-corrupt": (lambda e: (finished_run(e, '{"status": "compl'), ["skip_finished=true"])[-1], "summary.json: not valid JSON"),
