@@ -30,6 +30,8 @@ class FiniteGuard(L.Callback):
         advice = f"; {self.hint}" if self.hint else ""
         if self._bad_loss is not None:
             raise NumericalError(f"{where}: the loss is {self._bad_loss}{advice}")
+        if getattr(trainer.precision_plugin, "scaler", None) is not None:
+            return  # fp16 AMP: an overflowing gradient is the GradScaler's business (it skips the step, lowers the scale)
         named = [(n, p.grad) for n, p in pl_module.named_parameters() if p.grad is not None]
         if not named:
             return
