@@ -64,7 +64,7 @@ def test_default_run_writes_summary_and_adapter(tmp_path, glue_dir):
     assert len(s["layer_density"]) == 8
 
     weights, masks, metadata = read_adapter(tmp_path / "adapter.safetensors")
-    assert (metadata["adapter"], metadata["task"], metadata["backbone"]["model_type"]) == ("houlsby", "rte", "bert")
+    assert (metadata["adapter"], metadata["task"], metadata["backbone"]["model_type"]) == ("houlsby", "sst2", "bert")
     assert set(weights) == {n for n in weights if ".adapter." in n or n.startswith("classifier.")}
     assert {"classifier.weight", "classifier.bias"} <= set(weights)
     prunable = [n for n in weights if n.endswith(("down.weight", "up.weight"))]
