@@ -175,6 +175,7 @@ def _run(cfg: DictConfig, output_dir: Path) -> float:
         save_adapter(module.model, output_dir / "adapter.safetensors", {"task": task.name}, masks=module.masks)
         write_json_atomic(summary, output_dir / SUMMARY)
         publish_summary(loggers, summary)
-    log.info("%s %s=%.4f (%s, %s, sparsity %.2f) in %.0fs", task.name, task.main_metric, metrics[task.main_metric],
-             cfg.adapter_name, summary["pruner"], sparsity, summary["wall_seconds"])
+    floor = (summary["baseline"] or {}).get("metrics", {}).get(task.main_metric, float("nan"))
+    log.info("%s %s=%.4f (trivial baseline %.4f; %s, %s, sparsity %.2f) in %.0fs", task.name, task.main_metric,
+             metrics[task.main_metric], floor, cfg.adapter_name, summary["pruner"], sparsity, summary["wall_seconds"])
     return metrics[task.main_metric]
