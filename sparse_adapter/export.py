@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from sparse_adapter.adapters.layouts import LAYOUTS
 from sparse_adapter.errors import ConfigError
-from sparse_adapter.io import read_adapter
+from sparse_adapter.adapter_file import read_adapter
 
 PEFT_TASK_TYPES = {"sequence-classification": "SEQ_CLS", "question-answering": "QUESTION_ANS", "seq2seq-lm": "SEQ_2_SEQ_LM"}
 ADAPTER_FILE = "adapter.safetensors"

@@ -19,9 +19,14 @@ import torch
 from torch import nn
 
 from sparse_adapter.adapters.base import AdapterConfig, AdapterLayer, freeze_backbone
-from sparse_adapter.adapters.bottleneck import Bottleneck, BottleneckConfig
+from sparse_adapter.adapters.bottleneck import Bottleneck
+from sparse_adapter.adapters.houlsby import HoulsbyConfig
 from sparse_adapter.adapters.layouts import layout_for, replace_submodule, transformer_blocks
+from sparse_adapter.adapters.pfeiffer import PfeifferConfig
+from sparse_adapter.adapter_file import check_backbone, read_adapter
 from sparse_adapter.errors import ConfigError
+
+SOURCES = {"houlsby": HoulsbyConfig, "pfeiffer": PfeifferConfig}  # what AdapterFusion fuses: bottleneck adapters
 
 
 class FusionLayer(AdapterLayer):
@@ -75,9 +80,6 @@ class FusionConfig(AdapterConfig):
             )
 
     def _read_sources(self, model: nn.Module):
-        from sparse_adapter.io import check_backbone, read_adapter
-        from sparse_adapter.adapters import ADAPTERS
-
         loaded = []
         for source in self.sources:
             path = Path(source)
@@ -94,8 +96,8 @@ class FusionConfig(AdapterConfig):
                 raise ConfigError(f"adapter.sources: '{source}' is not an adapter file or a run directory holding one")
             tensors, _, metadata = read_adapter(path)
             check_backbone(model, metadata.get("backbone"), path, setting="adapter.sources:")
-            config_class = ADAPTERS.get(metadata.get("adapter"))
-            if config_class is None or not issubclass(config_class, BottleneckConfig):
+            config_class = SOURCES.get(metadata.get("adapter"))
+            if config_class is None:
                 raise ConfigError(
                     f"adapter.sources: '{source}' holds adapter={metadata.get('adapter')}; AdapterFusion fuses "
                     "bottleneck adapters (houlsby, pfeiffer)"
