@@ -27,6 +27,7 @@ class AdapterModule(L.LightningModule):
         self.prunable: list[str] = adapter.attach(self.model)
         self.masks = MaskSet()
         self.optimizer_config = optimizer
+        self.sample_predictions: list[dict] = []  # a few rows of the last evaluation, for a logger table
 
     def prunable_parameters(self) -> dict[str, torch.nn.Parameter]:
         named = dict(self.model.named_parameters())

@@ -54,6 +54,16 @@ def publish_summary(loggers: list, summary: dict) -> None:
             logger.publish_summary(summary)
 
 
+def publish_samples(loggers: list, samples: list[dict]) -> None:
+    """A small table of sample predictions for the trackers that take tables (W&B); others skip it."""
+    if not samples:
+        return
+    columns = list(samples[0])
+    for logger in loggers:
+        if hasattr(logger, "log_table"):
+            logger.log_table(key="val/samples", columns=columns, data=[[row[c] for c in columns] for row in samples])
+
+
 def finished_summary(output_dir: Path) -> dict | None:
     path = output_dir / SUMMARY
     if path.is_file():
@@ -128,6 +138,8 @@ def run(cfg: DictConfig, output_dir: Path) -> float:
         "metrics": metrics,
         "baseline": datamodule.trivial_baseline(),
         **module.parameter_report(),
+        "skipped_rows": datamodule.skipped.as_dict() if hasattr(datamodule, "skipped") else {},
+        "samples": module.sample_predictions,
         "empty_matrices": module.masks.empty(),
         "silenced_modules": module.masks.silenced_modules(),
         "layer_density": module.masks.densities(),
@@ -140,6 +152,7 @@ def run(cfg: DictConfig, output_dir: Path) -> float:
         merge_adapters(module.model)  # after the summary's counts: e.g. a prefix MLP folds into its prefix
         save_adapter(module.model, output_dir / "adapter.safetensors", {"task": task.name}, masks=module.masks)
         write_json_atomic(summary, output_dir / SUMMARY)
+        publish_samples(loggers, module.sample_predictions)
         publish_summary(loggers, summary)
     log.info("%s %s=%.4f (%s, %s, sparsity %.2f) in %.0fs", task.name, task.main_metric, metrics[task.main_metric],
              cfg.adapter_name, summary["pruner"], sparsity, summary["wall_seconds"])
