@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from sparse_adapter.adapters.base import AdapterConfig, AdapterLayer, freeze_backbone
-from sparse_adapter.adapters.bottleneck import Bottleneck, BottleneckConfig
-from sparse_adapter.adapters.layouts import layout_for, replace_submodule, transformer_blocks
+from sparse_adapter.adapters.bottleneck import Bottleneck, BottleneckConfig, on_hidden
+from sparse_adapter.adapters.layouts import replace_submodule, transformer_blocks
 from sparse_adapter.errors import ConfigError
 
 
@@ -57,7 +57,9 @@ class FusedAdapters(nn.Module):
         self.fusion = fusion
 
     def forward(self, *args, **kwargs):
-        hidden = self.inner(*args, **kwargs)
+        return on_hidden(self.inner(*args, **kwargs), self.fuse)
+
+    def fuse(self, hidden: torch.Tensor) -> torch.Tensor:
         outputs = torch.stack([source(hidden) for source in self.sources], dim=-2)
         return self.fusion(hidden, outputs)
 
@@ -104,7 +106,6 @@ class FusionConfig(AdapterConfig):
         return loaded
 
     def insert(self, model: nn.Module) -> list[str]:
-        layout = layout_for(model)
         sources = self._read_sources(model)
         slots = [s for s in ("after_attention", "after_ffn") if all(s in config.sublayers for _, config, _ in sources)]
         if not slots:
@@ -112,9 +113,11 @@ class FusionConfig(AdapterConfig):
         freeze_backbone(model)
         hidden = model.config.hidden_size
         prunable = []
-        for block_name, block in transformer_blocks(model):
+        for block_name, block, layout in transformer_blocks(model):
             for slot in slots:
                 path = getattr(layout, slot)
+                if not path:
+                    continue
                 adapters = []
                 for file, config, tensors in sources:
                     adapter = Bottleneck(hidden, config.bottleneck, config.activation, config.dropout, config.init, config.init_std)

@@ -16,7 +16,7 @@ from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from sparse_adapter.adapters.base import AdapterConfig, AdapterLayer, freeze_backbone
-from sparse_adapter.adapters.layouts import layout_for, replace_submodule, transformer_blocks
+from sparse_adapter.adapters.layouts import replace_submodule, require_slot, transformer_blocks
 from sparse_adapter.errors import ConfigError
 
 
@@ -102,9 +102,12 @@ class PrefixAttention(AdapterLayer):
 
 def insert_prefix(model: nn.Module, length: int, mlp_hidden: int, init_std: float, adapter: str = "prefix") -> list[str]:
     """Wrap every block's self-attention with a prefix; return the prunable matrix names."""
-    path = layout_for(model).require("self_attention", adapter)
+    require_slot(model, "self_attention", adapter)
     prunable = []
-    for block_name, block in transformer_blocks(model):
+    for block_name, block, layout in transformer_blocks(model):
+        path = layout.self_attention
+        if not path:
+            continue
         replace_submodule(block, path, PrefixAttention(block.get_submodule(path), length, mlp_hidden, init_std))
         name = f"{block_name}.{path}"
         if mlp_hidden > 0:

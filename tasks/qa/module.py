@@ -15,6 +15,7 @@ INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 class QAModule(AdapterModule):
     task_head = "question-answering"
+    encoder_decoder = False  # an encoder with a span head (BERT, RoBERTa, MiniLM)
 
     def __init__(self, backbone, adapter, optimizer, task: SquadTask):
         super().__init__(backbone, adapter, optimizer, task.head_config)
