@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from callbacks import MaskEnforcement, PruneAtInit
-from sparse_adapter.adapters import HoulsbyConfig, IA3Config, LoRAConfig, ParallelConfig, PrefixConfig
+from sparse_adapter.adapters import HoulsbyConfig, IA3Config, LoRAConfig, MAMConfig, ParallelConfig, PrefixConfig
 from sparse_adapter.backbones import RandomBackbone
 from sparse_adapter.errors import ConfigError
 from sparse_adapter.pruning import PrunerConfig
@@ -86,7 +86,7 @@ def adapter_parts_of(names) -> set[str]:
     return {"cross" if ".encoder_attn" in n else "encoder" if ".encoder." in n else "decoder" for n in names}
 
 
-@pytest.mark.parametrize("adapter", [HoulsbyConfig(bottleneck=8), LoRAConfig(r=4), ParallelConfig(bottleneck=8), IA3Config()],
+@pytest.mark.parametrize("adapter", [HoulsbyConfig(bottleneck=8), LoRAConfig(r=4), ParallelConfig(bottleneck=8), IA3Config(), MAMConfig(size=4)],
                          ids=lambda c: type(c).__name__)
 def test_adapters_in_encoder_decoder_and_cross_attention_hold_their_masks(tmp_path, xsum_dir, adapter):
     L.seed_everything(0)
@@ -106,13 +106,13 @@ def test_adapters_in_encoder_decoder_and_cross_attention_hold_their_masks(tmp_pa
     assert any(not torch.equal(params[n][m], initial[n][m]) for n, m in module.masks.items())
 
 
-def test_adapter_parts_choose_where_adapters_go_and_prefix_is_refused_clearly():
+def test_adapter_parts_choose_where_adapters_go():
     module = Seq2SeqModule(tiny_bart(parts=["cross"]), HoulsbyConfig(bottleneck=8), AdamWConfig(), XSumTask())
     assert adapter_parts_of(module.prunable) == {"cross"} and len(module.prunable) == 2 * 2
     with pytest.raises(ConfigError, match="backbone.adapter_parts"):
         Seq2SeqModule(tiny_bart(parts=["middle"]), HoulsbyConfig(), AdamWConfig(), XSumTask())
-    with pytest.raises(ConfigError, match="adapter=prefix: the 'bart' layout has no 'self_attention' slot"):
-        Seq2SeqModule(tiny_bart(), PrefixConfig(length=4), AdamWConfig(), XSumTask())
+    module = Seq2SeqModule(tiny_bart(parts=["encoder"]), PrefixConfig(length=4), AdamWConfig(), XSumTask())
+    assert adapter_parts_of(module.prunable) == {"encoder"} and len(module.prunable) == 2 * 2
 
 
 def test_grasp_scores_through_bart_and_restores_sdpa(tmp_path, xsum_dir):
@@ -148,3 +148,30 @@ def test_wrong_family_for_the_backbone_is_one_clear_error(tmp_path, overrides, m
     result = train(tmp_path, "data_dir=/nonexistent", *overrides)
     assert result.returncode == 2 and result.stderr.strip().startswith("error: ") and message in result.stderr, result.stderr[-2000:]
     assert not (tmp_path / "summary.json").exists()
+
+
+def bart_inputs(tokenizer):
+    source = tokenizer(["a short document about cats and dogs .", "another one"], return_tensors="pt", padding=True)
+    labels = tokenizer(text_target=["cats and dogs play", "one"], return_tensors="pt", padding=True)["input_ids"]
+    return {"input_ids": source["input_ids"], "attention_mask": source["attention_mask"], "labels": labels}
+
+
+@pytest.mark.parametrize("adapter", [PrefixConfig(length=3), PrefixConfig(length=3, mlp_hidden=8)], ids=["plain", "mlp"])
+def test_bart_prefix_keeps_causality_agrees_eager_sdpa_and_caches(adapter):
+    logits = {}
+    for attn in ("sdpa", "eager"):
+        model, tokenizer = tiny_bart(attn).build("seq2seq-lm")
+        torch.manual_seed(0)  # the same prefix for both attention kernels
+        prunable = adapter.attach(model)
+        assert adapter_parts_of(prunable) == {"encoder", "decoder", "cross"}
+        model.eval()
+        batch = bart_inputs(tokenizer)
+        logits[attn] = model(**batch).logits
+        changed = dict(batch, labels=batch["labels"].clone())
+        changed["labels"][:, -1] = 7  # a later target token may not change earlier positions
+        assert torch.allclose(model(**changed).logits[:, :-1], logits[attn][:, :-1], atol=1e-6)
+        source = {k: batch[k] for k in ("input_ids", "attention_mask")}
+        cached = model.generate(**source, max_new_tokens=6, do_sample=False, use_cache=True)
+        uncached = model.generate(**source, max_new_tokens=6, do_sample=False, use_cache=False)
+        assert torch.equal(cached, uncached)
+    assert torch.allclose(logits["sdpa"], logits["eager"], atol=1e-5)

@@ -23,8 +23,10 @@ class Layout:
     after_attention: str  # module whose output a serial adapter follows (Houlsby)
     after_ffn: str  # ditto for the feed-forward sublayer (Houlsby, Pfeiffer)
     linears: dict[str, str] = field(default_factory=dict)  # LoRA target name -> path in a block
-    # prefix tuning: the self-attention module (query/key/value Linears, HF attention interface)
+    # prefix tuning: the attention module (query/key/value Linears, HF attention interface) and its
+    # calling convention, a key of adapters.prefix.PREFIX_WRAPPERS ("bert", "bart")
     self_attention: str | None = None
+    attention_style: str = "bert"
     # parallel adapter: the FFN's output module, called as (ffn_hidden, ffn_input); the adapter reads
     # ffn_input and adds its output to the FFN output before the residual + LayerNorm
     ffn_output: str | None = None
@@ -81,6 +83,8 @@ def _bart_stack(blocks: str) -> Layout:
         scaled={"key": "self_attn.k_proj", "value": "self_attn.v_proj"},
         scaled_input={"ffn": "fc2"},
         ffn_linears=("fc1", "fc2"),
+        self_attention="self_attn",
+        attention_style="bart",
     )
 
 
@@ -90,6 +94,8 @@ _BART_CROSS = Layout(  # the decoder's cross-attention over the encoder output (
     after_ffn="",
     linears=_bart_attention("encoder_attn"),
     scaled={"key": "encoder_attn.k_proj", "value": "encoder_attn.v_proj"},
+    self_attention="encoder_attn",  # prefix tuning: a prefix before the encoder's keys and values
+    attention_style="bart",
 )
 
 _ENCODER = {"encoder": _BERT_LIKE}
