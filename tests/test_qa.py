@@ -13,7 +13,7 @@ from tasks.qa.metrics import exact_match, f1, normalize_answer, squad_scores
 from tasks.qa.postprocess import best_spans
 from tasks.rows import SkippedRows
 from tests.conftest import data_dir
-from tests.test_cli import summary, train
+from tests.test_cli import FAST, summary, train
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,9 @@ def test_bad_rows_are_counted_and_a_broken_file_is_a_config_error(tmp_path, toke
 
 
 def test_squad_trains_end_to_end_through_train_py(tmp_path, squad_dir):
-    result = train(tmp_path, f"data_dir={squad_dir}", "task=squad", "pruner=snip", "sparsity=0.4")
+    """With CSV and W&B (offline): W&B gets the sample table, CSV goes without."""
+    fast = [o for o in FAST if o != "logger=csv"] + ["logger=many"]
+    result = train(tmp_path, f"data_dir={squad_dir}", "task=squad", "pruner=snip", "sparsity=0.4", fast=fast)
     assert result.returncode == 0, result.stderr[-3000:]
     s = summary(tmp_path)
     assert (s["task"], s["main_metric"], s["sparsity"], s["pruner"]) == ("squad", "f1", 0.4, "snip")
@@ -131,3 +133,8 @@ def test_squad_trains_end_to_end_through_train_py(tmp_path, squad_dir):
     assert s["trained_params"] > 0 and 0 < s["adapter_weights_kept"] < s["adapter_weights_total"]
     assert s["actual_sparsity"] == pytest.approx(0.4, abs=1e-3)
     assert len(s["samples"]) == 8 and set(s["samples"][0]) == {"question", "prediction", "gold"}
+    tables = list((tmp_path / "wandb").glob("offline-run-*/files/media/table/val/samples_*.table.json"))
+    assert len(tables) == 1
+    table = json.loads(tables[0].read_text())
+    assert table["columns"] == ["question", "prediction", "gold"] and len(table["data"]) == 8
+    assert (tmp_path / "csv" / "metrics.csv").is_file()
