@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 import lightning as L
@@ -139,16 +140,25 @@ def test_xsum_trains_end_to_end_through_train_py(tmp_path, xsum_dir):
     assert len(s["samples"]) == 8 and set(s["samples"][0]) == {"document", "summary", "reference"}
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["task=squad", "backbone=tiny-bart"], "backbone: task family QAModule needs an encoder backbone; 'bart' is an encoder–decoder"),
-    (["task=xsum", "backbone=tiny-bert"], "backbone 'bert' has no seq2seq-lm head"),
-    (["task=xsum", "backbone=bart-base"], "backbone.name_or_path: cannot load 'facebook/bart-base'"),
-])
-def test_wrong_family_for_the_backbone_is_one_clear_error(tmp_path, overrides, message):
-    result = train(tmp_path, "data_dir=/nonexistent", *overrides)
-    assert result.returncode == 2 and result.stderr.strip().startswith("error: ") and message in result.stderr, result.stderr[-2000:]
+def test_wrong_family_for_the_backbone_is_one_clear_error(tmp_path):
+    result = train(tmp_path, "data_dir=/nonexistent", "task=squad", "backbone=tiny-bart")
+    message = "error: backbone: task family QAModule needs an encoder backbone; 'bart' is an encoder–decoder"
+    assert result.returncode == 2 and result.stderr.strip().startswith(message), result.stderr[-2000:]
     assert not (tmp_path / "summary.json").exists()
 
+
+@pytest.mark.parametrize("overrides, message", [
+    (["task=xsum", "backbone=tiny-bert"], "backbone 'bert' has no seq2seq-lm head"),
+    (["task=xsum", "backbone=bart-base"], "backbone.name_or_path: cannot load 'facebook/bart-base'"),
+    (["task=squad", "data.doc_stride=320"], "data.doc_stride=320 must be below"),
+])
+def test_bad_settings_of_the_new_families_are_config_errors(tmp_path, overrides, message, monkeypatch):
+    from tests.test_cli import train_in_process
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        train_in_process(tmp_path, "data_dir=/nonexistent", *overrides)
+    assert not (tmp_path / "summary.json").exists()
 
 def bart_inputs(tokenizer):
     source = tokenizer(["a short document about cats and dogs .", "another one"], return_tensors="pt", padding=True)
