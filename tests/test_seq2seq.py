@@ -116,9 +116,10 @@ def test_adapter_parts_choose_where_adapters_go():
     assert adapter_parts_of(module.prunable) == {"encoder"} and len(module.prunable) == 2 * 2
 
 
-def test_grasp_scores_through_bart_and_restores_sdpa(tmp_path, xsum_dir):
+@pytest.mark.parametrize("adapter", [HoulsbyConfig(bottleneck=8), MAMConfig(size=4)], ids=lambda c: type(c).__name__)
+def test_grasp_scores_through_bart_and_restores_sdpa(tmp_path, xsum_dir, adapter):
     L.seed_everything(0)
-    module = Seq2SeqModule(tiny_bart(), HoulsbyConfig(bottleneck=8), AdamWConfig(lr=1e-2), XSumTask(label_smoothing=0.1))
+    module = Seq2SeqModule(tiny_bart(), adapter, AdamWConfig(lr=1e-2), XSumTask(label_smoothing=0.1))
     data = XSumDataModule(XSumTask(), module.tokenizer, xsum_dir, max_length=64, max_target_length=16, batch_size=4, max_train_samples=8)
     L.Trainer(callbacks=[PruneAtInit(PrunerConfig("grasp", batches=2), 0.6), MaskEnforcement()], max_steps=1, accelerator="cpu",
               logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
