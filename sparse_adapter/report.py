@@ -111,6 +111,8 @@ def training_budget(config: dict) -> dict:
         "max_train_samples": data.get("max_train_samples"),
         "max_length": data.get("max_length"),
         "backbone_overrides": dict(config.get("backbone", {}).get("config") or {}),
+        # QA and seq2seq windows; absent for GLUE, so GLUE budgets (and their grouping) are unchanged
+        **{key: data[key] for key in ("doc_stride", "max_target_length") if key in data},
     }
 
 
@@ -144,6 +146,7 @@ def describe_group(key: str) -> str:
     batch = budget["batch_size"] * (budget.get("accumulate_grad_batches") or 1)
     parts.append(f"batch {batch}")
     parts.append(f"max length {budget['max_length']}")
+    parts += [f"{label} {budget[key]}" for key, label in (("doc_stride", "stride"), ("max_target_length", "max target")) if key in budget]
     parts.append(f"first {budget['max_train_samples']} training rows" if budget.get("max_train_samples") else "all training rows")
     parts += [f"{k}={v}" for k, v in sorted((budget.get("backbone_overrides") or {}).items())]
     return ", ".join(parts)
