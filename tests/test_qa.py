@@ -138,3 +138,13 @@ def test_squad_trains_end_to_end_through_train_py(tmp_path, squad_dir):
     table = json.loads(tables[0].read_text())
     assert table["columns"] == ["question", "prediction", "gold"] and len(table["data"]) == 8
     assert (tmp_path / "csv" / "metrics.csv").is_file()
+
+
+def test_squad_on_roberta_with_lora_and_grasp(tmp_path, squad_dir):
+    from tests.test_cli import train_in_process
+
+    train_in_process(tmp_path, f"data_dir={squad_dir}", "task=squad", "backbone=tiny-roberta", "adapter=lora",
+                     "pruner=grasp", "sparsity=0.6", "data.max_length=128", "data.doc_stride=32")
+    s = summary(tmp_path)
+    assert (s["backbone"], s["adapter"], s["pruner"]) == ("tiny-roberta", "lora", "grasp")
+    assert s["adapter_weights_kept"] == round(0.4 * s["adapter_weights_total"]) and 0.0 <= s["metrics"]["f1"] <= 1.0
