@@ -75,6 +75,7 @@ class PretrainedBackbone:
     package: str | None = None
     attn_implementation: str = "sdpa"
     config: dict = field(default_factory=dict)
+    adapter_parts: list[str] | None = None  # encoder–decoder: which of encoder/decoder/cross get adapters (None: all)
 
     def build(self, task: str, **head_config) -> tuple[nn.Module, object]:
         location, local = resolve_location(self.name_or_path, self.package)
@@ -87,6 +88,7 @@ class PretrainedBackbone:
                     location, config=config, local_files_only=offline, attn_implementation=self.attn_implementation
                 )
             tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=offline)
+            choose_parts(model, self.adapter_parts)
         except ConfigError:
             raise
         except (OSError, ValueError) as error:
@@ -104,6 +106,7 @@ class RandomBackbone:
     config: dict = field(default_factory=dict)
     attn_implementation: str = "sdpa"
     seed: int = 0
+    adapter_parts: list[str] | None = None  # encoder–decoder: which of encoder/decoder/cross get adapters (None: all)
 
     def build(self, task: str, **head_config) -> tuple[nn.Module, object]:
         location, _ = resolve_location(self.tokenizer.name_or_path, self.tokenizer.package)
@@ -113,10 +116,35 @@ class RandomBackbone:
         except ValueError as error:
             raise ConfigError(f"backbone.model_type: {error}") from error
         check_head(config, task)
+        if config.is_encoder_decoder:
+            special = {k: v for k, v in special_token_ids(tokenizer).items() if k not in self.config}
+            for key, value in special.items():
+                setattr(config, key, value)
         config._attn_implementation = self.attn_implementation
         with _seeded(self.seed):
             model = model_class(task).from_config(config, attn_implementation=self.attn_implementation)
+        if config.is_encoder_decoder and getattr(model, "generation_config", None) is not None:
+            for key, value in special.items():
+                setattr(model.generation_config, key, value)
+        choose_parts(model, self.adapter_parts)
         return model, tokenizer
+
+
+def special_token_ids(tokenizer) -> dict[str, int]:
+    """Start/end/padding ids of a random encoder–decoder from its tokenizer (a BERT vocabulary has
+    [CLS]/[SEP] instead of <s>/</s>); the decoder starts from the end token, as BART does."""
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    return {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": bos, "eos_token_id": eos,
+            "decoder_start_token_id": eos, "forced_eos_token_id": eos}
+
+
+def choose_parts(model: nn.Module, parts: list[str] | None) -> None:
+    """Record on the model config which parts get adapters (read by ``adapters.layouts``)."""
+    if parts is not None:
+        if not parts:
+            raise ConfigError("backbone.adapter_parts is empty: name one or more of encoder, decoder, cross (or null for all)")
+        model.config.adapter_parts = list(parts)
 
 
 @contextlib.contextmanager

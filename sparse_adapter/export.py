@@ -34,11 +34,11 @@ def export_peft(source: str | Path, out_dir: str | Path) -> Path:
     if metadata.get("adapter") != "lora":
         raise ConfigError(f"export --peft: '{path}' holds adapter={metadata.get('adapter')}; only LoRA maps to PEFT")
     config, backbone, head = metadata["adapter_config"], metadata["backbone"], metadata.get("head") or {}
-    layout = LAYOUTS.get(backbone["model_type"])
-    if layout is None:
+    if backbone["model_type"] not in LAYOUTS:
         raise ConfigError(f"export --peft: no layout for backbone '{backbone['model_type']}'")
-    paths = "|".join(re.escape(layout.linears[t]) for t in config["targets"])
-    target_modules = rf".*\.{re.escape(layout.blocks)}\.\d+\.({paths})$"
+    # exactly the modules that hold LoRA factors (encoder-decoders: only the parts that got adapters)
+    wrapped = sorted({name.rsplit(".", 1)[0] for name in tensors if name.endswith(".lora_A")})
+    target_modules = "(" + "|".join(re.escape(name) for name in wrapped) + ")"
     state, head_modules = {}, []
     for name, tensor in tensors.items():
         if name.endswith((".lora_A", ".lora_B")):

@@ -6,6 +6,7 @@ import lightning as L
 import torch
 
 from sparse_adapter.accounting import parameter_report
+from sparse_adapter.errors import ConfigError
 from sparse_adapter.adapters import AdapterConfig
 from sparse_adapter.pruning import MaskSet
 from tasks.optim import AdamWConfig
@@ -19,14 +20,27 @@ class AdapterModule(L.LightningModule):
     """
 
     task_head: str = ""  # key of sparse_adapter.backbones.TASK_MODEL_CLASSES
+    encoder_decoder: bool | None = None  # the architecture the family needs (None: either)
 
     def __init__(self, backbone, adapter: AdapterConfig, optimizer: AdamWConfig, head_config: dict):
         super().__init__()
         self.model, self.tokenizer = backbone.build(self.task_head, **head_config)
+        self.check_architecture()
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes as found
         self.prunable: list[str] = adapter.attach(self.model)
         self.masks = MaskSet()
         self.optimizer_config = optimizer
+        self.sample_predictions: list[dict] = []  # a few rows of the last evaluation, for a logger table
+
+    def check_architecture(self) -> None:
+        """A family on the wrong kind of backbone (extractive QA on BART, summaries from BERT) is a config error."""
+        is_encoder_decoder = bool(getattr(self.model.config, "is_encoder_decoder", False))
+        if self.encoder_decoder is not None and is_encoder_decoder != self.encoder_decoder:
+            needed, found = ("an encoder–decoder", "an encoder only") if self.encoder_decoder else ("an encoder", "an encoder–decoder")
+            raise ConfigError(
+                f"backbone: task family {type(self).__name__} needs {needed} backbone; "
+                f"'{self.model.config.model_type}' is {found} (see conf/backbone/)"
+            )
 
     def prunable_parameters(self) -> dict[str, torch.nn.Parameter]:
         named = dict(self.model.named_parameters())

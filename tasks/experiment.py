@@ -58,6 +58,16 @@ def publish_summary(loggers: list, summary: dict) -> None:
             logger.publish_summary(summary)
 
 
+def publish_samples(loggers: list, samples: list[dict]) -> None:
+    """A small table of sample predictions for the trackers that take tables (W&B); others skip it."""
+    if not samples:
+        return
+    columns = list(samples[0])
+    for logger in loggers:
+        if hasattr(logger, "log_table"):
+            logger.log_table(key="val/samples", columns=columns, data=[[row[c] for c in columns] for row in samples])
+
+
 finished_summary = rundir.finished_summary
 
 
@@ -162,6 +172,8 @@ def _run(cfg: DictConfig, output_dir: Path) -> float:
         "metrics": metrics,
         "baseline": datamodule.trivial_baseline(),
         **module.parameter_report(),
+        "skipped_rows": datamodule.skipped.as_dict() if hasattr(datamodule, "skipped") else {},
+        "samples": module.sample_predictions,
         "empty_matrices": module.masks.empty(),
         "silenced_modules": module.masks.silenced_modules(),
         "layer_density": module.masks.densities(),
@@ -174,6 +186,7 @@ def _run(cfg: DictConfig, output_dir: Path) -> float:
         merge_adapters(module.model)  # after the summary's counts: e.g. a prefix MLP folds into its prefix
         save_adapter(module.model, output_dir / "adapter.safetensors", {"task": task.name}, masks=module.masks)
         write_json_atomic(summary, output_dir / SUMMARY)
+        publish_samples(loggers, module.sample_predictions)
         publish_summary(loggers, summary)
     floor = (summary["baseline"] or {}).get("metrics", {}).get(task.main_metric, float("nan"))
     log.info("%s %s=%.4f (trivial baseline %.4f; %s, %s, sparsity %.2f) in %.0fs", task.name, task.main_metric,

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from sparse_adapter.adapters.base import ACTIVATIONS, AdapterConfig, AdapterLayer, freeze_backbone, init_linear
-from sparse_adapter.adapters.layouts import layout_for, replace_submodule, transformer_blocks
+from sparse_adapter.adapters.layouts import replace_submodule, transformer_blocks
 from sparse_adapter.errors import ConfigError
 
 
@@ -39,6 +39,14 @@ class Bottleneck(AdapterLayer):
         return x + update if self.residual else update
 
 
+def on_hidden(output, function):
+    """Apply ``function`` to a sublayer's hidden states: the output itself, or the first element of
+    the (hidden, attention weights, ...) tuple that attention modules return (BART)."""
+    if isinstance(output, tuple):
+        return (function(output[0]), *output[1:])
+    return function(output)
+
+
 class AfterModule(nn.Module):
     """Runs ``inner`` and then ``adapter`` on its output; replaces ``inner`` in the model tree."""
 
@@ -48,7 +56,7 @@ class AfterModule(nn.Module):
         self.adapter = adapter
 
     def forward(self, *args, **kwargs):
-        return self.adapter(self.inner(*args, **kwargs))
+        return on_hidden(self.inner(*args, **kwargs), self.adapter)
 
 
 @dataclass
@@ -69,12 +77,13 @@ class BottleneckConfig(AdapterConfig):
 
     def insert(self, model: nn.Module) -> list[str]:
         freeze_backbone(model)
-        layout = layout_for(model)
         hidden = model.config.hidden_size
         prunable = []
-        for block_name, block in transformer_blocks(model):
+        for block_name, block, layout in transformer_blocks(model):
             for sublayer in self.sublayers:
                 path = getattr(layout, sublayer)
+                if not path:  # e.g. after_ffn in BART's cross-attention part
+                    continue
                 adapter = Bottleneck(hidden, self.bottleneck, self.activation, self.dropout, self.init, self.init_std)
                 replace_submodule(block, path, AfterModule(block.get_submodule(path), adapter))
                 prefix = f"{block_name}.{path}.adapter"

@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from sparse_adapter.adapters.base import AdapterConfig, AdapterLayer, freeze_backbone
-from sparse_adapter.adapters.bottleneck import Bottleneck
+from sparse_adapter.adapters.bottleneck import Bottleneck, on_hidden
 from sparse_adapter.adapters.houlsby import HoulsbyConfig
-from sparse_adapter.adapters.layouts import layout_for, replace_submodule, transformer_blocks
+from sparse_adapter.adapters.layouts import replace_submodule, transformer_blocks
 from sparse_adapter.adapters.pfeiffer import PfeifferConfig
 from sparse_adapter.adapter_file import check_backbone, read_adapter
 from sparse_adapter.errors import ConfigError
@@ -62,7 +62,9 @@ class FusedAdapters(nn.Module):
         self.fusion = fusion
 
     def forward(self, *args, **kwargs):
-        hidden = self.inner(*args, **kwargs)
+        return on_hidden(self.inner(*args, **kwargs), self.fuse)
+
+    def fuse(self, hidden: torch.Tensor) -> torch.Tensor:
         outputs = torch.stack([source(hidden) for source in self.sources], dim=-2)
         return self.fusion(hidden, outputs)
 
@@ -106,7 +108,6 @@ class FusionConfig(AdapterConfig):
         return loaded
 
     def insert(self, model: nn.Module) -> list[str]:
-        layout = layout_for(model)
         sources = self._read_sources(model)
         slots = [s for s in ("after_attention", "after_ffn") if all(s in config.sublayers for _, config, _ in sources)]
         if not slots:
@@ -114,9 +115,11 @@ class FusionConfig(AdapterConfig):
         freeze_backbone(model)
         hidden = model.config.hidden_size
         prunable = []
-        for block_name, block in transformer_blocks(model):
+        for block_name, block, layout in transformer_blocks(model):
             for slot in slots:
                 path = getattr(layout, slot)
+                if not path:
+                    continue
                 adapters = []
                 for file, config, tensors in sources:
                     adapter = Bottleneck(hidden, config.bottleneck, config.activation, config.dropout, config.init, config.init_std)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from sparse_adapter.adapters.base import AdapterConfig, AdapterLayer, freeze_backbone
-from sparse_adapter.adapters.layouts import layout_for, replace_submodule, transformer_blocks
+from sparse_adapter.adapters.layouts import layouts_for, replace_submodule, transformer_blocks
 from sparse_adapter.errors import ConfigError
 
 
@@ -41,6 +41,20 @@ class IA3Scale(AdapterLayer):
         return self.inner(*args, **kwargs) * self.scale
 
 
+class IA3InputScale(AdapterLayer):
+    """inner(x ⊙ scale): scales a Linear's input features (BART's FFN activation feeding fc2)."""
+
+    wrapped = ("inner",)
+
+    def __init__(self, inner: nn.Linear):
+        super().__init__()
+        self.inner = inner
+        self.scale = nn.Parameter(torch.ones(inner.in_features, dtype=inner.weight.dtype, device=inner.weight.device))
+
+    def forward(self, x, *args, **kwargs):
+        return self.inner(x * self.scale, *args, **kwargs)
+
+
 @dataclass
 class IA3Config(AdapterConfig):
     targets: list[str] = field(default_factory=lambda: ["key", "value", "ffn"])
@@ -50,17 +64,23 @@ class IA3Config(AdapterConfig):
             raise ConfigError(f"adapter.targets={list(self.targets)}: name each IA³ target once (key, value, ffn)")
 
     def insert(self, model: nn.Module) -> list[str]:
-        layout = layout_for(model)
-        unknown = [t for t in self.targets if t not in layout.scaled]
+        layouts = layouts_for(model).values()
+        known = list(dict.fromkeys(name for layout in layouts for name in (*layout.scaled, *layout.scaled_input)))
+        unknown = [t for t in self.targets if t not in known]
         if unknown:
             raise ConfigError(
-                f"adapter.targets: unknown IA³ target {', '.join(map(repr, unknown))} (choose from {', '.join(layout.scaled)})"
+                f"adapter.targets: unknown IA³ target {', '.join(map(repr, unknown))} (choose from {', '.join(known)})"
             )
         freeze_backbone(model)
         prunable = []
-        for block_name, block in transformer_blocks(model):
+        for block_name, block, layout in transformer_blocks(model):
             for target in self.targets:
-                path = layout.scaled[target]
-                replace_submodule(block, path, IA3Scale(block.get_submodule(path)))
+                if target in layout.scaled:
+                    path, wrapper = layout.scaled[target], IA3Scale
+                elif target in layout.scaled_input:
+                    path, wrapper = layout.scaled_input[target], IA3InputScale
+                else:  # e.g. ffn in BART's cross-attention part
+                    continue
+                replace_submodule(block, path, wrapper(block.get_submodule(path)))
                 prunable.append(f"{block_name}.{path}.scale")
         return prunable

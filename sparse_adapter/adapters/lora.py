@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparse_adapter.adapters.base import AdapterConfig, AdapterLayer, freeze_backbone, kaiming_uniform
-from sparse_adapter.adapters.layouts import layout_for, replace_submodule, transformer_blocks
+from sparse_adapter.adapters.layouts import layouts_for, replace_submodule, transformer_blocks
 from sparse_adapter.errors import ConfigError
 
 
@@ -50,16 +50,18 @@ class LoRAConfig(AdapterConfig):
     size_field = "r"
 
     def insert(self, model: nn.Module) -> list[str]:
-        layout = layout_for(model)
-        unknown = [t for t in self.targets if t not in layout.linears]
+        known = list(dict.fromkeys(name for layout in layouts_for(model).values() for name in layout.linears))
+        unknown = [t for t in self.targets if t not in known]
         if unknown or not self.targets:
             raise ConfigError(
-                f"adapter.targets={list(self.targets)}: choose one or more of {', '.join(layout.linears)}"
+                f"adapter.targets={list(self.targets)}: choose one or more of {', '.join(known)}"
             )
         freeze_backbone(model)
         prunable = []
-        for block_name, block in transformer_blocks(model):
+        for block_name, block, layout in transformer_blocks(model):
             for target in self.targets:
+                if target not in layout.linears:  # e.g. fc1 in BART's cross-attention part
+                    continue
                 path = layout.linears[target]
                 base = block.get_submodule(path)
                 replace_submodule(block, path, LoRALinear(base, self.r, self.alpha, self.dropout, self.init, self.init_std))

@@ -11,7 +11,7 @@ from torch import nn
 
 from sparse_adapter.adapters.base import ACTIVATIONS, AdapterConfig, freeze_backbone
 from sparse_adapter.adapters.bottleneck import Bottleneck
-from sparse_adapter.adapters.layouts import layout_for, replace_submodule, transformer_blocks
+from sparse_adapter.adapters.layouts import layouts_for, replace_submodule, require_slot, transformer_blocks
 from sparse_adapter.errors import ConfigError
 
 
@@ -32,16 +32,56 @@ class ParallelFFN(nn.Module):
         return self.inner(hidden_states, input_tensor + self.scaling * self.adapter(input_tensor), *args, **kwargs)
 
 
+class ParallelLinears(nn.Module):
+    """For an FFN of two plain Linears (BART's fc1, fc2): wraps fc2 and adds s·A(x), where x is the
+    input that fc1 saw in the same forward (``InputTap`` hands it over); zero up-projection: unchanged."""
+
+    def __init__(self, inner: nn.Linear, adapter: Bottleneck, scaling: float):
+        super().__init__()
+        self.inner = inner
+        self.adapter = adapter
+        self.scaling = scaling
+        self.ffn_input: torch.Tensor | None = None
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        ffn_input, self.ffn_input = self.ffn_input, None  # never reuse a stale input
+        return self.inner(hidden_states, *args, **kwargs) + self.scaling * self.adapter(ffn_input)
+
+
+class InputTap(nn.Module):
+    """Wraps fc1 and passes its input to the block's ``ParallelLinears`` (held outside the module
+    tree, so its parameters are not registered twice)."""
+
+    def __init__(self, inner: nn.Linear, target: ParallelLinears):
+        super().__init__()
+        self.inner = inner
+        self.__dict__["target"] = target
+
+    def forward(self, x: torch.Tensor, *args, **kwargs):
+        self.target.ffn_input = x
+        return self.inner(x, *args, **kwargs)
+
+
 def insert_parallel(model: nn.Module, bottleneck: int, scaling: float, activation: str, dropout: float, init: str,
                     init_std: float, adapter: str = "parallel") -> list[str]:
     """Put a parallel adapter beside every block's FFN; return the prunable weight names."""
-    layout = layout_for(model)
-    path = layout.require("ffn_output", adapter)
+    layouts = layouts_for(model).values()
+    if not any(layout.ffn_output or layout.ffn_linears for layout in layouts):
+        require_slot(model, "ffn_output", adapter)
     hidden = model.config.hidden_size
     prunable = []
-    for block_name, block in transformer_blocks(model):
+    for block_name, block, layout in transformer_blocks(model):
         module = Bottleneck(hidden, bottleneck, activation, dropout, init, init_std, residual=False)
-        replace_submodule(block, path, ParallelFFN(block.get_submodule(path), module, scaling))
+        if layout.ffn_output:
+            path = layout.ffn_output
+            replace_submodule(block, path, ParallelFFN(block.get_submodule(path), module, scaling))
+        elif layout.ffn_linears:
+            first, path = layout.ffn_linears
+            wrapper = ParallelLinears(block.get_submodule(path), module, scaling)
+            replace_submodule(block, path, wrapper)
+            replace_submodule(block, first, InputTap(block.get_submodule(first), wrapper))
+        else:  # a part without FFN (BART's cross-attention)
+            continue
         prunable += [f"{block_name}.{path}.adapter.down.weight", f"{block_name}.{path}.adapter.up.weight"]
     return prunable
 

@@ -15,13 +15,14 @@ from transformers import DataCollatorWithPadding
 from sparse_adapter.backbones import hub_reachable
 from sparse_adapter.errors import ConfigError
 from tasks.classification.tsv import check_tsv
+from tasks.family import TaskFamily
 from tasks.sampling import ResumableSampler
 
 DATA_ENV = "SPARSE_ADAPTER_DATA"
 
 
 @dataclass
-class GlueTask:
+class GlueTask(TaskFamily):
     """One GLUE task: where its files are, which columns hold text and label, and its metrics.
 
     ``num_labels=1`` means regression (STS-B). ``label_names`` maps string labels (RTE) to ids in
@@ -41,6 +42,8 @@ class GlueTask:
     hub_name: str = "nyu-mll/glue"
     hub_text_fields: list[str] = field(default_factory=lambda: ["sentence1", "sentence2"])
     hub_label_field: str = "label"  # the hub's GLUE uses integer (or float) labels named "label"
+    module: str = "tasks.classification.module.ClassificationModule"
+    datamodule: str = "tasks.classification.data.GlueDataModule"
 
     @property
     def is_regression(self) -> bool:
@@ -51,13 +54,6 @@ class GlueTask:
         problem = "regression" if self.is_regression else "single_label_classification"
         return {"num_labels": self.num_labels, "problem_type": problem}
 
-    def module_class(self):
-        from tasks.classification.module import ClassificationModule
-
-        return ClassificationModule
-
-    def datamodule_class(self):
-        return GlueDataModule
 
 
 def load_glue(task: GlueTask, data_dir: str | None):
