@@ -3,7 +3,8 @@
 #   bash scripts/reproduce_claims.sh lr     # step 1: lr choice (dense adapter, full fine-tuning; MRPC, STS-B; seed 42)
 #   bash scripts/reproduce_claims.sh reference  # full fine-tuning: ours vs a plain PyTorch loop, MRPC, 3 seeds
 #   bash scripts/reproduce_claims.sh grid   # step 2: Tables 1-3 with the chosen lrs (conf/experiment/claims*.yaml)
-#   bash scripts/reproduce_claims.sh all    # lr, reference, grid, report: what a fresh session restarts
+#   bash scripts/reproduce_claims.sh variants  # Table 4 rows (seed 42) + parallel/prefix/IA³ dense vs SNIP-0.4 on MRPC
+#   bash scripts/reproduce_claims.sh all    # lr, reference, grid, variants: what a fresh session restarts
 # Budget, the same for every row: MiniLM, 5 epochs, batch 32, max length 128, attention dropout 0
 # (the CPU cost of attention dropout is in RESULTS.md section 1), dev set evaluated every half epoch.
 # Resumable: every job folder with a complete summary.json is skipped, so re-running continues.
@@ -35,6 +36,13 @@ case "$stage" in
       hydra.sweeper.params.seed=43,44 "hydra.sweep.dir=$out/grid"
     $py -m sparse_adapter.report "$out/grid" --out "$out/report"
     ;;
-  all) for step in lr reference grid; do bash "$0" "$step" "$out"; done ;;
-  *) echo "usage: $0 lr|reference|grid|all [out]" >&2; exit 2 ;;
+  variants)
+    lr=(optimizer.lr=1e-3)   # the adapters' lr of conf/experiment/claims.yaml
+    $py train.py -m experiment=table4 hydra.sweeper.params.seed=42 "${lr[@]}" "${budget[@]}" "hydra.sweep.dir=$out/table4"
+    $py train.py -m task=mrpc seed=42 adapter=parallel,prefix,ia3 pruner=none,snip sparsity=0.4 "${lr[@]}" "${budget[@]}" \
+      "hydra.sweep.dir=$out/variants"
+    $py -m sparse_adapter.report "$out/table4" "$out/variants" --out "$out/variants-report"
+    ;;
+  all) for step in lr reference grid variants; do bash "$0" "$step" "$out"; done ;;
+  *) echo "usage: $0 lr|reference|grid|variants|all [out]" >&2; exit 2 ;;
 esac

@@ -30,3 +30,9 @@ def _resolve(path: str, setting: str) -> type:
         return get_class(path)
     except Exception as error:  # hydra wraps ImportError/AttributeError in its own types
         raise ConfigError(f"{setting}='{path}' is not an importable class: {error}") from error
+
+
+def check_positions(setting: str, length: int, max_positions: int | None) -> None:
+    """A sequence limit beyond the backbone's position embeddings would crash inside training."""
+    if max_positions and length > max_positions:
+        raise ConfigError(f"{setting}={length} exceeds the backbone's {max_positions} positions; set {setting} ≤ {max_positions}")

@@ -29,16 +29,6 @@ FREE_FORM = ("hydra",)  # Hydra's own node, checked by Hydra
 
 
 @dataclasses.dataclass
-class DataSettings:
-    max_length: int = 128
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-    num_workers: int = 0
-
-
-@dataclasses.dataclass
 class RunSettings:
     """Types of train.yaml's own keys (keys a later train.yaml adds are accepted, untyped)."""
 
@@ -48,7 +38,6 @@ class RunSettings:
     data_dir: str | None = None
     ckpt_path: str | None = None
     skip_finished: bool = False
-    data: DataSettings = dataclasses.field(default_factory=DataSettings)
 
 
 # ---- types ---------------------------------------------------------------------------------------
@@ -126,6 +115,32 @@ def check_signature_node(path: str, node: dict, target: Callable) -> None:
     for key in node:
         if not (key.startswith("_") and key.endswith("_")) and key not in parameters:
             raise ConfigError(f"{path}.{key}: unknown setting ({getattr(target, '__name__', target)} takes {', '.join(p for p in parameters if p != 'self')})")
+
+
+RUNNER_SUPPLIED = ("self", "task", "tokenizer", "data_dir", "seed", "max_positions")  # what tasks.experiment passes itself
+
+
+def check_data_node(plain: dict) -> None:
+    """``data`` holds the keyword arguments of the task's DataModule: its keys and types come from
+    that class's signature, so each family (GLUE, SQuAD, XSum) accepts exactly its own settings."""
+    node, path = plain.get("data"), (plain.get("task") or {}).get("datamodule")
+    if not isinstance(node, dict) or not path:
+        return
+    try:
+        datamodule = get_object(path)
+    except Exception as error:  # Hydra raises ImportError or its own error for a bad path
+        raise ConfigError(f"task.datamodule={path!r}: cannot be imported ({error})") from error
+    try:
+        hints = typing.get_type_hints(datamodule.__init__)
+    except Exception:  # noqa: BLE001 - an unresolvable annotation only costs the type check
+        hints = {}
+    known = [name for name in inspect.signature(datamodule).parameters if name not in RUNNER_SUPPLIED]
+    for key, value in node.items():
+        if key not in known:
+            raise ConfigError(f"data.{key}: unknown setting (known in data for {datamodule.__name__}: {', '.join(sorted(known))})")
+        problem = _type_problem(value, hints.get(key, Any))
+        if problem:
+            raise ConfigError(f"data.{key}={_show(value)}: expected {problem}")
 
 
 def check_target_node(path: str, node: Any) -> None:
@@ -266,6 +281,7 @@ def validate_config(cfg: DictConfig) -> None:
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown setting (see README.md for the settings train.yaml knows)")
     check_dataclass_node("", {k: v for k, v in plain.items() if k in {f.name for f in dataclasses.fields(RunSettings)}}, RunSettings)
+    check_data_node(plain)
     for group in GROUPS:
         if isinstance(plain.get(group), dict):
             check_target_node(group, plain[group])

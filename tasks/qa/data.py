@@ -16,6 +16,8 @@ from torch.utils.data import DataLoader
 
 from sparse_adapter.backbones import hub_reachable
 from sparse_adapter.errors import ConfigError
+from tasks.family import check_positions
+from tasks.sampling import ResumableSampler
 from tasks.family import TaskFamily
 from tasks.rows import SkippedRows
 
@@ -240,9 +242,13 @@ class SquadDataModule(L.LightningDataModule):
         max_train_samples: int | None = None,
         max_eval_samples: int | None = None,
         num_workers: int = 0,
+        seed: int = 0,
+        max_positions: int | None = None,
     ):
         super().__init__()
+        check_positions("data.max_length", max_length, max_positions)
         self.task, self.tokenizer, self.data_dir = task, tokenizer, data_dir
+        self.seed, self.sampler = seed, None
         self.features = QAFeatures(tokenizer, max_length, doc_stride, max_question_length)
         self.max_length = max_length
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
@@ -261,6 +267,7 @@ class SquadDataModule(L.LightningDataModule):
         train = self.features.train(self.examples["train"])
         compact = lambda f: {k: np.asarray(v, dtype=np.int32) if isinstance(v, list) else v for k, v in f.items()}  # noqa: E731
         self.datasets = {"train": [compact(f) for f in train], "validation": self.examples["validation"]}
+        self.sampler = ResumableSampler(len(self.datasets["train"]), self.seed)  # resumable order (tasks.sampling)
         log.info("%s: %d train questions -> %d features; %d dev questions (tokenised per batch)", self.task.name,
                  len(self.examples["train"]), len(train), len(self.examples["validation"]))
 
@@ -269,7 +276,7 @@ class SquadDataModule(L.LightningDataModule):
         return None
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.datasets["train"], batch_size=self.batch_size, shuffle=True,
+        return DataLoader(self.datasets["train"], batch_size=self.batch_size, sampler=self.sampler,
                           collate_fn=QACollator(self.features).train, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:

@@ -18,6 +18,8 @@ from torch.utils.data import DataLoader
 
 from sparse_adapter.backbones import hub_reachable
 from sparse_adapter.errors import ConfigError
+from tasks.family import check_positions
+from tasks.sampling import ResumableSampler
 from tasks.family import TaskFamily
 from tasks.rows import SkippedRows
 from tasks.seq2seq.metrics import rouge_scores
@@ -169,10 +171,15 @@ class XSumDataModule(L.LightningDataModule):
         max_train_samples: int | None = None,
         max_eval_samples: int | None = None,
         num_workers: int = 0,
+        seed: int = 0,
+        max_positions: int | None = None,
     ):
         super().__init__()
         task.validate()
+        check_positions("data.max_length", max_length, max_positions)
+        check_positions("data.max_target_length", max_target_length, max_positions)
         self.task, self.tokenizer, self.data_dir = task, tokenizer, data_dir
+        self.seed, self.sampler = seed, None
         self.collator = Seq2SeqCollator(tokenizer, max_length, max_target_length)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.max_train_samples, self.max_eval_samples = max_train_samples, max_eval_samples
@@ -188,6 +195,7 @@ class XSumDataModule(L.LightningDataModule):
         limits = {"train": self.max_train_samples, "validation": self.max_eval_samples}
         self.examples = {split: split_rows[: limits[split]] if limits[split] else split_rows for split, split_rows in rows.items()}
         self.datasets = {"train": self.collator.encode(self.examples["train"]), "validation": self.examples["validation"]}
+        self.sampler = ResumableSampler(len(self.datasets["train"]), self.seed)  # resumable order (tasks.sampling)
         log.info("%s: %d train and %d validation documents", self.task.name, len(self.datasets["train"]), len(self.examples["validation"]))
 
     def trivial_baseline(self) -> dict:
@@ -198,7 +206,7 @@ class XSumDataModule(L.LightningDataModule):
         return {"predictor": "LEAD-1 (first sentence)", "metrics": metrics}
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.datasets["train"], batch_size=self.batch_size, shuffle=True, collate_fn=self.collator.train, num_workers=self.num_workers)
+        return DataLoader(self.datasets["train"], batch_size=self.batch_size, sampler=self.sampler, collate_fn=self.collator.train, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.datasets["validation"], batch_size=self.eval_batch_size, collate_fn=self.collator.evaluation, num_workers=self.num_workers)
