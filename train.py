@@ -21,7 +21,8 @@ def quiet_libraries() -> None:
     """Keep the console to what a user can act on: our run line, pruning, progress, results, errors.
 
     Lightning's hardware lines, tips and model table, `datasets`' per-split bars on small local
-    files and a torch deprecation raised inside Lightning say nothing about this run.
+    files, transformers' bar over a sub-second weight load and a torch deprecation raised inside
+    Lightning say nothing about this run.
     """
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -30,6 +31,9 @@ def quiet_libraries() -> None:
 
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -49,7 +49,7 @@ def test_default_run_writes_summary_and_adapter(tmp_path, glue_dir):
     result = train(tmp_path, f"data_dir={glue_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     console = result.stdout + result.stderr
-    for chatter in ["litlogger", "Total FLOPs", "anonymous setting", "GPU available", "Generating train split"]:
+    for chatter in ["litlogger", "Total FLOPs", "anonymous setting", "GPU available", "Generating train split", "Loading weights"]:
         assert chatter not in console, chatter
     first = next(line for line in console.splitlines() if "run: " in line)
     assert "bottleneck=64" in first and "sparsity=0.4000" in first and "max_train_samples=32" in first
