@@ -5,6 +5,7 @@
 #   bash scripts/reproduce_claims.sh grid   # step 2: Tables 1-3 with the chosen lrs (conf/experiment/claims*.yaml)
 #   bash scripts/reproduce_claims.sh variants  # Table 4 rows (seed 42) + parallel/prefix/IA³ dense vs SNIP-0.4 on MRPC
 #   bash scripts/reproduce_claims.sh all    # lr, reference, grid, variants: what a fresh session restarts
+#   bash scripts/reproduce_claims.sh clean  # drop the checkpoints of finished grid jobs
 # Budget, the same for every row: MiniLM, 5 epochs, batch 32, max length 128, attention dropout 0
 # (the CPU cost of attention dropout is in RESULTS.md section 1), dev set evaluated every half epoch.
 # Resumable: every job folder with a complete summary.json is skipped, so re-running continues.
@@ -44,5 +45,7 @@ case "$stage" in
     $py -m sparse_adapter.report "$out/table4" "$out/variants" --out "$out/variants-report"
     ;;
   all) for step in lr reference grid variants; do bash "$0" "$step" "$out"; done ;;
-  *) echo "usage: $0 lr|reference|grid|variants|all [out]" >&2; exit 2 ;;
+  clean)  # finished jobs need no checkpoint (they are never committed: .gitignore)
+    for summary in $(find "$out" -name summary.json); do rm -rf "$(dirname "$summary")/checkpoints"; done ;;
+  *) echo "usage: $0 lr|reference|grid|variants|all|clean [out]" >&2; exit 2 ;;
 esac
