@@ -60,6 +60,9 @@ class AdapterConfig:
         dropout = getattr(self, "dropout", 0.0)
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"adapter.dropout={dropout} must be in [0, 1)")
+        activation = getattr(self, "activation", None)
+        if activation is not None and activation not in ACTIVATIONS:
+            raise ConfigError(f"adapter.activation='{activation}' is unknown (choose from {', '.join(ACTIVATIONS)})")
 
 
 class AdapterLayer(nn.Module):

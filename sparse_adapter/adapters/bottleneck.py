@@ -14,7 +14,6 @@ from torch import nn
 
 from sparse_adapter.adapters.base import ACTIVATIONS, AdapterConfig, AdapterLayer, freeze_backbone, init_linear
 from sparse_adapter.adapters.layouts import replace_submodule, transformer_blocks
-from sparse_adapter.errors import ConfigError
 
 
 class Bottleneck(AdapterLayer):
@@ -69,11 +68,6 @@ class BottleneckConfig(AdapterConfig):
 
     size_field = "bottleneck"
     sublayers: ClassVar[tuple[str, ...]] = ()  # which layout slots get an adapter; set by subclasses
-
-    def validate(self) -> None:
-        super().validate()
-        if self.activation not in ACTIVATIONS:
-            raise ConfigError(f"adapter.activation='{self.activation}' is unknown (choose from {', '.join(ACTIVATIONS)})")
 
     def insert(self, model: nn.Module) -> list[str]:
         freeze_backbone(model)

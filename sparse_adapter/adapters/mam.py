@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from sparse_adapter.adapters.base import ACTIVATIONS, AdapterConfig, freeze_backbone
+from sparse_adapter.adapters.base import AdapterConfig, freeze_backbone
 from sparse_adapter.adapters.parallel import insert_parallel
 from sparse_adapter.adapters.prefix import insert_prefix
 from sparse_adapter.errors import ConfigError
@@ -35,8 +35,6 @@ class MAMConfig(AdapterConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.activation not in ACTIVATIONS:
-            raise ConfigError(f"adapter.activation='{self.activation}' is unknown (choose from {', '.join(ACTIVATIONS)})")
         if self.mlp_hidden < 0:
             raise ConfigError(f"adapter.mlp_hidden={self.mlp_hidden} must be ≥ 0 (0: no reparametrisation)")
 

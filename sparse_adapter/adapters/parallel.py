@@ -9,10 +9,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sparse_adapter.adapters.base import ACTIVATIONS, AdapterConfig, freeze_backbone
+from sparse_adapter.adapters.base import AdapterConfig, freeze_backbone
 from sparse_adapter.adapters.bottleneck import Bottleneck
 from sparse_adapter.adapters.layouts import layouts_for, replace_submodule, require_slot, transformer_blocks
-from sparse_adapter.errors import ConfigError
 
 
 class ParallelFFN(nn.Module):
@@ -96,11 +95,6 @@ class ParallelConfig(AdapterConfig):
     init_std: float = 0.02
 
     size_field = "bottleneck"
-
-    def validate(self) -> None:
-        super().validate()
-        if self.activation not in ACTIVATIONS:
-            raise ConfigError(f"adapter.activation='{self.activation}' is unknown (choose from {', '.join(ACTIVATIONS)})")
 
     def insert(self, model: nn.Module) -> list[str]:
         freeze_backbone(model)
