@@ -5,9 +5,15 @@ Large-Sparse (paper Table 3) multiplies an adapter's width by k and prunes 1 - 1
 ``bottleneck: ${large_sparse.width:64,${large_sparse}}`` and
 ``sparsity: ${large_sparse.sparsity:${large_sparse},0.4}``. An explicit ``adapter.bottleneck=...``
 replaces the interpolation and is the width that runs.
+
+``hydra.output_subdir: ${record_dir:${hydra:runtime.output_dir},${skip_finished}}`` keeps the
+``.hydra/`` record of a finished job as it ran: Hydra rewrites it before the job starts, so a
+restarted sweep that skips the job would otherwise replace it with today's config.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
@@ -22,8 +28,18 @@ def large_sparse_sparsity(k: int | None, default: float) -> float:
     return 1.0 - 1.0 / k if isinstance(k, int) and k >= 1 else default
 
 
+def record_dir(output_dir: str, skip_finished: bool | None) -> str | None:
+    """Where Hydra writes the job's config record: nowhere for a job skip_finished will skip."""
+    from tasks.rundir import finished_summary  # rundir imports nothing from here
+
+    if skip_finished and finished_summary(Path(output_dir)):
+        return None
+    return ".hydra"
+
+
 def register() -> None:
-    for name, function in {"large_sparse.width": scaled_width, "large_sparse.sparsity": large_sparse_sparsity}.items():
+    resolvers = {"large_sparse.width": scaled_width, "large_sparse.sparsity": large_sparse_sparsity, "record_dir": record_dir}
+    for name, function in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, function)
 
