@@ -36,7 +36,7 @@ case "$stage" in
   grid)
     $py train.py -m experiment=claims "hydra.sweep.dir=$out/grid"
     $py train.py -m experiment=claims_finetune "hydra.sweep.dir=$out/grid"
-    $py train.py -m experiment=claims "hydra.sweeper.params.row='dense,snip,random,snip_s80,large_sparse4'" \
+    $py train.py -m experiment=claims "hydra.sweeper.params.row='dense,snip,random,snip_s80,random_s80,large_sparse4'" \
       hydra.sweeper.params.seed=43,44 "hydra.sweep.dir=$out/grid"
     $py -m sparse_adapter.report "$out/grid" --out "$out/report"
     ;;

@@ -21,8 +21,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-TASKS = [("cola", "CoLA"), ("mrpc", "MRPC"), ("stsb", "STS-B"), ("rte", "RTE"), ("sst2", "SST-2"), ("xsum", "XSum R2"), ("squad", "SQuAD F1")]
-GLUE = {"cola", "mrpc", "stsb", "rte", "sst2"}  # ``Avg.`` averages these only (the paper's GLUE average)
+from sparse_adapter.paired import paired_table
+from sparse_adapter.runs import GLUE, TASKS, group_key, load_summaries, lr_of, one_lr_per_row, row_key, training_budget  # noqa: F401 (public here too)
+
 PAPER_TABLE2 = {  # the paper's Table 2: RoBERTa GLUE Avg. / BART-large XSum R2 / BERT SQuAD F1
     "finetune": "79.0 / 21.9 / 87.8", "dense": "78.3 / 21.6 / 87.4", "snip_s20": "78.7 / 21.6 / 87.5",
     "snip": "78.6 / 21.8 / 87.7", "snip_s60": "78.2 / 21.5 / 87.4", "snip_s80": "77.9 / 21.3 / 87.0",
@@ -39,6 +40,7 @@ ROW_LABELS = {
     "snip_s20": "SparseAdapter SNIP, s=0.2",
     "snip_s60": "SparseAdapter SNIP, s=0.6",
     "snip_s80": "SparseAdapter SNIP, s=0.8",
+    "random_s80": "SparseAdapter Rand., s=0.8",
     "large_sparse2": "Large-Sparse r=128, s=50%",
     "large_sparse3": "Large-Sparse r=192, s=67%",
     "large_sparse4": "Large-Sparse r=256, s=75%",
@@ -71,70 +73,13 @@ TABLES = {
     "Table 1: pruners at s=0.4": Table(
         ["finetune", "dense", "random", "magnitude", "er", "snip", "grasp"], {"random", "magnitude", "er", "snip", "grasp"}),
     "Table 2: SNIP at sparsity 0.2-0.8": Table(
-        ["finetune", "dense", "snip_s20", "snip", "snip_s60", "snip_s80"], {"snip_s20", "snip_s60", "snip_s80"},
+        ["finetune", "dense", "snip_s20", "snip", "snip_s60", "snip_s80", "random_s80"], {"snip_s20", "snip_s60", "snip_s80"},
         ("paper RoBERTa Avg.", PAPER_ROBERTA_AVG_TABLE2)),
     "Table 3: Large-Sparse (same budget as dense r=64)": Table(
         ["finetune", "dense", "large_sparse2", "large_sparse3", "large_sparse4"], {"large_sparse2", "large_sparse3", "large_sparse4"}),
     "Table 4: other adapters, dense and SNIP s=0.4": Table(
         list(PAPER_ROBERTA_AVG_TABLE4), set(PAPER_ROBERTA_AVG_TABLE4), ("paper RoBERTa Avg.", PAPER_ROBERTA_AVG_TABLE4)),
 }
-
-
-def row_key(summary: dict) -> str:
-    """The table row a run belongs to: its ``row`` choice, else derived from its settings."""
-    if summary.get("row"):
-        return summary["row"]
-    if summary["adapter"] == "none":
-        return "finetune"
-    if summary["pruner"] == "none":
-        return "dense"
-    if summary.get("large_sparse"):
-        return f"large_sparse{summary['large_sparse']}"
-    if abs(summary["sparsity"] - 0.4) < 1e-9:
-        return "er" if summary.get("scope") == "er" else summary["pruner"]
-    return f"{summary['pruner']}_s{round(100 * summary['sparsity'])}"
-
-
-def training_budget(config: dict) -> dict:
-    """What a run's numbers depend on besides its row, task and seed (from its resolved config).
-
-    The report never averages runs whose budgets differ: a 32-step run beside a 5-epoch run, or a
-    tiny random backbone beside MiniLM, would make a number that describes neither.
-    """
-    trainer, data, optimizer = config.get("trainer", {}), config.get("data", {}), config.get("optimizer", {})
-    return {
-        "epochs": trainer.get("max_epochs"),
-        "max_steps": trainer.get("max_steps", -1),
-        "lr": optimizer.get("lr"),
-        "batch_size": data.get("batch_size"),
-        "accumulate_grad_batches": trainer.get("accumulate_grad_batches", 1),
-        "max_train_samples": data.get("max_train_samples"),
-        "max_length": data.get("max_length"),
-        "backbone_overrides": dict(config.get("backbone", {}).get("config") or {}),
-        # QA and seq2seq windows; absent for GLUE, so GLUE budgets (and their grouping) are unchanged
-        **{key: data[key] for key in ("doc_stride", "max_target_length") if key in data},
-    }
-
-
-def load_summaries(folders: list[Path]) -> list[dict]:
-    runs = []
-    for folder in folders:
-        for path in sorted(Path(folder).rglob("summary.json")):
-            summary = json.loads(path.read_text())
-            if summary.get("status") == "complete":
-                summary["_dir"] = str(path.parent)
-                runs.append(summary)
-    return runs
-
-
-def lr_of(run: dict) -> float | None:
-    return (run.get("budget") or {}).get("lr")
-
-
-def group_key(run: dict) -> str:
-    """Runs comparable in one table: same backbone and budget (the lr is a column of its own)."""
-    budget = {k: v for k, v in (run.get("budget") or {}).items() if k != "lr"}
-    return json.dumps({"backbone": run.get("backbone"), **budget}, sort_keys=True)
 
 
 def describe_group(key: str) -> str:
@@ -273,6 +218,8 @@ def report(runs: list[dict]) -> str:
         other = sorted({row_key(r) for r in group} - {row for table in TABLES.values() for row in table.rows})
         if other:
             parts.append(f"### Other runs\n\n{markdown_table(group, other)}\n")
+        if paired := paired_table(group):
+            parts.append(f"### Paired differences (row − reference, same seed; dev metric ×100)\n\n{paired}\n")
     parts.append("† not above the task's trivial baseline: the best constant predictor on dev (the majority class; for STS-B a constant score, correlation 0; "
                  "for XSum LEAD-1, the first sentence; SQuAD has none).\n")
     return "\n".join(parts)
@@ -291,14 +238,6 @@ def learning_curve(run: dict) -> list[tuple[float, float]]:
             if record.get(key):
                 points[min(int(record["step"]) + 1, total) / total] = 100.0 * float(record[key])
     return sorted(points.items())
-
-
-def one_lr_per_row(runs: list[dict]) -> list[dict]:
-    """Plots show each row at one lr (its most frequent), never an average over lrs."""
-    chosen: dict[str, float | None] = {}
-    for (row, lr), _ in Counter((row_key(r), lr_of(r)) for r in runs).most_common():
-        chosen.setdefault(row, lr)
-    return [r for r in runs if lr_of(r) == chosen[row_key(r)]]
 
 
 def plot(runs: list[dict], out: Path) -> list[Path]:
@@ -352,12 +291,16 @@ def plot(runs: list[dict], out: Path) -> list[Path]:
         figure, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.4), squeeze=False)
         for axis, (task, title) in zip(axes[0], tasks):
             for index, row in enumerate(["finetune", "dense", "snip", "large_sparse4"]):
-                mine = [points for run, points in curves if run["task"] == task and row_key(run) == row]
-                if mine:
-                    xs, ys = zip(*mine[0])
-                    axis.plot(xs, ys, "o-", label=ROW_LABELS.get(row, row), markersize=3, color=f"C{index}")
+                by_fraction: dict[float, list[float]] = defaultdict(list)  # the seeds evaluate at the same fractions
+                for run, points in curves:
+                    if run["task"] == task and row_key(run) == row:
+                        for fraction, value in points:
+                            by_fraction[round(fraction, 4)].append(value)
+                if by_fraction:
+                    xs = sorted(by_fraction)
+                    axis.plot(xs, [statistics.mean(by_fraction[x]) for x in xs], "o-", label=ROW_LABELS.get(row, row), markersize=3, color=f"C{index}")
             axis.set_title(title)
-        written.append(_finish(figure, axes[0], "fraction of training (first seed)", out / "convergence.png"))
+        written.append(_finish(figure, axes[0], "fraction of training (mean over seeds)", out / "convergence.png"))
     return written
 
 

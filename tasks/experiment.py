@@ -20,7 +20,7 @@ from sparse_adapter.adapters.base import merge_adapters
 from sparse_adapter.errors import ConfigError
 from sparse_adapter.io import save_adapter, write_json_atomic
 from sparse_adapter.pruning import PrunerConfig, check_sparsity
-from sparse_adapter.report import training_budget
+from sparse_adapter.runs import training_budget
 from tasks import rundir
 from tasks.resume import check_matches, read_checkpoint
 from tasks.validation import check_budget, max_positions, validate_config

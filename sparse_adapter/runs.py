@@ -1,0 +1,75 @@
+"""Finished runs as the report sees them: their summaries, table row, lr and comparable group."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+TASKS = [("cola", "CoLA"), ("mrpc", "MRPC"), ("stsb", "STS-B"), ("rte", "RTE"), ("sst2", "SST-2"), ("xsum", "XSum R2"), ("squad", "SQuAD F1")]
+GLUE = {"cola", "mrpc", "stsb", "rte", "sst2"}  # ``Avg.`` averages these only (the paper's GLUE average)
+
+
+def row_key(summary: dict) -> str:
+    """The table row a run belongs to: its ``row`` choice, else derived from its settings."""
+    if summary.get("row"):
+        return summary["row"]
+    if summary["adapter"] == "none":
+        return "finetune"
+    if summary["pruner"] == "none":
+        return "dense"
+    if summary.get("large_sparse"):
+        return f"large_sparse{summary['large_sparse']}"
+    if abs(summary["sparsity"] - 0.4) < 1e-9:
+        return "er" if summary.get("scope") == "er" else summary["pruner"]
+    return f"{summary['pruner']}_s{round(100 * summary['sparsity'])}"
+
+
+def training_budget(config: dict) -> dict:
+    """What a run's numbers depend on besides its row, task and seed (from its resolved config).
+
+    The report never averages runs whose budgets differ: a 32-step run beside a 5-epoch run, or a
+    tiny random backbone beside MiniLM, would make a number that describes neither.
+    """
+    trainer, data, optimizer = config.get("trainer", {}), config.get("data", {}), config.get("optimizer", {})
+    return {
+        "epochs": trainer.get("max_epochs"),
+        "max_steps": trainer.get("max_steps", -1),
+        "lr": optimizer.get("lr"),
+        "batch_size": data.get("batch_size"),
+        "accumulate_grad_batches": trainer.get("accumulate_grad_batches", 1),
+        "max_train_samples": data.get("max_train_samples"),
+        "max_length": data.get("max_length"),
+        "backbone_overrides": dict(config.get("backbone", {}).get("config") or {}),
+        # QA and seq2seq windows; absent for GLUE, so GLUE budgets (and their grouping) are unchanged
+        **{key: data[key] for key in ("doc_stride", "max_target_length") if key in data},
+    }
+
+
+def load_summaries(folders: list[Path]) -> list[dict]:
+    runs = []
+    for folder in folders:
+        for path in sorted(Path(folder).rglob("summary.json")):
+            summary = json.loads(path.read_text())
+            if summary.get("status") == "complete":
+                summary["_dir"] = str(path.parent)
+                runs.append(summary)
+    return runs
+
+
+def lr_of(run: dict) -> float | None:
+    return (run.get("budget") or {}).get("lr")
+
+
+def group_key(run: dict) -> str:
+    """Runs comparable in one table: same backbone and budget (the lr is a column of its own)."""
+    budget = {k: v for k, v in (run.get("budget") or {}).items() if k != "lr"}
+    return json.dumps({"backbone": run.get("backbone"), **budget}, sort_keys=True)
+
+
+def one_lr_per_row(runs: list[dict]) -> list[dict]:
+    """Plots show each row at one lr (its most frequent), never an average over lrs."""
+    chosen: dict[str, float | None] = {}
+    for (row, lr), _ in Counter((row_key(r), lr_of(r)) for r in runs).most_common():
+        chosen.setdefault(row, lr)
+    return [r for r in runs if lr_of(r) == chosen[row_key(r)]]

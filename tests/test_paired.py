@@ -1,0 +1,63 @@
+"""Paired differences per claim: same task and seed, row minus reference, checked by hand."""
+
+from sparse_adapter.paired import CLAIMS, average_over_tasks, differences, paired_table
+from sparse_adapter.report import report
+from sparse_adapter.runs import load_summaries
+from tests.test_report import write_run
+
+SNIP_VS_DENSE = next(c for c in CLAIMS if (c.row, c.reference) == ("snip", "dense"))
+
+
+def grid(tmp_path):
+    """MRPC seeds 1-3 and STS-B seeds 1-2 for dense and SNIP; one unpaired SNIP run (seed 9)."""
+    values = {("dense", "mrpc"): [0.70, 0.75, 0.80], ("snip", "mrpc"): [0.72, 0.74, 0.83],
+              ("dense", "stsb"): [0.80, 0.84], ("snip", "stsb"): [0.81, 0.86]}
+    for (row, task), scores in values.items():
+        for seed, value in enumerate(scores, start=1):
+            write_run(tmp_path, task, row, seed, value, metric="accuracy" if task == "mrpc" else "pearson")
+    write_run(tmp_path, "mrpc", "snip", 9, 0.99)
+    return load_summaries([tmp_path])
+
+
+def test_differences_pair_runs_by_task_and_seed(tmp_path):
+    found = differences(grid(tmp_path), SNIP_VS_DENSE)
+    assert {task: {s: round(v, 6) for s, v in seeds.items()} for task, seeds in found.items()} == {
+        "mrpc": {1: 2.0, 2: -1.0, 3: 3.0}, "stsb": {1: 1.0, 2: 2.0}}  # seed 9 has no dense partner
+
+
+def test_average_uses_only_seeds_that_ran_every_task(tmp_path):
+    found = differences(grid(tmp_path), SNIP_VS_DENSE)
+    average = average_over_tasks(found, ["mrpc", "stsb"])
+    assert list(average) == [1, 2]
+    assert round(average[1], 6) == 1.5 and round(average[2], 6) == 0.5  # (2 + 1) / 2, (-1 + 2) / 2
+
+
+def test_table_shows_mean_std_and_sign_count(tmp_path):
+    table = paired_table(grid(tmp_path))
+    line = next(line for line in table.splitlines() if "snip − dense" in line)
+    # MRPC: mean of (2, -1, 3) = +1.3, std 2.1, 2 of 3 positive; STS-B: +1.5 ± 0.7; Avg.: (1.5, 0.5) → +1.0 ± 0.7
+    assert "| +1.3 ± 2.1 (2/3 > 0) | +1.5 ± 0.7 (2/2 > 0) | +1.0 ± 0.7 (2/2 > 0) |" in line
+    assert "Paired differences" in report(load_summaries([tmp_path]))
+
+
+def test_no_pair_no_table(tmp_path):
+    write_run(tmp_path, "mrpc", "snip", 1, 0.7)
+    assert paired_table(load_summaries([tmp_path])) is None
+
+
+def test_the_claims_grid_runs_every_row_each_claim_needs():
+    """experiment=claims (+ claims_finetune) composes, holds the stated budget, and sweeps both rows of every claim."""
+    from hydra import compose, initialize_config_dir
+
+    from tests.test_cli import ROOT
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        adapters = compose("train", overrides=["experiment=claims"], return_hydra_config=True)
+        finetune = compose("train", overrides=["experiment=claims_finetune"], return_hydra_config=True)
+    for cfg in (adapters, finetune):
+        assert (cfg.trainer.max_epochs, cfg.trainer.val_check_interval, cfg.data.batch_size, cfg.data.max_length) == (5, 0.25, 32, 128)
+        assert cfg.backbone.config.attention_probs_dropout_prob == 0 and "last_checkpoint" in cfg.callbacks
+    assert adapters.optimizer.lr != finetune.optimizer.lr  # each its own lr sweep's choice
+    rows = set(adapters.hydra.sweeper.params.row.split(",")) | {finetune.hydra.sweeper.params.row}
+    assert {row for claim in CLAIMS for row in (claim.row, claim.reference)} <= rows
+    assert finetune.hydra.sweeper.params.seed == "42,43,44"
