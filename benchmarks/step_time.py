@@ -253,7 +253,7 @@ def main() -> None:
 
     print(f"\nMiniLM, batch {args.batch_size}, seq {args.seq_len}, {args.device}, {str(args.dtype).removeprefix('torch.')}, "
           f"torch threads {torch.get_num_threads()}, median of {args.steps} after {args.warmup} warm-up\n")
-    print(f"| variant | median step (ms) | min (ms) | peak memory (MiB) |\n|---|---:|---:|---:|")
+    print("| variant | median step (ms) | min (ms) | peak memory (MiB) |\n|---|---:|---:|---:|")
     for name in names:
         print(f"| {name} | {1000 * median[name]:.1f} | {1000 * min(times[name]):.1f} | {memory[name]:.0f} |")
     print(f"\nPruneAtInit ({args.prune_batches} batches): SNIP {extra['prune_snip_seconds']:.2f} s, GraSP {extra['prune_grasp_seconds']:.2f} s\n")

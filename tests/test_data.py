@@ -1,8 +1,11 @@
 """GLUE read from the offline TSVs: row counts, quirks (quotes, BOM, no header), clear errors."""
 
+import gzip
+import json
 import time
 
 import pytest
+import torch
 
 from sparse_adapter.errors import ConfigError
 from tasks.classification import GlueDataModule
@@ -81,3 +84,33 @@ def test_trivial_baseline_is_the_best_constant_predictor_on_dev(glue_dir, name, 
     assert baseline["predictor"].startswith(predictor)
     if name == "cola":
         assert baseline["metrics"]["accuracy"] == pytest.approx(721 / 1043)  # the majority, among equal Matthews 0
+
+
+def test_no_family_draws_from_the_global_rng_when_an_epoch_starts(tmp_path, glue_dir):
+    """A train iterator seeded from the global RNG shifts dropout's stream at every epoch, so a run
+    resumed mid-training would drift from an uninterrupted one (tasks/data.py's loaders carry their own generator)."""
+    from tasks.qa import SquadDataModule, SquadTask
+    from tasks.seq2seq import XSumDataModule, XSumTask
+
+    _, tokenizer = tiny_model("bert")
+    context = "Paris is the capital of France."
+    row = {"id": "1", "question": "What is the capital of France?", "answers": [{"text": "Paris", "answer_start": 0}]}
+    (tmp_path / "squad").mkdir()
+    for name in ("train.json", "dev.json"):
+        (tmp_path / "squad" / name).write_text(json.dumps({"data": [{"title": "t", "paragraphs": [{"context": context, "qas": [row]}]}]}))
+    documents = [json.dumps({"id": str(i), "document": f"Document {i} says a thing. And more.", "summary": f"Thing {i}."}) for i in range(6)]
+    (tmp_path / "xsum").mkdir()
+    with gzip.open(tmp_path / "xsum" / "test_subset.jsonl.gz", "wt", encoding="utf-8") as handle:
+        handle.write("\n".join(documents) + "\n")
+    modules = [
+        GlueDataModule(task("rte"), tokenizer, glue_dir, max_length=64, batch_size=4, max_train_samples=8, max_eval_samples=4),
+        SquadDataModule(SquadTask(train_file="train.json", validation_file="dev.json"), tokenizer, str(tmp_path), max_length=64,
+                        doc_stride=16, max_question_length=16),
+        XSumDataModule(XSumTask(validation_size=2), tokenizer, str(tmp_path), max_length=32),
+    ]
+    for module in modules:
+        module.setup()
+        torch.manual_seed(0)
+        before = torch.get_rng_state()
+        next(iter(module.train_dataloader()))
+        assert torch.equal(before, torch.get_rng_state()), type(module).__name__

@@ -9,7 +9,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tasks import rundir
 from tests.cli_support import FAST, call_train, error_lines, train_subprocess
 
 # 24 rows in batches of 4: 6 steps an epoch, 3 epochs; last.ckpt every 4 steps and at each epoch end

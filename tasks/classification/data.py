@@ -6,9 +6,7 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import lightning as L
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
@@ -16,7 +14,7 @@ from sparse_adapter.backbones import hub_reachable
 from sparse_adapter.errors import ConfigError
 from tasks.classification.tsv import check_tsv
 from tasks.family import TaskFamily
-from tasks.sampling import ResumableSampler
+from tasks.data import TaskDataModule
 
 DATA_ENV = "SPARSE_ADAPTER_DATA"
 
@@ -107,7 +105,7 @@ def _normalise(dataset, task: GlueTask, text_fields: list[str], label_field: str
     return dataset.map(convert, remove_columns=dataset.column_names, desc=f"{task.name}: columns")
 
 
-class GlueDataModule(L.LightningDataModule):
+class GlueDataModule(TaskDataModule):
     """Tokenised GLUE with dynamic padding (each batch padded to its longest row)."""
 
     def __init__(
@@ -124,22 +122,15 @@ class GlueDataModule(L.LightningDataModule):
         seed: int = 0,
         max_positions: int | None = None,
     ):
-        super().__init__()
-        self.task, self.tokenizer = task, tokenizer
-        self.data_dir, self.max_length = data_dir, max_length
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.max_train_samples, self.max_eval_samples = max_train_samples, max_eval_samples
-        self.num_workers = num_workers
-        self.seed, self.max_positions = seed, max_positions
-        self.sampler: ResumableSampler | None = None
-        self.datasets = None
+        super().__init__(task, tokenizer, data_dir, batch_size, eval_batch_size, max_train_samples, max_eval_samples, num_workers, seed)
+        self.max_length, self.max_positions = max_length, max_positions
         self.collate = DataCollatorWithPadding(tokenizer)
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets is not None:
             return
         raw = load_glue(self.task, self.data_dir)
-        limits = {"train": self.max_train_samples, "validation": self.max_eval_samples}
+        limits = self.limits()
         self.datasets = {}
         for split, dataset in raw.items():
             if limits[split]:
@@ -147,7 +138,7 @@ class GlueDataModule(L.LightningDataModule):
             texts = [c for c in ("text_a", "text_b") if c in dataset.column_names]
             self.datasets[split] = dataset.map(self._tokenize, batched=True, remove_columns=texts, desc=f"{self.task.name}: tokenize")
             self._check_lengths(split)
-        self.sampler = ResumableSampler(len(self.datasets["train"]), self.seed)
+        self.start_order()
 
     def _check_lengths(self, split: str) -> None:
         """A row longer than the model's positions would crash inside the embedding, mid-training; name it now."""
@@ -187,10 +178,7 @@ class GlueDataModule(L.LightningDataModule):
         return self.tokenizer(*texts, truncation=True, max_length=self.max_length)
 
     def train_dataloader(self) -> DataLoader:
-        # an own generator: creating the iterator must not draw from the global RNG (dropout's), or a resumed run drifts
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.datasets["train"], batch_size=self.batch_size, sampler=self.sampler, collate_fn=self.collate,
-                          num_workers=self.num_workers, generator=generator)
+        return self.train_loader(self.collate)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.datasets["validation"], batch_size=self.eval_batch_size, collate_fn=self.collate, num_workers=self.num_workers)
+        return self.eval_loader(self.collate)

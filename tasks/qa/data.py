@@ -9,7 +9,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -17,7 +16,7 @@ from torch.utils.data import DataLoader
 from sparse_adapter.backbones import hub_reachable
 from sparse_adapter.errors import ConfigError
 from tasks.family import check_positions
-from tasks.sampling import ResumableSampler
+from tasks.data import TaskDataModule
 from tasks.family import TaskFamily
 from tasks.rows import SkippedRows
 
@@ -226,7 +225,7 @@ class QACollator:
         return batch
 
 
-class SquadDataModule(L.LightningDataModule):
+class SquadDataModule(TaskDataModule):
     """SQuAD features for training (with answer positions) and evaluation (with offsets)."""
 
     def __init__(
@@ -245,29 +244,21 @@ class SquadDataModule(L.LightningDataModule):
         seed: int = 0,
         max_positions: int | None = None,
     ):
-        super().__init__()
+        super().__init__(task, tokenizer, data_dir, batch_size, eval_batch_size, max_train_samples, max_eval_samples, num_workers, seed)
         check_positions("data.max_length", max_length, max_positions)
-        self.task, self.tokenizer, self.data_dir = task, tokenizer, data_dir
-        self.seed, self.sampler = seed, None
         self.features = QAFeatures(tokenizer, max_length, doc_stride, max_question_length)
         self.max_length = max_length
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.max_train_samples, self.max_eval_samples = max_train_samples, max_eval_samples
-        self.num_workers = num_workers
         self.skipped = SkippedRows()
         self.examples: dict[str, list[dict]] | None = None
-        self.datasets: dict[str, list[dict]] | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets is not None:
             return
-        rows = load_squad(self.task, self.data_dir, self.skipped)
-        limits = {"train": self.max_train_samples, "validation": self.max_eval_samples}
-        self.examples = {split: split_rows[: limits[split]] if limits[split] else split_rows for split, split_rows in rows.items()}
+        self.examples = self.first_rows(load_squad(self.task, self.data_dir, self.skipped))
         train = self.features.train(self.examples["train"])
         compact = lambda f: {k: np.asarray(v, dtype=np.int32) if isinstance(v, list) else v for k, v in f.items()}  # noqa: E731
         self.datasets = {"train": [compact(f) for f in train], "validation": self.examples["validation"]}
-        self.sampler = ResumableSampler(len(self.datasets["train"]), self.seed)  # resumable order (tasks.sampling)
+        self.start_order()
         log.info("%s: %d train questions -> %d features; %d dev questions (tokenised per batch)", self.task.name,
                  len(self.examples["train"]), len(train), len(self.examples["validation"]))
 
@@ -276,9 +267,7 @@ class SquadDataModule(L.LightningDataModule):
         return None
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.datasets["train"], batch_size=self.batch_size, sampler=self.sampler,
-                          collate_fn=QACollator(self.features).train, num_workers=self.num_workers)
+        return self.train_loader(QACollator(self.features).train)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.datasets["validation"], batch_size=self.eval_batch_size,
-                          collate_fn=QACollator(self.features).evaluation, num_workers=self.num_workers)
+        return self.eval_loader(QACollator(self.features).evaluation)

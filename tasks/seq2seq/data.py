@@ -11,7 +11,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -19,7 +18,7 @@ from torch.utils.data import DataLoader
 from sparse_adapter.backbones import hub_reachable
 from sparse_adapter.errors import ConfigError
 from tasks.family import check_positions
-from tasks.sampling import ResumableSampler
+from tasks.data import TaskDataModule
 from tasks.family import TaskFamily
 from tasks.rows import SkippedRows
 from tasks.seq2seq.metrics import rouge_scores
@@ -156,7 +155,7 @@ class Seq2SeqCollator:
         return self.train(self.encode(rows)) | {"documents": [r["document"] for r in rows], "references": [r["summary"] for r in rows]}
 
 
-class XSumDataModule(L.LightningDataModule):
+class XSumDataModule(TaskDataModule):
     """Tokenised XSum: sources cut to ``max_length`` tokens, summaries to ``max_target_length``."""
 
     def __init__(
@@ -174,28 +173,20 @@ class XSumDataModule(L.LightningDataModule):
         seed: int = 0,
         max_positions: int | None = None,
     ):
-        super().__init__()
+        super().__init__(task, tokenizer, data_dir, batch_size, eval_batch_size, max_train_samples, max_eval_samples, num_workers, seed)
         task.validate()
         check_positions("data.max_length", max_length, max_positions)
         check_positions("data.max_target_length", max_target_length, max_positions)
-        self.task, self.tokenizer, self.data_dir = task, tokenizer, data_dir
-        self.seed, self.sampler = seed, None
         self.collator = Seq2SeqCollator(tokenizer, max_length, max_target_length)
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.max_train_samples, self.max_eval_samples = max_train_samples, max_eval_samples
-        self.num_workers = num_workers
         self.skipped = SkippedRows()
         self.examples: dict[str, list[dict]] | None = None
-        self.datasets: dict[str, list] | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets is not None:
             return
-        rows = load_xsum(self.task, self.data_dir, self.skipped)
-        limits = {"train": self.max_train_samples, "validation": self.max_eval_samples}
-        self.examples = {split: split_rows[: limits[split]] if limits[split] else split_rows for split, split_rows in rows.items()}
+        self.examples = self.first_rows(load_xsum(self.task, self.data_dir, self.skipped))
         self.datasets = {"train": self.collator.encode(self.examples["train"]), "validation": self.examples["validation"]}
-        self.sampler = ResumableSampler(len(self.datasets["train"]), self.seed)  # resumable order (tasks.sampling)
+        self.start_order()
         log.info("%s: %d train and %d validation documents", self.task.name, len(self.datasets["train"]), len(self.examples["validation"]))
 
     def trivial_baseline(self) -> dict:
@@ -206,7 +197,7 @@ class XSumDataModule(L.LightningDataModule):
         return {"predictor": "LEAD-1 (first sentence)", "metrics": metrics}
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.datasets["train"], batch_size=self.batch_size, sampler=self.sampler, collate_fn=self.collator.train, num_workers=self.num_workers)
+        return self.train_loader(self.collator.train)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.datasets["validation"], batch_size=self.eval_batch_size, collate_fn=self.collator.evaluation, num_workers=self.num_workers)
+        return self.eval_loader(self.collator.evaluation)

@@ -1,0 +1,49 @@
+"""What every task family's DataModule shares: batch sizes, row limits, a resumable training order
+and loaders that leave the global RNG alone.
+
+Families keep their own constructors (each maps one-to-one to its ``data`` config node) and pass
+the shared settings up; they build ``self.datasets`` in ``setup`` and name their collators.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from tasks.sampling import ResumableSampler
+
+
+class TaskDataModule(L.LightningDataModule):
+    def __init__(self, task, tokenizer, data_dir: str | None, batch_size: int, eval_batch_size: int,
+                 max_train_samples: int | None, max_eval_samples: int | None, num_workers: int, seed: int):
+        super().__init__()
+        self.task, self.tokenizer, self.data_dir = task, tokenizer, data_dir
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.max_train_samples, self.max_eval_samples = max_train_samples, max_eval_samples
+        self.num_workers, self.seed = num_workers, seed
+        self.sampler: ResumableSampler | None = None
+        self.datasets: dict | None = None
+
+    def limits(self) -> dict[str, int | None]:
+        """split → how many rows to keep (None: all)."""
+        return {"train": self.max_train_samples, "validation": self.max_eval_samples}
+
+    def first_rows(self, rows: dict[str, list]) -> dict[str, list]:
+        """Each split cut to its limit."""
+        limits = self.limits()
+        return {split: split_rows[: limits[split]] if limits[split] else split_rows for split, split_rows in rows.items()}
+
+    def start_order(self) -> None:
+        """The training order as a ResumableSampler (tasks.sampling): a resumed run continues it mid-epoch."""
+        self.sampler = ResumableSampler(len(self.datasets["train"]), self.seed)
+
+    def train_loader(self, collate_fn) -> DataLoader:
+        # An own generator: a DataLoader without one seeds each new iterator from the global RNG,
+        # which dropout also draws from, so every epoch would shift dropout and a resumed run drift.
+        return DataLoader(self.datasets["train"], batch_size=self.batch_size, sampler=self.sampler, collate_fn=collate_fn,
+                          num_workers=self.num_workers, generator=torch.Generator().manual_seed(self.seed))
+
+    def eval_loader(self, collate_fn) -> DataLoader:
+        return DataLoader(self.datasets["validation"], batch_size=self.eval_batch_size, collate_fn=collate_fn,
+                          num_workers=self.num_workers, generator=torch.Generator().manual_seed(self.seed))
