@@ -109,7 +109,7 @@ class LastCheckpoint(L.Callback):
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
         if trainer.is_global_zero:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(temporary)  # every rank calls it; rank 0 writes
+        trainer.save_checkpoint(temporary, weights_only=False)  # the full training state; every rank calls it, rank 0 writes
         if trainer.is_global_zero:
             descriptor = os.open(temporary, os.O_RDONLY)
             try:
