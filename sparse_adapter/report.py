@@ -212,10 +212,12 @@ def report(runs: list[dict]) -> str:
         by_group[group_key(run)].append(run)
     for key, group in sorted(by_group.items()):
         parts.append(f"## {describe_group(key)}\n")
+        shown: set[str] = set()
         for title, table in TABLES.items():
             if any(row_key(r) in table.signature for r in group):
                 parts.append(f"### {title}\n\n{markdown_table(group, table.rows, table.reference)}\n")
-        other = sorted({row_key(r) for r in group} - {row for table in TABLES.values() for row in table.rows})
+                shown.update(table.rows)
+        other = sorted({row_key(r) for r in group} - shown)  # e.g. a dense run whose table has no sparse row yet
         if other:
             parts.append(f"### Other runs\n\n{markdown_table(group, other)}\n")
         if paired := paired_table(group):

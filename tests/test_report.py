@@ -64,6 +64,16 @@ def test_a_table_appears_once_one_of_its_own_rows_ran(tmp_path):
     assert "Table 1" in text and "Table 2" not in text and "Table 3" not in text
 
 
+def test_a_run_whose_table_is_not_shown_is_listed_under_other_runs(tmp_path):
+    from sparse_adapter.report import report
+
+    write_run(tmp_path, "mrpc", "t4_pfeiffer", 1, 0.82)
+    write_run(tmp_path, "mrpc", "dense", 1, 0.745)  # Table 1 needs a pruner row to appear
+    text = report(load_summaries([tmp_path]))
+    assert "Table 1" not in text and "Table 4" in text
+    assert "| Adapter (dense) |" in text.split("### Other runs")[1]
+
+
 def test_each_table_shows_the_papers_reference_for_its_backbone(tmp_path):
     write_run(tmp_path, "rte", "snip", 1, 0.6)
     write_run(tmp_path, "rte", "snip_s60", 1, 0.5, sparsity=0.6)
