@@ -7,8 +7,9 @@
 #   bash scripts/reproduce_claims.sh variants  # Table 4 rows (seed 42) on all four tasks
 #   bash scripts/reproduce_claims.sh all    # mrpc_variants, lr, reference, grid, variants: what a fresh session restarts
 #   bash scripts/reproduce_claims.sh clean  # drop the checkpoints of finished grid jobs
-# Budget, the same for every row: MiniLM, 5 epochs, batch 32, max length 128, attention dropout 0
-# (the CPU cost of attention dropout is in RESULTS.md section 1), dev set evaluated every half epoch.
+# Budget, the same for every row: MiniLM, 5 epochs, batch 32 grouped by length, max length 128, attention
+# dropout 0 (the CPU cost of attention dropout is in RESULTS.md section 1), dev set evaluated every half
+# epoch (every quarter in the grid).
 # Resumable: every job folder with a complete summary.json is skipped, and a job killed midway
 # resumes from its last.ckpt (callbacks=resumable), so re-running continues.
 set -euo pipefail
@@ -17,8 +18,9 @@ export SPARSE_ADAPTER_DATA="${SPARSE_ADAPTER_DATA:-../shared/data}"
 stage="${1:-grid}"
 out="${2:-results/claims}"
 py="${PYTHON:-.venv/bin/python}"
-budget=(trainer.max_epochs=5 +backbone.config.attention_probs_dropout_prob=0 trainer.val_check_interval=0.5
-        logger=csv callbacks=resumable trainer.enable_progress_bar=false skip_finished=true)
+plain=(trainer.max_epochs=5 +backbone.config.attention_probs_dropout_prob=0 trainer.val_check_interval=0.5
+       logger=csv callbacks=resumable trainer.enable_progress_bar=false skip_finished=true)
+budget=("${plain[@]}" data.group_by_length=true)   # batches of similar length: 1.6× (MRPC) to 2.5× (STS-B) faster on CPU
 adapter_lr=(optimizer.lr=1e-3)   # the adapters' lr of conf/experiment/claims.yaml
 case "$stage" in
   lr)
@@ -31,7 +33,8 @@ case "$stage" in
       [ -f "$out/reference/plain-mrpc-seed$seed.json" ] || $py benchmarks/reference_finetune.py --task mrpc --seed $seed --lr 5e-5 \
         --attention-dropout 0 --out "$out/reference/plain-mrpc-seed$seed.json"
     done
-    $py train.py -m row=finetune task=mrpc seed=1,2,3 optimizer.lr=5e-5 "${budget[@]}" "hydra.sweep.dir=$out/reference"
+    # random batches, as the reference loop draws them: the two implementations at exactly one recipe
+    $py train.py -m row=finetune task=mrpc seed=1,2,3 optimizer.lr=5e-5 "${plain[@]}" "hydra.sweep.dir=$out/reference"
     ;;
   grid)
     $py train.py -m experiment=claims "hydra.sweep.dir=$out/grid"

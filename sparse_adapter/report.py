@@ -93,6 +93,7 @@ def describe_group(key: str) -> str:
     parts.append(f"max length {budget['max_length']}")
     parts += [f"{label} {budget[key]}" for key, label in (("doc_stride", "stride"), ("max_target_length", "max target")) if key in budget]
     parts.append(f"first {budget['max_train_samples']} training rows" if budget.get("max_train_samples") else "all training rows")
+    parts += ["batches grouped by length"] if budget.get("group_by_length") else []
     parts += [f"{k}={v}" for k, v in sorted((budget.get("backbone_overrides") or {}).items())]
     return ", ".join(parts)
 

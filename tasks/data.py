@@ -16,12 +16,13 @@ from tasks.sampling import ResumableSampler
 
 class TaskDataModule(L.LightningDataModule):
     def __init__(self, task, tokenizer, data_dir: str | None, batch_size: int, eval_batch_size: int,
-                 max_train_samples: int | None, max_eval_samples: int | None, num_workers: int, seed: int):
+                 max_train_samples: int | None, max_eval_samples: int | None, num_workers: int, seed: int,
+                 group_by_length: bool = False):
         super().__init__()
         self.task, self.tokenizer, self.data_dir = task, tokenizer, data_dir
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.max_train_samples, self.max_eval_samples = max_train_samples, max_eval_samples
-        self.num_workers, self.seed = num_workers, seed
+        self.num_workers, self.seed, self.group_by_length = num_workers, seed, group_by_length
         self.sampler: ResumableSampler | None = None
         self.datasets: dict | None = None
 
@@ -35,8 +36,14 @@ class TaskDataModule(L.LightningDataModule):
         return {split: split_rows[: limits[split]] if limits[split] else split_rows for split, split_rows in rows.items()}
 
     def start_order(self) -> None:
-        """The training order as a ResumableSampler (tasks.sampling): a resumed run continues it mid-epoch."""
-        self.sampler = ResumableSampler(len(self.datasets["train"]), self.seed)
+        """The training order as a ResumableSampler (tasks.sampling): a resumed run continues it mid-epoch;
+        with ``group_by_length`` its batches hold rows of similar length (less padding, same rows per epoch)."""
+        lengths = self.train_lengths() if self.group_by_length else None
+        self.sampler = ResumableSampler(len(self.datasets["train"]), self.seed, lengths, self.batch_size)
+
+    def train_lengths(self) -> list[int]:
+        """Tokens of each training row (the model's input; a family with other inputs overrides this)."""
+        return [len(row["input_ids"]) for row in self.datasets["train"]]
 
     def train_loader(self, collate_fn) -> DataLoader:
         # An own generator: a DataLoader without one seeds each new iterator from the global RNG,

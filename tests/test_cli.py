@@ -119,6 +119,12 @@ def test_global_grasp_collapse_is_reported_and_min_density_prevents_it(tmp_path,
     assert s["adapter_weights_kept"] == round(0.25 * s["adapter_weights_total"])
 
 
+def test_group_by_length_trains_and_is_part_of_the_budget(tmp_path, glue_dir):
+    train_in_process(tmp_path, f"data_dir={glue_dir}", "task=mrpc", "data.group_by_length=true")
+    s = summary(tmp_path)
+    assert s["status"] == "complete" and s["budget"]["group_by_length"] is True  # the report never mixes it with random batches
+
+
 def test_full_fine_tuning_trains_everything(tmp_path, glue_dir):
     train_in_process(tmp_path, f"data_dir={glue_dir}", "adapter=none", "task=cola")
     s = summary(tmp_path)

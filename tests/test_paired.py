@@ -57,6 +57,7 @@ def test_the_claims_grid_runs_every_row_each_claim_needs():
     for cfg in (adapters, finetune):
         assert (cfg.trainer.max_epochs, cfg.trainer.val_check_interval, cfg.data.batch_size, cfg.data.max_length) == (5, 0.25, 32, 128)
         assert cfg.backbone.config.attention_probs_dropout_prob == 0 and "last_checkpoint" in cfg.callbacks
+        assert cfg.data.group_by_length
     assert adapters.optimizer.lr != finetune.optimizer.lr  # each its own lr sweep's choice
     rows = set(adapters.hydra.sweeper.params.row.split(",")) | {finetune.hydra.sweeper.params.row}
     assert {row for claim in CLAIMS for row in (claim.row, claim.reference)} <= rows

@@ -172,8 +172,10 @@ class XSumDataModule(TaskDataModule):
         num_workers: int = 0,
         seed: int = 0,
         max_positions: int | None = None,
+        group_by_length: bool = False,
     ):
-        super().__init__(task, tokenizer, data_dir, batch_size, eval_batch_size, max_train_samples, max_eval_samples, num_workers, seed)
+        super().__init__(task, tokenizer, data_dir, batch_size, eval_batch_size, max_train_samples, max_eval_samples, num_workers, seed,
+                         group_by_length)
         task.validate()
         check_positions("data.max_length", max_length, max_positions)
         check_positions("data.max_target_length", max_target_length, max_positions)
