@@ -223,6 +223,7 @@ RULES: dict[str, Rule] = {
     "trainer.log_every_n_steps": at_least(1),
     "trainer.devices": lambda v: None if v == "auto" or v == -1 or (isinstance(v, int) and v >= 1) or isinstance(v, (list, str)) else "must be ≥ 1, -1 or auto",
     "callbacks.last_checkpoint.every_n_train_steps": optional(at_least(1)),
+    "trainer.limit_val_batches": optional(lambda v: None if v > 0 else "must be > 0: the run's summary reports its dev evaluation"),
 }
 
 # Strategies whose parameters are sharded: masks are full-shape buffers, so they cannot act on shards.

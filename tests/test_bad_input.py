@@ -121,6 +121,7 @@ CASES: dict[str, tuple[Case, str]] = {
     "seed-negative": (lambda e: ["seed=-1"], "seed"),
     "batch-size-zero": (lambda e: ["data.batch_size=0"], "data.batch_size"),
     "max-length-zero": (lambda e: ["data.max_length=0"], "data.max_length"),
+    "no-dev-evaluation": (lambda e: ["+trainer.limit_val_batches=0"], "trainer.limit_val_batches"),
     "max-train-samples-zero": (lambda e: ["data.max_train_samples=0"], "data.max_train_samples"),
     "accumulate-zero": (lambda e: ["trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches"),
     "accumulate-string": (lambda e: ["trainer.accumulate_grad_batches=two"], "trainer.accumulate_grad_batches='two': must be a number"),
