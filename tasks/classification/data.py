@@ -158,6 +158,9 @@ class GlueDataModule(TaskDataModule):
     def train_lengths(self) -> list[int]:
         return [len(ids) for ids in self.datasets["train"]["input_ids"]]  # one column read, not 8k row dicts
 
+    def eval_lengths(self) -> list[int]:
+        return [len(ids) for ids in self.datasets["validation"]["input_ids"]]
+
     def trivial_baseline(self) -> dict:
         """The dev metrics of the strongest constant predictor, the bar any run that learned must clear.
 
