@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import random
+import time
 
 import lightning as L
 import numpy as np
@@ -52,9 +53,15 @@ class RunState(L.Callback):
     them; the data position goes to the datamodule's ``ResumableSampler`` as soon as the checkpoint loads.
     """
 
-    def __init__(self, record: dict):
+    def __init__(self, record: dict, started: float | None = None):
         self.record = record
         self.loaded: dict | None = None
+        self.started = time.perf_counter() if started is None else started  # this process's start (perf_counter)
+        self.earlier_seconds = 0.0  # earlier pieces of a resumed job, each up to its last checkpoint
+
+    def job_seconds(self) -> float:
+        """Wall seconds the job has cost so far across resumes; the steps a kill lost are counted once."""
+        return self.earlier_seconds + time.perf_counter() - self.started
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict) -> None:
         batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed
@@ -64,11 +71,13 @@ class RunState(L.Callback):
             "epoch": trainer.current_epoch,
             "batches": batches,
             "epoch_done": batches >= trainer.num_training_batches,
+            "seconds": self.job_seconds(),
         }
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict) -> None:
         """Runs before Lightning builds the training iterator, so the sampler can start mid-epoch."""
         self.loaded = checkpoint.get(KEY)
+        self.earlier_seconds = float((self.loaded or {}).get("seconds", 0.0))  # checkpoints before this field: 0
         if not self.loaded or self.loaded["epoch_done"] or not self.loaded["batches"]:
             return  # saved at an epoch's end: the next epoch starts from its first batch anyway
         sampler = getattr(trainer.datamodule, "sampler", None)

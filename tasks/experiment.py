@@ -144,7 +144,8 @@ def _run(cfg: DictConfig, output_dir: Path) -> float:
 
     pruning = PruneAtInit(pruner, sparsity, seed=cfg.seed)
     guard = FiniteGuard(hint=f"lower optimizer.lr (now {optimizer.lr:g}) or check the data")
-    callbacks = [pruning, MaskEnforcement(), RunState(record), guard]
+    run_state = RunState(record, started)
+    callbacks = [pruning, MaskEnforcement(), run_state, guard]
     callbacks += [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     for logger in loggers:
@@ -180,7 +181,8 @@ def _run(cfg: DictConfig, output_dir: Path) -> float:
         "prune_seconds": pruning.seconds,
         "global_steps": trainer.global_step,
         "epochs": trainer.current_epoch,
-        "wall_seconds": time.perf_counter() - started,
+        "wall_seconds": run_state.job_seconds(),  # all pieces of a resumed job
+        "wall_seconds_this_process": time.perf_counter() - started,
     }
     if trainer.is_global_zero:
         merge_adapters(module.model)  # after the summary's counts: e.g. a prefix MLP folds into its prefix

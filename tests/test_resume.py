@@ -51,6 +51,9 @@ def test_killed_run_resumes_to_the_uninterrupted_weights_and_metric(killed_run, 
     result = train_subprocess(f"resume={resumed}")  # the documented command, nothing else
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_run(resumed, straight)
+    summary = json.loads((resumed / "summary.json").read_text())
+    before_kill = torch.load(killed_run / "checkpoints" / "last.ckpt", weights_only=True)["sparse_adapter"]["seconds"]
+    assert summary["wall_seconds"] == pytest.approx(before_kill + summary["wall_seconds_this_process"], abs=1.0)  # both pieces
 
 
 def test_killed_after_an_epoch_end_checkpoint_resumes_at_the_next_epoch(tmp_path, straight, glue_dir):
