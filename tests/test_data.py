@@ -4,14 +4,17 @@ import gzip
 import json
 import time
 
+import lightning as L
 import pytest
 import torch
-
-from sparse_adapter.errors import ConfigError
-from tasks.classification import GlueDataModule
-from tasks.classification.data import load_glue
 from hydra.utils import instantiate
-from tests.conftest import compose_config, tiny_model
+
+from sparse_adapter.adapters import HoulsbyConfig
+from sparse_adapter.errors import ConfigError
+from tasks.classification import ClassificationModule, GlueDataModule
+from tasks.classification.data import load_glue
+from tasks.optim import AdamWConfig
+from tests.conftest import compose_config, tiny_backbone, tiny_model
 
 
 def task(name):
@@ -118,13 +121,6 @@ def test_no_family_draws_from_the_global_rng_when_an_epoch_starts(tmp_path, glue
 
 def test_grouped_dev_pass_is_longest_first_covers_every_row_and_scores_the_same(tmp_path, glue_dir):
     """group_by_length also sorts the dev rows (less padding); the metrics must not notice the order."""
-    import lightning as L
-
-    from sparse_adapter.adapters import HoulsbyConfig
-    from tasks.classification import ClassificationModule
-    from tasks.optim import AdamWConfig
-    from tests.conftest import tiny_backbone
-
     stsb = task("stsb")  # regression: a Pearson over continuous predictions notices any lost or repeated row
     L.seed_everything(0)
     module = ClassificationModule(tiny_backbone("bert"), HoulsbyConfig(bottleneck=8), AdamWConfig(lr=1e-2), stsb)
