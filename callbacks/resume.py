@@ -14,6 +14,7 @@ from pathlib import Path
 
 import random
 import time
+import warnings
 
 import lightning as L
 import numpy as np
@@ -86,6 +87,10 @@ class RunState(L.Callback):
             return
         sampler.set_epoch(self.loaded["epoch"])
         sampler.skip_next(self.loaded["batches"] * trainer.datamodule.batch_size)
+        # Lightning warns that a mid-epoch resume without a stateful DataLoader is unreliable; the sampler
+        # above continues the epoch's exact order, so the warning would only mislead
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+        log.info("resume: epoch %d continues after batch %d", self.loaded["epoch"], self.loaded["batches"])
 
     def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
         if self.loaded:
