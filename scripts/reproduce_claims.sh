@@ -59,7 +59,8 @@ case "$stage" in
     # prefix tuning and IA³ stay at (or just above) the majority class with the adapters' 1e-3; both usually train ~10x higher
     $py train.py -m task=mrpc seed=42 adapter=prefix,ia3 pruner=none,snip sparsity=0.4 optimizer.lr=1e-2 "${budget[@]}" \
       "hydra.sweep.dir=$out/variants"
-    $py train.py -m "${table4[@]}" "hydra.sweeper.params.task='cola,stsb,rte'" hydra.sweeper.params.row=t4_pfeiffer
+    $py train.py -m "${table4[@]}" "hydra.sweeper.params.task='cola,stsb,rte'" \
+      "hydra.sweeper.params.row='t4_pfeiffer,t4_pfeiffer_snip'"   # the fusion rows' sources: dense for t4_fusion, SNIP for t4_fusion_snip
     $py train.py -m "${table4[@]}" hydra.sweeper.params.task=mrpc "hydra.sweeper.params.row='t4_fusion,t4_fusion_snip'"
     $py -m sparse_adapter.report "$out/table4" "$out/variants" --out "$out/variants-report"
     ;;
