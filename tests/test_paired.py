@@ -46,19 +46,27 @@ def test_no_pair_no_table(tmp_path):
 
 
 def test_the_claims_grid_runs_every_row_each_claim_needs():
-    """experiment=claims (+ claims_finetune) composes, holds the stated budget, and sweeps both rows of every claim."""
+    """experiment=claims* compose, hold one budget, and sweep both rows of every claim; the rows the paired
+    claims rest on run at seeds 42-44, and the convergence plot's rows are evaluated every quarter epoch."""
     from hydra import compose, initialize_config_dir
 
     from tests.test_cli import ROOT
 
+    names = ["claims", "claims_convergence", "claims_finetune", "claims_references"]
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        adapters = compose("train", overrides=["experiment=claims"], return_hydra_config=True)
-        finetune = compose("train", overrides=["experiment=claims_finetune"], return_hydra_config=True)
-    for cfg in (adapters, finetune):
-        assert (cfg.trainer.max_epochs, cfg.trainer.val_check_interval, cfg.data.batch_size, cfg.data.max_length) == (5, 0.25, 32, 128)
+        sweeps = {name: compose("train", overrides=[f"experiment={name}"], return_hydra_config=True) for name in names}
+    jobs = set()  # (row, task, seed)
+    for name, cfg in sweeps.items():
+        assert (cfg.trainer.max_epochs, cfg.data.batch_size, cfg.data.max_length) == (5, 32, 128)
         assert cfg.backbone.config.attention_probs_dropout_prob == 0 and "last_checkpoint" in cfg.callbacks
-        assert cfg.data.group_by_length
-    assert adapters.optimizer.lr != finetune.optimizer.lr  # each its own lr sweep's choice
-    rows = set(adapters.hydra.sweeper.params.row.split(",")) | {finetune.hydra.sweeper.params.row}
-    assert {row for claim in CLAIMS for row in (claim.row, claim.reference)} <= rows
-    assert finetune.hydra.sweeper.params.seed == "42,43,44"
+        assert cfg.data.group_by_length and cfg.hydra.sweep.dir == "results/claims/grid"
+        params = cfg.hydra.sweeper.params
+        rows, tasks, seeds = (str(params[key]).split(",") for key in ("row", "task", "seed"))
+        assert tasks == ["mrpc", "stsb", "cola"]
+        assert cfg.trainer.val_check_interval == (0.25 if {"dense", "large_sparse4", "finetune"} & set(rows) else 1.0)
+        jobs |= {(row, task, int(seed)) for row in rows for task in tasks for seed in seeds}
+    assert len(jobs) == 84
+    assert sweeps["claims"].optimizer.lr != sweeps["claims_finetune"].optimizer.lr  # each its own lr sweep's choice
+    for claim in CLAIMS:
+        for row in (claim.row, claim.reference):
+            assert {(row, "mrpc", seed) for seed in (42, 43, 44)} <= jobs, (claim.text, row)

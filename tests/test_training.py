@@ -123,3 +123,16 @@ def test_resume_restores_masks_bit_for_bit_without_pruning(tmp_path, rte_task, g
         assert mask.dtype == torch.bool and torch.equal(mask, saved[name])
     for parameter, mask in pruned_state(resumed):
         assert torch.count_nonzero(parameter[~mask]) == 0
+
+
+def test_how_often_the_dev_set_is_evaluated_does_not_change_training(tmp_path, rte_task, glue_dir):
+    """The claims grid evaluates only its convergence rows every quarter epoch: that must not move the others."""
+    trained = []
+    for interval in (0.25, 1.0):
+        module, data = build(rte_task, glue_dir)  # dropout on: an RNG draw by a dev pass would shift it
+        fit = trainer(tmp_path, [PruneAtInit(PrunerConfig("snip", batches=2), 0.4), MaskEnforcement()], max_epochs=2,
+                      limit_val_batches=None, num_sanity_val_steps=2, val_check_interval=interval)
+        fit.fit(module, datamodule=data)
+        trained.append({n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad})
+    assert trained[0].keys() == trained[1].keys()
+    assert all(torch.equal(trained[0][n], trained[1][n]) for n in trained[0])
