@@ -8,11 +8,13 @@ replaces the interpolation and is the width that runs.
 
 ``hydra.output_subdir: ${record_dir:${hydra:runtime.output_dir},${skip_finished}}`` keeps the
 ``.hydra/`` record of a finished job as it ran: Hydra rewrites it before the job starts, so a
-restarted sweep that skips the job would otherwise replace it with today's config.
+restarted sweep that skips the job would otherwise replace it with today's config. ``job_log``
+does the same for its ``train.log``, which Hydra opens for appending before the job can skip.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -37,8 +39,14 @@ def record_dir(output_dir: str, skip_finished: bool | None) -> str | None:
     return ".hydra"
 
 
+def job_log(output_dir: str, job_name: str, skip_finished: bool | None) -> str:
+    """The job's log file; the null device for a job skip_finished will skip (its log stays as it ran)."""
+    return os.devnull if record_dir(output_dir, skip_finished) is None else str(Path(output_dir) / f"{job_name}.log")
+
+
 def register() -> None:
-    resolvers = {"large_sparse.width": scaled_width, "large_sparse.sparsity": large_sparse_sparsity, "record_dir": record_dir}
+    resolvers = {"large_sparse.width": scaled_width, "large_sparse.sparsity": large_sparse_sparsity, "record_dir": record_dir,
+                 "job_log": job_log}
     for name, function in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, function)

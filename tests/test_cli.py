@@ -142,12 +142,13 @@ def test_multirun_writes_one_summary_per_job_and_skips_finished(tmp_path, glue_d
     seen = {(json.loads(p.read_text())["pruner"], json.loads(p.read_text())["sparsity"]) for p in summaries}
     assert seen == {("random", 0.2), ("random", 0.6), ("snip", 0.2), ("snip", 0.6)}
     records = sorted(tmp_path.glob("*/.hydra/*.yaml"))
-    assert len(records) == 12
-    stamps = {p: p.stat().st_mtime_ns for p in summaries + records}
+    logs = sorted(tmp_path.glob("*/train.log"))
+    assert len(records) == 12 and len(logs) == 4
+    stamps = {p: p.stat().st_mtime_ns for p in summaries + records + logs}
     again = train(tmp_path, *sweep, multirun=True)
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(list(tmp_path.glob("*/summary.json"))) == 4
-    assert all(p.stat().st_mtime_ns == stamps[p] for p in stamps)  # not rerun, and each job's config record kept as it ran
+    assert all(p.stat().st_mtime_ns == stamps[p] for p in stamps)  # not rerun; each job's config record and log kept as it ran
 
 
 @pytest.mark.parametrize(
