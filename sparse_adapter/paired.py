@@ -1,10 +1,18 @@
-"""Paired differences: each claim of the paper as (row − its reference), seed by seed.
+"""Paired differences: each claim of the paper as (row − its reference), seed by seed, with a verdict.
 
 Two rows trained with the same seed share the head's initialisation and the data order, so their
 difference varies far less than either row does; comparing means of unpaired runs would drown a
 one-point effect in seed noise. A claim's cell is the mean ± std over seeds of that difference
 (dev main metric ×100), with how many seeds came out positive; ``Avg.`` first averages a seed's
 differences over the tasks, then over the seeds that ran every task.
+
+The verdict reads every (task, seed) pair of a claim as one replicate: the 95% paired t-interval
+of their mean difference decides it. A claim that the row *beats* its reference is reproduced when
+the interval lies above 0, not reproduced when it lies below, within noise otherwise. A claim
+that the row *matches* its reference (is no worse) is not reproduced when the interval lies below
+0, reproduced when the mean difference is ≥ 0, within noise when it is below 0 but the interval
+reaches 0. Tasks differ in spread, so pooling them widens the interval: the rule errs towards
+"within noise".
 """
 
 from __future__ import annotations
@@ -13,7 +21,9 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 
-from sparse_adapter.runs import GLUE, TASKS, one_lr_per_row, row_key
+from sparse_adapter.runs import GLUE, TASKS, learning_curve, one_lr_per_row, row_key
+
+EARLY = 0.5  # "converges faster": the mean dev metric over the evaluations in this first fraction of training
 
 
 @dataclass(frozen=True)
@@ -21,27 +31,45 @@ class Claim:
     text: str  # the paper's claim, in one line
     row: str
     reference: str
+    kind: str = "beats"  # or "matches": the row is no worse than the reference
+    measure: str = "final"  # or "early": mean dev metric over the first EARLY of training (needs quarter-epoch evals)
 
 
 CLAIMS = [
-    Claim("SNIP at s=0.4 matches or beats the dense adapter", "snip", "dense"),
+    Claim("SNIP at s=0.4 matches or beats the dense adapter", "snip", "dense", "matches"),
+    Claim("SNIP at s=0.8 stays close to the dense adapter", "snip_s80", "dense", "matches"),
     Claim("SNIP beats random pruning at s=0.4", "snip", "random"),
     Claim("SNIP beats random pruning at s=0.8", "snip_s80", "random_s80"),
-    Claim("SNIP at s=0.8 stays close to the dense adapter", "snip_s80", "dense"),
+    Claim("SNIP beats magnitude pruning at s=0.4", "snip", "magnitude"),
+    Claim("SNIP beats Erdős–Rényi pruning at s=0.4", "snip", "er"),
+    Claim("SNIP beats GraSP at s=0.4", "snip", "grasp"),
     Claim("Large-Sparse r=256 (s=0.75) beats the dense adapter r=64", "large_sparse4", "dense"),
-    Claim("Large-Sparse r=256 matches full fine-tuning", "large_sparse4", "finetune"),
-    Claim("the dense adapter comes close to full fine-tuning", "dense", "finetune"),
+    Claim(f"Large-Sparse r=256 converges faster than dense r=64 (mean dev metric over the first {EARLY:.0%} of training)",
+          "large_sparse4", "dense", measure="early"),
+    Claim("Large-Sparse r=256 matches or beats full fine-tuning", "large_sparse4", "finetune", "matches"),
+    Claim("the dense adapter comes close to full fine-tuning", "dense", "finetune", "matches"),
 ]
 
 
-def scores(runs: list[dict]) -> dict[tuple[str, str, int], float]:
-    """(row, task, seed) → dev main metric ×100, each row at its most frequent lr."""
-    return {(row_key(r), r["task"], r["seed"]): 100.0 * r["metrics"][r["main_metric"]] for r in one_lr_per_row(runs)}
+def early_score(run: dict) -> float | None:
+    """Mean dev metric ×100 over the evaluations in the first EARLY of training (None: fewer than two)."""
+    early = [value for fraction, value in learning_curve(run) if fraction <= EARLY + 1e-9]
+    return statistics.mean(early) if len(early) >= 2 else None
+
+
+def scores(runs: list[dict], measure: str = "final") -> dict[tuple[str, str, int], float]:
+    """(row, task, seed) → dev main metric ×100 (or its early mean), each row at its most frequent lr."""
+    found = {}
+    for run in one_lr_per_row(runs):
+        value = 100.0 * run["metrics"][run["main_metric"]] if measure == "final" else early_score(run)
+        if value is not None:
+            found[(row_key(run), run["task"], run["seed"])] = value
+    return found
 
 
 def differences(runs: list[dict], claim: Claim) -> dict[str, dict[int, float]]:
     """task → seed → (row − reference) for every seed where both ran."""
-    by_key = scores(runs)
+    by_key = scores(runs, claim.measure)
     found: dict[str, dict[int, float]] = defaultdict(dict)
     for (row, task, seed), value in by_key.items():
         if row == claim.row and (claim.reference, task, seed) in by_key:
@@ -63,6 +91,30 @@ def describe(values: list[float]) -> str:
     return f"{statistics.mean(values):+.1f}{spread} ({sum(v > 0 for v in values)}/{len(values)} > 0)"
 
 
+def interval(values: list[float]) -> tuple[float, float, float] | None:
+    """(mean, low, high): the 95% t-interval of the mean; None for fewer than two values."""
+    if len(values) < 2:
+        return None
+    from scipy.stats import t  # scipy arrives with the GLUE metrics' scikit-learn; only the report needs it here
+
+    mean = statistics.mean(values)
+    half = t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
+    return mean, mean - half, mean + half
+
+
+def verdict(values: list[float], kind: str) -> str:
+    """'reproduced', 'within noise' or 'not reproduced' for one claim's pooled (task, seed) differences."""
+    bounds = interval(values)
+    if bounds is None:
+        return "too few pairs"
+    mean, low, high = bounds
+    if high < 0:
+        return "not reproduced"
+    if kind == "beats":
+        return "reproduced" if low > 0 else "within noise"
+    return "reproduced" if mean >= 0 else "within noise"
+
+
 def paired_table(runs: list[dict]) -> str | None:
     """One line per claim with at least one pair; None when no claim has both of its rows."""
     present = {r["task"] for r in runs}
@@ -75,8 +127,12 @@ def paired_table(runs: list[dict]) -> str | None:
             continue
         cells = [describe(list(per_task.get(t, {}).values())) for t, _ in tasks]
         average = describe(list(average_over_tasks(per_task, glue).values()))
-        lines.append(f"| {claim.text} | {claim.row} − {claim.reference} | " + " | ".join(cells) + f" | {average} |")
+        pooled = [value for seeds in per_task.values() for value in seeds.values()]
+        bounds = interval(pooled)
+        ci = f"{bounds[0]:+.1f} [{bounds[1]:+.1f}, {bounds[2]:+.1f}] (n={len(pooled)})" if bounds else f"n={len(pooled)}"
+        lines.append(f"| {claim.text} | {claim.row} − {claim.reference} | " + " | ".join(cells)
+                     + f" | {average} | {ci} | {verdict(pooled, claim.kind)} |")
     if not lines:
         return None
-    header = "| Claim | difference | " + " | ".join(name for _, name in tasks) + " | Avg. |"
-    return "\n".join([header, "|---" * (len(tasks) + 3) + "|", *lines])
+    header = "| Claim | difference | " + " | ".join(name for _, name in tasks) + " | Avg. | all pairs: mean [95% CI] | verdict |"
+    return "\n".join([header, "|---" * (len(tasks) + 5) + "|", *lines])

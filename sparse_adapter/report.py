@@ -14,7 +14,6 @@ from the runs' CSV logs.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 from collections import Counter, defaultdict
@@ -22,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sparse_adapter.paired import paired_table
-from sparse_adapter.runs import GLUE, TASKS, group_key, load_summaries, lr_of, one_lr_per_row, row_key, training_budget  # noqa: F401 (public here too)
+from sparse_adapter.runs import (  # noqa: F401 (public here too)
+    GLUE, TASKS, group_key, learning_curve, load_summaries, lr_of, one_lr_per_row, row_key, training_budget,
+)
 
 PAPER_TABLE2 = {  # the paper's Table 2: RoBERTa GLUE Avg. / BART-large XSum R2 / BERT SQuAD F1
     "finetune": "79.0 / 21.9 / 87.8", "dense": "78.3 / 21.6 / 87.4", "snip_s20": "78.7 / 21.6 / 87.5",
@@ -226,21 +227,6 @@ def report(runs: list[dict]) -> str:
     parts.append("† not above the task's trivial baseline: the best constant predictor on dev (the majority class; for STS-B a constant score, correlation 0; "
                  "for XSum LEAD-1, the first sentence; SQuAD has none).\n")
     return "\n".join(parts)
-
-
-def learning_curve(run: dict) -> list[tuple[float, float]]:
-    """(fraction of training steps, dev main metric ×100) from the run's CSV log."""
-    path = Path(run["_dir"]) / "csv" / "metrics.csv"
-    if not path.is_file():
-        return []
-    key = f"val/{run['main_metric']}"
-    total = max(1, run.get("global_steps", 1))
-    points: dict[float, float] = {}  # the validation after training repeats the last point
-    with path.open() as handle:
-        for record in csv.DictReader(handle):
-            if record.get(key):
-                points[min(int(record["step"]) + 1, total) / total] = 100.0 * float(record[key])
-    return sorted(points.items())
 
 
 def plot(runs: list[dict], out: Path) -> list[Path]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from collections import Counter
 from pathlib import Path
@@ -74,3 +75,18 @@ def one_lr_per_row(runs: list[dict]) -> list[dict]:
     for (row, lr), _ in Counter((row_key(r), lr_of(r)) for r in runs).most_common():
         chosen.setdefault(row, lr)
     return [r for r in runs if lr_of(r) == chosen[row_key(r)]]
+
+
+def learning_curve(run: dict) -> list[tuple[float, float]]:
+    """(fraction of training steps, dev main metric ×100) from the run's CSV log."""
+    path = Path(run["_dir"]) / "csv" / "metrics.csv"
+    if not path.is_file():
+        return []
+    key = f"val/{run['main_metric']}"
+    total = max(1, run.get("global_steps", 1))
+    points: dict[float, float] = {}  # the validation after training repeats the last point
+    with path.open() as handle:
+        for record in csv.DictReader(handle):
+            if record.get(key):
+                points[min(int(record["step"]) + 1, total) / total] = 100.0 * float(record[key])
+    return sorted(points.items())

@@ -1,6 +1,8 @@
 """Paired differences per claim: same task and seed, row minus reference, checked by hand."""
 
-from sparse_adapter.paired import CLAIMS, average_over_tasks, differences, paired_table
+import pytest
+
+from sparse_adapter.paired import CLAIMS, average_over_tasks, differences, early_score, interval, paired_table, verdict
 from sparse_adapter.report import report
 from sparse_adapter.runs import load_summaries
 from tests.test_report import write_run
@@ -37,7 +39,49 @@ def test_table_shows_mean_std_and_sign_count(tmp_path):
     line = next(line for line in table.splitlines() if "snip − dense" in line)
     # MRPC: mean of (2, -1, 3) = +1.3, std 2.1, 2 of 3 positive; STS-B: +1.5 ± 0.7; Avg.: (1.5, 0.5) → +1.0 ± 0.7
     assert "| +1.3 ± 2.1 (2/3 > 0) | +1.5 ± 0.7 (2/2 > 0) | +1.0 ± 0.7 (2/2 > 0) |" in line
+    # all five pairs (2, -1, 3, 1, 2): mean 1.4, std 1.517, t(0.975, 4) = 2.776 → ±1.88; a "matches" claim with mean ≥ 0
+    assert line.endswith("| +1.4 [-0.5, +3.3] (n=5) | reproduced |")
     assert "Paired differences" in report(load_summaries([tmp_path]))
+
+
+def test_interval_is_the_paired_t_interval():
+    # (2, -1, 3): mean 4/3, std sqrt(78/18) = 2.0817, standard error 1.2019, t(0.975, 2) = 4.3027 → ±5.1712
+    mean, low, high = interval([2.0, -1.0, 3.0])
+    assert (mean, low, high) == pytest.approx((4 / 3, 4 / 3 - 5.1712, 4 / 3 + 5.1712), abs=1e-4)
+    assert interval([1.0]) is None
+
+
+@pytest.mark.parametrize("values, kind, expected", [
+    ([2.0, -1.0, 3.0], "beats", "within noise"),      # interval straddles 0
+    ([2.0, -1.0, 3.0], "matches", "reproduced"),      # no worse on average
+    ([1.0, 2.0, 1.5, 2.0, 1.0], "beats", "reproduced"),  # mean 1.5, ±0.68: above 0
+    ([-3.0, -2.0, -2.5], "matches", "not reproduced"),  # mean -2.5, ±1.24: below 0
+    ([-3.0, -2.0, -2.5], "beats", "not reproduced"),
+    ([-1.0, 0.5, -0.2], "matches", "within noise"),   # worse on average, not beyond noise
+    ([4.0], "beats", "too few pairs"),
+])
+def test_verdicts(values, kind, expected):
+    assert verdict(values, kind) == expected
+
+
+def test_early_score_averages_the_first_half_of_training(tmp_path):
+    write_run(tmp_path, "mrpc", "dense", 1, 0.8, global_steps=100)
+    (tmp_path / "dense-mrpc-1" / "csv" / "metrics.csv").write_text(
+        "step,val/accuracy\n24,0.60\n49,0.70\n74,0.75\n99,0.80\n99,0.80\n")  # the last evaluation repeats after training
+    [run] = load_summaries([tmp_path])
+    assert early_score(run) == pytest.approx(65.0)  # fractions 0.25 and 0.5
+
+
+def test_a_convergence_claim_pairs_early_scores(tmp_path):
+    for row, curve in [("dense", (0.60, 0.70, 0.80)), ("large_sparse4", (0.70, 0.74, 0.80))]:
+        write_run(tmp_path, "mrpc", row, 1, curve[-1], global_steps=30)
+        rows = "".join(f"{step},{value}\n" for step, value in zip((9, 14, 29), curve))
+        (tmp_path / f"{row}-mrpc-1" / "csv" / "metrics.csv").write_text(f"step,val/accuracy\n{rows}")
+    runs = load_summaries([tmp_path])
+    faster = next(c for c in CLAIMS if c.measure == "early")
+    final = next(c for c in CLAIMS if (c.row, c.reference, c.measure) == ("large_sparse4", "dense", "final"))
+    assert differences(runs, faster)["mrpc"][1] == pytest.approx(72.0 - 65.0)  # fractions 1/3 and 1/2
+    assert differences(runs, final)["mrpc"][1] == pytest.approx(0.0)
 
 
 def test_no_pair_no_table(tmp_path):
@@ -46,8 +90,8 @@ def test_no_pair_no_table(tmp_path):
 
 
 def test_the_claims_grid_runs_every_row_each_claim_needs():
-    """experiment=claims* compose, hold one budget, and sweep both rows of every claim; the rows the paired
-    claims rest on run at seeds 42-44, and the convergence plot's rows are evaluated every quarter epoch."""
+    """experiment=claims* compose, hold one budget, and sweep both rows of every claim; the rows most claims
+    rest on run at seeds 42-44, and the convergence plot's rows are evaluated every quarter epoch."""
     from hydra import compose, initialize_config_dir
 
     from tests.test_cli import ROOT
@@ -69,4 +113,6 @@ def test_the_claims_grid_runs_every_row_each_claim_needs():
     assert sweeps["claims"].optimizer.lr != sweeps["claims_finetune"].optimizer.lr  # each its own lr sweep's choice
     for claim in CLAIMS:
         for row in (claim.row, claim.reference):
-            assert {(row, "mrpc", seed) for seed in (42, 43, 44)} <= jobs, (claim.text, row)
+            assert {(row, task, 42) for task in ("mrpc", "stsb", "cola")} <= jobs, (claim.text, row)
+    three_seeds = ["finetune", "dense", "snip", "random", "snip_s80", "random_s80", "large_sparse4"]  # issue 12's list
+    assert {(row, task, seed) for row in three_seeds for task in ("mrpc", "stsb", "cola") for seed in (42, 43, 44)} <= jobs
