@@ -5,6 +5,7 @@ No Lightning, Hydra or project code: the GLUE file is read with ``csv``, the mod
 
     python benchmarks/reference_finetune.py --task mrpc --seed 1 --lr 5e-5 --out ref-mrpc-s1.json
     python train.py row=finetune task=mrpc seed=1 optimizer.lr=5e-5 +backbone.config.attention_probs_dropout_prob=0
+    python benchmarks/compare_reference.py FOLDER   # the two side by side, seed by seed (bash scripts/reproduce_claims.sh reference)
 
 Recipe (the paper's, as ours): AdamW β=(0.9, 0.98), weight decay 0.1, linear warmup over 10% of
 the steps then linear decay, batch 32, max length 128, 5 epochs, dev accuracy after each epoch.

@@ -41,6 +41,7 @@ case "$stage" in
     done
     # random batches, as the reference loop draws them: the two implementations at exactly one recipe
     $py train.py -m row=finetune task=mrpc seed=1,2,3 optimizer.lr=5e-5 "${plain[@]}" "hydra.sweep.dir=$out/reference"
+    $py benchmarks/compare_reference.py "$out/reference" | tee "$out/reference/comparison.md"
     ;;
   grid)
     lr_chosen || exit 0
