@@ -99,6 +99,12 @@ def describe_group(key: str) -> str:
     return ", ".join(parts)
 
 
+def machine_time(runs: list[dict]) -> str:
+    """What the runs cost: the sum of their wall times (a resumed job counts every piece)."""
+    timed = [r["wall_seconds"] for r in runs if r.get("wall_seconds") is not None]
+    return f"{len(runs)} runs; {sum(timed) / 3600:.1f} h of wall time in the {len(timed)} that record it (sum of `wall_seconds`)."
+
+
 Cells = dict[tuple[str, float | None, str], list[float]]
 
 
@@ -213,7 +219,7 @@ def report(runs: list[dict]) -> str:
     for run in runs:
         by_group[group_key(run)].append(run)
     for key, group in sorted(by_group.items()):
-        parts.append(f"## {describe_group(key)}\n")
+        parts.append(f"## {describe_group(key)}\n\n{machine_time(group)}\n")
         shown: set[str] = set()
         for title, table in TABLES.items():
             if any(row_key(r) in table.signature for r in group):

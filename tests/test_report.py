@@ -112,3 +112,12 @@ def test_each_table_has_a_trivial_baseline_row_and_marks_cells_that_do_not_beat_
     assert lines[2].startswith("| Trivial baseline") and "| 68.4 |" in lines[2]
     assert "| 68.4 † |" in next(line for line in lines if "dense" in line)
     assert "| 77.1 |" in next(line for line in lines if "SNIP" in line)
+
+
+def test_report_states_the_machine_time_of_each_group(tmp_path):
+    from sparse_adapter.report import report
+
+    write_run(tmp_path, "mrpc", "dense", 1, 0.8, wall_seconds=5400.0)
+    write_run(tmp_path, "mrpc", "snip", 1, 0.8, wall_seconds=1800.0)
+    write_run(tmp_path, "rte", "snip", 1, 0.6)  # an older run without the field
+    assert "3 runs; 2.0 h of wall time in the 2 that record it" in report(load_summaries([tmp_path]))
