@@ -12,6 +12,9 @@
 # epoch (in the grid: every quarter epoch for the convergence plot's rows, at epoch ends for the others).
 # Resumable: every job folder with a complete summary.json is skipped, and a job killed midway
 # resumes from its last.ckpt (callbacks=resumable), so re-running continues.
+# Run it from a checkout that stays put (e.g. `git worktree add --detach ../grid` and `cd ../grid`, with
+# the output folder as the second argument): Hydra reads conf/ anew for every job, so moving the
+# checkout under a running sweep mixes two versions (a new resolver in conf/ stops the old process).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export SPARSE_ADAPTER_DATA="${SPARSE_ADAPTER_DATA:-../shared/data}"
