@@ -102,7 +102,7 @@ def describe_group(key: str) -> str:
 def machine_time(runs: list[dict]) -> str:
     """What the runs cost: the sum of their wall times (a resumed job counts every piece)."""
     timed = [r["wall_seconds"] for r in runs if r.get("wall_seconds") is not None]
-    return f"{len(runs)} runs; {sum(timed) / 3600:.1f} h of wall time in the {len(timed)} that record it (sum of `wall_seconds`)."
+    return f"{len(runs)} run{'s' * (len(runs) != 1)}; {sum(timed) / 3600:.1f} h of wall time in the {len(timed)} that record it (sum of `wall_seconds`)."
 
 
 Cells = dict[tuple[str, float | None, str], list[float]]
