@@ -38,12 +38,12 @@ case "$stage" in
     $py -m sparse_adapter.report "$out/lr" --out "$out/lr-report"
     ;;
   reference)
-    for seed in 1 2 3; do
+    for seed in 1 2 3; do  # seed by seed, so that a stopped session leaves finished pairs
       [ -f "$out/reference/plain-mrpc-seed$seed.json" ] || $py benchmarks/reference_finetune.py --task mrpc --seed $seed --lr 5e-5 \
         --attention-dropout 0 --out "$out/reference/plain-mrpc-seed$seed.json"
+      # random batches, as the reference loop draws them: the two implementations at exactly one recipe
+      $py train.py -m row=finetune task=mrpc seed=$seed optimizer.lr=5e-5 "${plain[@]}" "hydra.sweep.dir=$out/reference"
     done
-    # random batches, as the reference loop draws them: the two implementations at exactly one recipe
-    $py train.py -m row=finetune task=mrpc seed=1,2,3 optimizer.lr=5e-5 "${plain[@]}" "hydra.sweep.dir=$out/reference"
     $py benchmarks/compare_reference.py "$out/reference" | tee "$out/reference/comparison.md"
     ;;
   grid)
