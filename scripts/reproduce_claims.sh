@@ -24,7 +24,7 @@ py="${PYTHON:-.venv/bin/python}"
 plain=(trainer.max_epochs=5 +backbone.config.attention_probs_dropout_prob=0 trainer.val_check_interval=0.5
        logger=csv callbacks=resumable trainer.enable_progress_bar=false skip_finished=true)
 budget=("${plain[@]}" data.group_by_length=true)   # batches of similar length: 1.6× (MRPC) to 2.5× (STS-B) faster on CPU
-adapter_lr=(optimizer.lr=1e-3)   # the adapters' lr of conf/experiment/claims.yaml
+adapter_lr=(optimizer.lr=1e-3)   # the adapters' lr of conf/experiment/claims.yaml (the lr sweep's choice)
 lr_chosen() {  # the grid's jobs are named without their lr: one run at a provisional lr would be skipped as finished later
   if grep -q "^# lr: provisional" conf/experiment/claims.yaml; then
     echo "$stage: waits for the lr choice (set the lr sweep's winners in conf/experiment/claims*.yaml, then drop the 'lr: provisional' line)" >&2
