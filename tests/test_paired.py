@@ -107,6 +107,7 @@ def test_the_claims_grid_runs_every_row_each_claim_needs():
         params = cfg.hydra.sweeper.params
         rows, tasks, seeds = (str(params[key]).split(",") for key in ("row", "task", "seed"))
         assert tasks == ["mrpc", "stsb", "cola"]
+        assert list(params)[0] == "seed"  # seed-major: a grid stopped midway holds whole seeds
         assert cfg.trainer.val_check_interval == (0.25 if {"dense", "large_sparse4", "finetune"} & set(rows) else 1.0)
         jobs |= {(row, task, int(seed)) for row in rows for task in tasks for seed in seeds}
     assert len(jobs) == 84
