@@ -40,7 +40,7 @@ def test_table_shows_mean_std_and_sign_count(tmp_path):
     # MRPC: mean of (2, -1, 3) = +1.3, std 2.1, 2 of 3 positive; STS-B: +1.5 ± 0.7; Avg.: (1.5, 0.5) → +1.0 ± 0.7
     assert "| +1.3 ± 2.1 (2/3 > 0) | +1.5 ± 0.7 (2/2 > 0) | +1.0 ± 0.7 (2/2 > 0) |" in line
     # all five pairs (2, -1, 3, 1, 2): mean 1.4, std 1.517, t(0.975, 4) = 2.776 → ±1.88; a "matches" claim with mean ≥ 0
-    assert line.endswith("| +1.4 [-0.5, +3.3] (n=5) | reproduced |")
+    assert line.endswith("| +1.4 [-0.5, +3.3] (n=5) | reproduced | +0.6 (BERT) |")
     assert "Paired differences" in report(load_summaries([tmp_path]))
 
 
@@ -117,3 +117,18 @@ def test_the_claims_grid_runs_every_row_each_claim_needs():
             assert {(row, task, 42) for task in ("mrpc", "stsb", "cola")} <= jobs, (claim.text, row)
     three_seeds = ["finetune", "dense", "snip", "random", "snip_s80", "random_s80", "large_sparse4"]  # issue 12's list
     assert {(row, task, seed) for row in three_seeds for task in ("mrpc", "stsb", "cola") for seed in (42, 43, 44)} <= jobs
+
+
+def test_the_papers_differences_are_its_tables_averages():
+    """Each claim's paper column is row − reference of the GLUE averages the report quotes."""
+    from sparse_adapter.report import PAPER_BERT_AVG, PAPER_ROBERTA_AVG_TABLE2
+
+    tables = {"BERT": PAPER_BERT_AVG, "RoBERTa": PAPER_ROBERTA_AVG_TABLE2}
+    checked = 0
+    for claim in CLAIMS:
+        if claim.paper.endswith(")"):
+            value, backbone = claim.paper.rstrip(")").split(" (")
+            table = tables[backbone]
+            assert float(value.replace("−", "-")) == pytest.approx(table[claim.row] - table[claim.reference]), claim.text
+            checked += 1
+    assert checked == 9
