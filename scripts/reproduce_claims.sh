@@ -8,7 +8,7 @@
 #   bash scripts/reproduce_claims.sh all    # mrpc_variants, lr, reference, grid, variants: what a fresh session restarts
 #   bash scripts/reproduce_claims.sh clean  # drop the checkpoints of finished grid jobs
 # Budget, the same for every row: MiniLM, 5 epochs, batch 32 grouped by length, max length 128, attention
-# dropout 0 (the CPU cost of attention dropout is in RESULTS.md section 1), dev set evaluated every half
+# dropout 0 (the CPU cost of attention dropout is in RESULTS.md section 4), dev set evaluated every half
 # epoch (in the grid: every quarter epoch for the convergence plot's rows, at epoch ends for the others).
 # Resumable: every job folder with a complete summary.json is skipped, and a job killed midway
 # resumes from its last.ckpt (callbacks=resumable), so re-running continues.
