@@ -293,9 +293,14 @@ def plot(runs: list[dict], out: Path) -> list[Path]:
                             by_fraction[round(fraction, 4)].append(value)
                 if by_fraction:
                     xs = sorted(by_fraction)
-                    axis.plot(xs, [statistics.mean(by_fraction[x]) for x in xs], "o-", label=ROW_LABELS.get(row, row), markersize=3, color=f"C{index}")
+                    means = [statistics.mean(by_fraction[x]) for x in xs]
+                    axis.plot(xs, means, "o-", label=ROW_LABELS.get(row, row), markersize=3, color=f"C{index}")
+                    spread = [statistics.stdev(by_fraction[x]) if len(by_fraction[x]) > 1 else 0.0 for x in xs]
+                    if any(spread):  # ± one std over seeds: how far apart two rows must be to mean anything
+                        axis.fill_between(xs, [m - d for m, d in zip(means, spread)], [m + d for m, d in zip(means, spread)],
+                                          color=f"C{index}", alpha=0.15, linewidth=0)
             axis.set_title(title)
-        written.append(_finish(figure, axes[0], "fraction of training (mean over seeds)", out / "convergence.png"))
+        written.append(_finish(figure, axes[0], "fraction of training (mean ± std over seeds)", out / "convergence.png"))
     return written
 
 
