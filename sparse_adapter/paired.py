@@ -21,6 +21,7 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 
+from sparse_adapter.paper import PAPER_BERT_AVG, PAPER_ROBERTA_AVG_TABLE2
 from sparse_adapter.runs import GLUE, TASKS, learning_curve, one_lr_per_row, row_key
 
 EARLY = 0.5  # "converges faster": the mean dev metric over the evaluations in this first fraction of training
@@ -33,23 +34,33 @@ class Claim:
     reference: str
     kind: str = "beats"  # or "matches": the row is no worse than the reference
     measure: str = "final"  # or "early": mean dev metric over the first EARLY of training (needs quarter-epoch evals)
-    paper: str = "–"  # the paper's own difference, for orientation (other backbones, full budget)
+    paper: str | None = None  # which of the paper's GLUE averages hold both rows: "BERT" (Tables 1, 3) or "RoBERTa" (Table 2)
 
 
-CLAIMS = [  # paper: the same difference of the paper's GLUE averages (BERT-base Tables 1/3, RoBERTa-base Table 2)
-    Claim("SNIP at s=0.4 matches or beats the dense adapter", "snip", "dense", "matches", paper="+0.6 (BERT)"),
-    Claim("SNIP at s=0.8 stays close to the dense adapter", "snip_s80", "dense", "matches", paper="−0.4 (RoBERTa)"),
-    Claim("SNIP beats random pruning at s=0.4", "snip", "random", paper="+0.5 (BERT)"),
+CLAIMS = [
+    Claim("SNIP at s=0.4 matches or beats the dense adapter", "snip", "dense", "matches", paper="BERT"),
+    Claim("SNIP at s=0.8 stays close to the dense adapter", "snip_s80", "dense", "matches", paper="RoBERTa"),
+    Claim("SNIP beats random pruning at s=0.4", "snip", "random", paper="BERT"),
     Claim("SNIP beats random pruning at s=0.8", "snip_s80", "random_s80"),
-    Claim("SNIP beats magnitude pruning at s=0.4", "snip", "magnitude", paper="+1.0 (BERT)"),
-    Claim("SNIP beats Erdős–Rényi pruning at s=0.4", "snip", "er", paper="+0.5 (BERT)"),
-    Claim("SNIP beats GraSP at s=0.4", "snip", "grasp", paper="+0.2 (BERT)"),
-    Claim("Large-Sparse r=256 (s=0.75) beats the dense adapter r=64", "large_sparse4", "dense", paper="+1.5 (BERT)"),
+    Claim("SNIP beats magnitude pruning at s=0.4", "snip", "magnitude", paper="BERT"),
+    Claim("SNIP beats Erdős–Rényi pruning at s=0.4", "snip", "er", paper="BERT"),
+    Claim("SNIP beats GraSP at s=0.4", "snip", "grasp", paper="BERT"),
+    Claim("Large-Sparse r=256 (s=0.75) beats the dense adapter r=64", "large_sparse4", "dense", paper="BERT"),
     Claim(f"Large-Sparse r=256 converges faster than dense r=64 (mean dev metric over the first {EARLY:.0%} of training)",
-          "large_sparse4", "dense", measure="early", paper="Figure 4"),
-    Claim("Large-Sparse r=256 matches or beats full fine-tuning", "large_sparse4", "finetune", "matches", paper="+0.6 (BERT)"),
-    Claim("the dense adapter comes close to full fine-tuning", "dense", "finetune", "matches", paper="−0.9 (BERT)"),
+          "large_sparse4", "dense", measure="early"),
+    Claim("Large-Sparse r=256 matches or beats full fine-tuning", "large_sparse4", "finetune", "matches", paper="BERT"),
+    Claim("the dense adapter comes close to full fine-tuning", "dense", "finetune", "matches", paper="BERT"),
 ]
+
+
+def paper_difference(claim: Claim) -> str:
+    """The paper's own (row − reference) of its GLUE averages, e.g. '+0.6 (BERT)'; its Figure 4 for convergence."""
+    if claim.measure == "early":
+        return "Figure 4"
+    averages = {"BERT": PAPER_BERT_AVG, "RoBERTa": PAPER_ROBERTA_AVG_TABLE2}.get(claim.paper or "", {})
+    if claim.row not in averages or claim.reference not in averages:
+        return "–"
+    return f"{averages[claim.row] - averages[claim.reference]:+.1f} ({claim.paper})".replace("-", "−")
 
 
 def early_score(run: dict) -> float | None:
@@ -132,7 +143,7 @@ def paired_table(runs: list[dict]) -> str | None:
         bounds = interval(pooled)
         ci = f"{bounds[0]:+.1f} [{bounds[1]:+.1f}, {bounds[2]:+.1f}] (n={len(pooled)})" if bounds else f"n={len(pooled)}"
         lines.append(f"| {claim.text} | {claim.row} − {claim.reference} | " + " | ".join(cells)
-                     + f" | {average} | {ci} | {verdict(pooled, claim.kind)} | {claim.paper} |")
+                     + f" | {average} | {ci} | {verdict(pooled, claim.kind)} | {paper_difference(claim)} |")
     if not lines:
         return None
     header = "| Claim | difference | " + " | ".join(name for _, name in tasks) + " | Avg. | all pairs: mean [95% CI] | verdict | paper |"
