@@ -39,7 +39,12 @@ class TaskDataModule(L.LightningDataModule):
         """The training order as a ResumableSampler (tasks.sampling): a resumed run continues it mid-epoch;
         with ``group_by_length`` its batches hold rows of similar length (less padding, same rows per epoch)."""
         lengths = self.train_lengths() if self.group_by_length else None
-        self.sampler = ResumableSampler(len(self.datasets["train"]), self.seed, lengths, self.batch_size)
+        self.sampler = ResumableSampler(len(self.datasets["train"]), self.seed, lengths, self.batch_size * self.processes())
+
+    def processes(self) -> int:
+        """Under DDP Lightning deals the order out round-robin (process p takes rows p, p+W, p+2W, …), so one
+        step's W batches come from W·batch_size consecutive rows: the sampler groups lengths in units that size."""
+        return self.trainer.world_size if self.trainer is not None else 1
 
     def train_lengths(self) -> list[int]:
         """Tokens of each training row (the model's input; a family with other inputs overrides this)."""

@@ -7,7 +7,9 @@ trained on, so the resumed run sees exactly the batches the uninterrupted run wo
 
 Given each row's length and the batch size, it groups rows of similar length into batches (as
 Hugging Face's ``group_by_length``): with dynamic padding a batch costs its longest row times its
-size, and random GLUE batches pad 1.5× (MRPC) to 2.5× (STS-B) the tokens they hold.
+size, and random GLUE batches pad 1.5× (MRPC) to 2.5× (STS-B) the tokens they hold. Under DDP
+``batch_size`` is one step's rows over all processes (batch size × world size): each process takes
+every W-th row of such a unit, so its batch still holds rows of similar length.
 """
 
 from __future__ import annotations

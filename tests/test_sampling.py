@@ -63,3 +63,32 @@ def test_grouping_needs_a_length_per_row_and_the_batch_size():
         ResumableSampler(SIZE, seed=0, lengths=[3] * 10, batch_size=BATCH)
     with pytest.raises(ValueError, match="batch size"):
         ResumableSampler(SIZE, seed=0, lengths=lengths())
+
+
+def test_under_ddp_every_process_batch_holds_rows_of_similar_length():
+    """Lightning wraps a custom sampler in DistributedSamplerWrapper, which deals its order out round-robin."""
+    from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+
+    rows, processes = lengths(), 2
+    grouped = ResumableSampler(SIZE, seed=0, lengths=rows, batch_size=BATCH * processes)
+    for rank in range(processes):
+        order = list(DistributedSamplerWrapper(grouped, num_replicas=processes, rank=rank, shuffle=False))
+        assert len(order) == -(-SIZE // processes)
+        spans = [max(rows[i] for i in order[b:b + BATCH]) - min(rows[i] for i in order[b:b + BATCH]) for b in range(0, len(order), BATCH)]
+        assert max(spans[:-1]) <= 20  # one unit's rows (random batches of lengths 5-100 span ~90)
+        assert padded_tokens(order, rows) < 1.1 * sum(rows[i] for i in order)
+
+
+def test_the_datamodule_groups_one_step_of_rows_over_all_processes():
+    import lightning as L
+
+    from tasks.data import TaskDataModule
+
+    module = TaskDataModule(task=None, tokenizer=None, data_dir=None, batch_size=BATCH, eval_batch_size=BATCH,
+                            max_train_samples=None, max_eval_samples=None, num_workers=0, seed=0, group_by_length=True)
+    module.datasets = {"train": [{"input_ids": [0] * n} for n in lengths()]}
+    module.start_order()
+    assert module.sampler.batch_size == BATCH  # no trainer: one process
+    module.trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_checkpointing=False)
+    module.start_order()  # a DDP trainer is built, not launched: it only tells the world size
+    assert module.sampler.batch_size == BATCH * 2
