@@ -149,6 +149,8 @@ def _run(cfg: DictConfig, output_dir: Path) -> float:
     callbacks += [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     for logger in loggers:
+        if cfg.get("ckpt_path") and hasattr(logger, "continue_log"):
+            logger.continue_log()  # keep the learning curve the interrupted process logged (tasks.loggers)
         logger.log_hyperparams(config_dict)
     checkpointing = any(isinstance(c, ModelCheckpoint) for c in callbacks)  # Lightning refuses one with it off
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, enable_checkpointing=checkpointing)

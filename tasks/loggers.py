@@ -1,8 +1,59 @@
-"""Lightning's W&B logger, adjusted for what this project needs from it."""
+"""Lightning's CSV and W&B loggers, adjusted for what this project needs from them."""
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+
+class _ContinuedWriter(ExperimentWriter):
+    """Writes the rows of an earlier, interrupted process first, up to where this process logs again."""
+
+    def __init__(self, log_dir: str, earlier: list[dict]):
+        super().__init__(log_dir)  # deletes metrics.csv: ``earlier`` was read before
+        self.earlier: list[dict] | None = earlier
+
+    def save(self) -> None:
+        if self.earlier is not None and self.metrics:
+            resumed_at = min(int(row["step"]) for row in self.metrics)  # rows from here on are logged again
+            self.metrics = [row for row in self.earlier if int(row["step"]) < resumed_at] + self.metrics
+            self.earlier = None
+        super().save()
+
+
+class CSVLogger(LightningCSVLogger):
+    """Lightning's CSV logger, which a resumed job continues instead of starting afresh.
+
+    Lightning deletes ``metrics.csv`` when its logger starts in a non-empty folder, so a job resumed
+    from ``last.ckpt`` kept only the evaluations after the resume: its learning curve (the convergence
+    plot, the "converges faster" claim) began midway. After ``continue_log`` (``tasks.experiment``
+    calls it on a resume) the earlier rows stay, up to the step this process logs first: the steps
+    the interrupted process ran past its checkpoint are trained and logged again, not twice.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._continuing = False
+
+    def continue_log(self) -> None:
+        if self._experiment is not None:
+            raise RuntimeError("CSVLogger.continue_log must come before the first log")
+        self._continuing = True
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None and self._continuing:
+            path = Path(self.log_dir) / ExperimentWriter.NAME_METRICS_FILE
+            earlier = list(csv.DictReader(path.open(newline=""))) if path.is_file() else []
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ContinuedWriter(self.log_dir, earlier)
+        return super().experiment
 
 
 class WandbLogger(LightningWandbLogger):

@@ -1,5 +1,6 @@
 """Runs that survive a SIGKILL: resume from the run directory to the uninterrupted result; refuse other settings."""
 
+import csv
 import fcntl
 import json
 import os
@@ -52,6 +53,7 @@ def test_killed_run_resumes_to_the_uninterrupted_weights_and_metric(killed_run, 
     assert result.returncode == 0, result.stderr[-3000:]
     assert "dataloader is not resumable" not in result.stderr  # it is: RunState restarts the sampler mid-epoch
     assert_same_run(resumed, straight)
+    assert logged(resumed) == logged(straight)  # the learning curve from step 0, each step once
     summary = json.loads((resumed / "summary.json").read_text())
     before_kill = torch.load(killed_run / "checkpoints" / "last.ckpt", weights_only=True)["sparse_adapter"]["seconds"]
     assert summary["wall_seconds"] == pytest.approx(before_kill + summary["wall_seconds_this_process"], abs=1.0)  # both pieces
@@ -62,6 +64,13 @@ def test_killed_after_an_epoch_end_checkpoint_resumes_at_the_next_epoch(tmp_path
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["sparse_adapter"]["epoch_done"]
     assert call_train(f"resume={run}") == 0
     assert_same_run(run, straight)
+
+
+def logged(run) -> list[tuple]:
+    """(step, metric, value to 4 decimals) of every value in the run's CSV log, in file order (timings left out)."""
+    with (run / "csv" / "metrics.csv").open(newline="") as handle:
+        return [(int(row["step"]), key, round(float(value), 4)) for row in csv.DictReader(handle)
+                for key, value in sorted(row.items()) if value and key != "step" and not key.endswith("seconds")]
 
 
 def assert_same_run(resumed, straight):
