@@ -64,8 +64,16 @@ def paper_difference(claim: Claim) -> str:
 
 
 def early_score(run: dict) -> float | None:
-    """Mean dev metric ×100 over the evaluations in the first EARLY of training (None: fewer than two)."""
-    early = [value for fraction, value in learning_curve(run) if fraction <= EARLY + 1e-9]
+    """Mean dev metric ×100 over the evaluations in the first EARLY of training.
+
+    None where that mean would mislead: fewer than two early evaluations, or a curve that misses its
+    start (evaluations come evenly spaced, so a whole curve's first lies one spacing in; a log cut
+    by a resume before ``tasks.loggers.CSVLogger`` kept it starts later and would score high).
+    """
+    curve = learning_curve(run)
+    if len(curve) < 2 or curve[0][0] > 1.5 * (curve[1][0] - curve[0][0]):
+        return None
+    early = [value for fraction, value in curve if fraction <= EARLY + 1e-9]
     return statistics.mean(early) if len(early) >= 2 else None
 
 

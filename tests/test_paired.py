@@ -74,15 +74,24 @@ def test_early_score_averages_the_first_half_of_training(tmp_path):
     assert early_score(run) == pytest.approx(65.0)  # fractions 0.25 and 0.5
 
 
+def test_a_curve_that_misses_its_start_has_no_early_score(tmp_path):
+    """Evaluations every 5% of training, the first four lost (a log cut by a resume): no score, not a high one."""
+    write_run(tmp_path, "mrpc", "dense", 1, 0.8, global_steps=100)
+    rows = "".join(f"{step - 1},{0.5 + step / 250}\n" for step in range(25, 101, 5))
+    (tmp_path / "dense-mrpc-1" / "csv" / "metrics.csv").write_text(f"step,val/accuracy\n{rows}")
+    [run] = load_summaries([tmp_path])
+    assert early_score(run) is None
+
+
 def test_a_convergence_claim_pairs_early_scores(tmp_path):
-    for row, curve in [("dense", (0.60, 0.70, 0.80)), ("large_sparse4", (0.70, 0.74, 0.80))]:
-        write_run(tmp_path, "mrpc", row, 1, curve[-1], global_steps=30)
-        rows = "".join(f"{step},{value}\n" for step, value in zip((9, 14, 29), curve))
+    for row, curve in [("dense", (0.60, 0.70, 0.78, 0.80)), ("large_sparse4", (0.70, 0.74, 0.79, 0.80))]:
+        write_run(tmp_path, "mrpc", row, 1, curve[-1], global_steps=40)
+        rows = "".join(f"{step},{value}\n" for step, value in zip((9, 19, 29, 39), curve))
         (tmp_path / f"{row}-mrpc-1" / "csv" / "metrics.csv").write_text(f"step,val/accuracy\n{rows}")
     runs = load_summaries([tmp_path])
     faster = next(c for c in CLAIMS if c.measure == "early")
     final = next(c for c in CLAIMS if (c.row, c.reference, c.measure) == ("large_sparse4", "dense", "final"))
-    assert differences(runs, faster)["mrpc"][1] == pytest.approx(72.0 - 65.0)  # fractions 1/3 and 1/2
+    assert differences(runs, faster)["mrpc"][1] == pytest.approx(72.0 - 65.0)  # fractions 1/4 and 1/2
     assert differences(runs, final)["mrpc"][1] == pytest.approx(0.0)
 
 
