@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+RUN_FOLDER = re.compile(r"(?:offline-)?run-(\d{8}_\d{6})-(\w+)")  # W&B's folder of one run: time stamp, id
 
 
 class _ContinuedWriter(ExperimentWriter):
@@ -57,7 +60,7 @@ class CSVLogger(LightningCSVLogger):
 
 
 class WandbLogger(LightningWandbLogger):
-    """W&B logging that is quiet and whose run is complete on disk when the job returns.
+    """W&B logging that is quiet, continued by a resumed job, and complete on disk when the job returns.
 
     Lightning always passes ``anonymous=None`` to ``wandb.init``, which wandb ≥ 0.19 answers with a
     deprecation warning on every run; it is dropped. ``publish_summary`` writes the run summary,
@@ -70,6 +73,16 @@ class WandbLogger(LightningWandbLogger):
         super().__init__(**kwargs)
         if self._wandb_init.get("anonymous") is None:
             self._wandb_init.pop("anonymous", None)
+
+    def continue_log(self) -> None:
+        """A resumed job logs into the W&B run its interrupted process started: one run on the dashboard,
+        not a second one whose history begins at the resume (Lightning passes ``resume="allow"``)."""
+        if self._experiment is not None:
+            raise RuntimeError("WandbLogger.continue_log must come before the first log")
+        found = (RUN_FOLDER.fullmatch(p.name) for p in Path(self.save_dir or ".").glob("wandb/*run-*"))
+        runs = sorted(match.groups() for match in found if match)  # (time stamp, id)
+        if runs:
+            self._id = self._wandb_init["id"] = runs[-1][1]
 
     def publish_summary(self, summary: dict) -> None:
         import wandb

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tasks.loggers import RUN_FOLDER
 from tests.cli_support import FAST, call_train, error_lines, train_subprocess
 
 # 24 rows in batches of 4: 6 steps an epoch, 3 epochs; last.ckpt every 4 steps and at each epoch end
@@ -20,10 +21,10 @@ RESUMABLE = [
 KILL_STEP = 9  # mid epoch 1, one step after the step-8 checkpoint
 
 
-def kill_at(root, glue_dir, step: int):
+def kill_at(root, glue_dir, step: int, *extra: str):
     """A run SIGKILLed when it reaches ``step``: no summary, no adapter, a whole last.ckpt."""
     kill = ["+callbacks.kill._target_=tests.helpers.KillAtStep", f"+callbacks.kill.step={step}", f"+callbacks.kill.marker={root / 'killed'}"]
-    result = train_subprocess(*RESUMABLE, f"data_dir={glue_dir}", *kill, f"hydra.run.dir={root / 'run'}")
+    result = train_subprocess(*RESUMABLE, f"data_dir={glue_dir}", *kill, f"hydra.run.dir={root / 'run'}", *extra)
     assert result.returncode == -9, result.stderr[-3000:]
     run = root / "run"
     assert (run / "checkpoints" / "last.ckpt").is_file()
@@ -57,6 +58,17 @@ def test_killed_run_resumes_to_the_uninterrupted_weights_and_metric(killed_run, 
     summary = json.loads((resumed / "summary.json").read_text())
     before_kill = torch.load(killed_run / "checkpoints" / "last.ckpt", weights_only=True)["sparse_adapter"]["seconds"]
     assert summary["wall_seconds"] == pytest.approx(before_kill + summary["wall_seconds_this_process"], abs=1.0)  # both pieces
+
+
+def test_a_resumed_run_continues_its_wandb_run(tmp_path, glue_dir):
+    run = kill_at(tmp_path, glue_dir, KILL_STEP, "logger=many")  # CSV and W&B (offline)
+    [interrupted] = (run / "wandb").glob("offline-run-*")
+    result = train_subprocess(f"resume={run}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    folders = sorted((run / "wandb").glob("offline-run-*"))
+    assert len(folders) == 2 and {RUN_FOLDER.fullmatch(f.name)[2] for f in folders} == {RUN_FOLDER.fullmatch(interrupted.name)[2]}
+    resumed = next(f for f in folders if f != interrupted)
+    assert b"adapter_weights_kept" in b"".join(p.read_bytes() for p in resumed.glob("run-*.wandb"))  # the summary went there
 
 
 def test_killed_after_an_epoch_end_checkpoint_resumes_at_the_next_epoch(tmp_path, straight, glue_dir):
