@@ -150,7 +150,7 @@ def _run(cfg: DictConfig, output_dir: Path) -> float:
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     for logger in loggers:
         if cfg.get("ckpt_path") and hasattr(logger, "continue_log"):
-            logger.continue_log()  # keep the learning curve the interrupted process logged (tasks.loggers)
+            logger.continue_log()  # continue what the interrupted process logged, not start afresh (tasks.loggers)
         logger.log_hyperparams(config_dict)
     checkpointing = any(isinstance(c, ModelCheckpoint) for c in callbacks)  # Lightning refuses one with it off
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, enable_checkpointing=checkpointing)

@@ -53,7 +53,10 @@ class CSVLogger(LightningCSVLogger):
     def experiment(self) -> ExperimentWriter:
         if self._experiment is None and self._continuing:
             path = Path(self.log_dir) / ExperimentWriter.NAME_METRICS_FILE
-            earlier = list(csv.DictReader(path.open(newline=""))) if path.is_file() else []
+            earlier = []
+            if path.is_file():
+                with path.open(newline="") as handle:
+                    earlier = list(csv.DictReader(handle))
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _ContinuedWriter(self.log_dir, earlier)
         return super().experiment
