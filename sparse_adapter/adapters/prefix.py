@@ -84,25 +84,28 @@ class PrefixAttention(AdapterLayer):
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args, **kwargs):
         attention = self.attention
-        batch = hidden_states.shape[0]
-        head_size = attention.attention_head_size
-        split = (*hidden_states.shape[:-1], -1, head_size)
+        split = (*hidden_states.shape[:-1], -1, attention.attention_head_size)
         query = attention.query(hidden_states).view(*split).transpose(1, 2)
         key = attention.key(hidden_states).view(*split).transpose(1, 2)
         value = attention.value(hidden_states).view(*split).transpose(1, 2)
+        for unused in ("cache", "past_key_values", "encoder_hidden_states"):  # self-attention of an encoder only
+            kwargs.pop(unused, None)
+        output, weights = self.attend(query, key, value, attention_mask, attention.dropout.p, **kwargs)
+        return output.reshape(*hidden_states.shape[:-1], -1).contiguous(), weights
+
+    def attend(self, query, key, value, attention_mask, dropout: float, **kwargs):
+        """The prefix's keys and values in front of the sequence's, then the model's own attention
+        function (eager, SDPA or flash, as the model is configured). Tensors are (batch, heads, length, head size)."""
+        attention = self.attention
+        batch, head_size = query.shape[0], query.shape[-1]
         prefix_key, prefix_value = self.prefixes()
         as_heads = lambda t: t.view(1, self.length, -1, head_size).transpose(1, 2).expand(batch, -1, -1, -1)  # noqa: E731
         key = torch.cat([as_heads(prefix_key).to(key.dtype), key], dim=2)
         value = torch.cat([as_heads(prefix_value).to(value.dtype), value], dim=2)
         eager = getattr(sys.modules[type(attention).__module__], "eager_attention_forward", None)
         interface = ALL_ATTENTION_FUNCTIONS.get_interface(attention.config._attn_implementation, eager)
-        for unused in ("cache", "past_key_values", "encoder_hidden_states"):  # self-attention of an encoder only
-            kwargs.pop(unused, None)
-        output, weights = interface(
-            attention, query, key, value, extend_mask(attention_mask, self.length),
-            dropout=attention.dropout.p if self.training else 0.0, scaling=attention.scaling, **kwargs,
-        )
-        return output.reshape(*hidden_states.shape[:-1], -1).contiguous(), weights
+        return interface(attention, query, key, value, extend_mask(attention_mask, self.length),
+                         dropout=dropout if self.training else 0.0, scaling=attention.scaling, **kwargs)
 
 
 class BartPrefixAttention(PrefixAttention):
@@ -141,16 +144,7 @@ class BartPrefixAttention(PrefixAttention):
         eager_mode = attention.config._attn_implementation == "eager"
         if attention_mask is None and not cross and attention.is_causal and length > 1:
             attention_mask = causal_mask(length, key.shape[2], batch, query.device, query.dtype if eager_mode else None)
-        prefix_key, prefix_value = self.prefixes()
-        as_heads = lambda t: t.view(1, self.length, -1, head_size).transpose(1, 2).expand(batch, -1, -1, -1)  # noqa: E731
-        key = torch.cat([as_heads(prefix_key).to(key.dtype), key], dim=2)
-        value = torch.cat([as_heads(prefix_value).to(value.dtype), value], dim=2)
-        eager = getattr(sys.modules[type(attention).__module__], "eager_attention_forward", None)
-        interface = ALL_ATTENTION_FUNCTIONS.get_interface(attention.config._attn_implementation, eager)
-        output, weights = interface(
-            attention, query, key, value, extend_mask(attention_mask, self.length),
-            dropout=attention.dropout if self.training else 0.0, scaling=attention.scaling, **kwargs,
-        )
+        output, weights = self.attend(query, key, value, attention_mask, attention.dropout, **kwargs)
         return attention.out_proj(output.reshape(batch, length, -1).contiguous()), weights
 
 
