@@ -50,8 +50,8 @@ def set_rng_states(states: dict) -> None:
 class RunState(L.Callback):
     """Save the run record, RNG states and data position into every checkpoint; restore them on resume.
 
-    RNGs are restored at ``on_train_start``, the last hook before the first resumed step draws from
-    them; the data position goes to the datamodule's ``ResumableSampler`` as soon as the checkpoint loads.
+    RNGs (each rank's own under DDP) are restored at ``on_train_start``, the last hook before the first
+    resumed step draws from them; the data position goes to the datamodule as soon as the checkpoint loads.
     """
 
     def __init__(self, record: dict, started: float | None = None):
@@ -65,36 +65,45 @@ class RunState(L.Callback):
         return self.earlier_seconds + time.perf_counter() - self.started
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict) -> None:
+        """Every rank calls this (rank 0 writes the file), so each rank's RNG states can be gathered into it."""
         batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        states = rng_states()
         checkpoint[KEY] = {
             "run": self.record,
-            "rng": rng_states(),
+            "rng": states,
             "epoch": trainer.current_epoch,
             "batches": batches,
             "epoch_done": batches >= trainer.num_training_batches,
             "seconds": self.job_seconds(),
+            "world_size": trainer.world_size,
         }
+        if trainer.world_size > 1:  # ranks draw dropout for batches of different shapes: their RNGs differ
+            by_rank = [None] * trainer.world_size
+            torch.distributed.all_gather_object(by_rank, states)
+            checkpoint[KEY]["rng_by_rank"] = by_rank
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict) -> None:
-        """Runs before Lightning builds the training iterator, so the sampler can start mid-epoch."""
+        """Runs before Lightning builds the training loader, so the training order can start mid-epoch."""
         self.loaded = checkpoint.get(KEY)
         self.earlier_seconds = float((self.loaded or {}).get("seconds", 0.0))  # checkpoints before this field: 0
         if not self.loaded or self.loaded["epoch_done"] or not self.loaded["batches"]:
             return  # saved at an epoch's end: the next epoch starts from its first batch anyway
-        sampler = getattr(trainer.datamodule, "sampler", None)
-        if trainer.world_size > 1 or not hasattr(sampler, "skip_next"):
-            log.warning("resume: epoch %d restarts from its first batch (exact mid-epoch resume needs one process)", self.loaded["epoch"])
+        saved_world = self.loaded.get("world_size", 1)  # checkpoints before this field: one process
+        if saved_world != trainer.world_size or not hasattr(trainer.datamodule, "continue_epoch"):
+            log.warning("resume: epoch %d restarts from its first batch (it was dealt out over %d processes, now %d)",
+                        self.loaded["epoch"], saved_world, trainer.world_size)
             return
-        sampler.set_epoch(self.loaded["epoch"])
-        sampler.skip_next(self.loaded["batches"] * trainer.datamodule.batch_size)
-        # Lightning warns that a mid-epoch resume without a stateful DataLoader is unreliable; the sampler
-        # above continues the epoch's exact order, so the warning would only mislead
+        trainer.datamodule.continue_epoch(self.loaded["epoch"], self.loaded["batches"])
+        # Lightning warns that a mid-epoch resume without a stateful DataLoader is unreliable; the training
+        # order continues the epoch exactly (tasks.sampling), so the warning would only mislead
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
         log.info("resume: epoch %d continues after batch %d", self.loaded["epoch"], self.loaded["batches"])
 
     def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
         if self.loaded:
-            set_rng_states(self.loaded["rng"])
+            by_rank = self.loaded.get("rng_by_rank")
+            same_world = by_rank is not None and len(by_rank) == trainer.world_size
+            set_rng_states(by_rank[trainer.global_rank] if same_world else self.loaded["rng"])
             self.loaded = None
 
 

@@ -23,7 +23,7 @@ class TaskDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.max_train_samples, self.max_eval_samples = max_train_samples, max_eval_samples
         self.num_workers, self.seed, self.group_by_length = num_workers, seed, group_by_length
-        self.sampler: ResumableSampler | None = None
+        self.resume_at: tuple[int, int] | None = None  # (epoch, batches) where a resumed run continues
         self.datasets: dict | None = None
 
     def limits(self) -> dict[str, int | None]:
@@ -35,16 +35,24 @@ class TaskDataModule(L.LightningDataModule):
         limits = self.limits()
         return {split: split_rows[: limits[split]] if limits[split] else split_rows for split, split_rows in rows.items()}
 
-    def start_order(self) -> None:
-        """The training order as a ResumableSampler (tasks.sampling): a resumed run continues it mid-epoch;
-        with ``group_by_length`` its batches hold rows of similar length (less padding, same rows per epoch)."""
-        lengths = self.train_lengths() if self.group_by_length else None
-        self.sampler = ResumableSampler(len(self.datasets["train"]), self.seed, lengths, self.batch_size * self.processes())
+    def continue_epoch(self, epoch: int, batches: int) -> None:
+        """A resume mid-epoch: the next training loader starts after this process's first ``batches`` batches of ``epoch``.
 
-    def processes(self) -> int:
-        """Under DDP Lightning deals the order out round-robin (process p takes rows p, p+W, p+2W, …), so one
-        step's W batches come from W·batch_size consecutive rows: the sampler groups lengths in units that size."""
-        return self.trainer.world_size if self.trainer is not None else 1
+        Lightning restores a checkpoint before it asks for the training loader, so the position waits here."""
+        self.resume_at = (epoch, batches)
+
+    def training_order(self) -> ResumableSampler:
+        """The training order as a ResumableSampler (tasks.sampling), dealt out over the trainer's processes: a
+        resumed run continues it mid-epoch; with ``group_by_length`` its batches hold rows of similar length."""
+        lengths = self.train_lengths() if self.group_by_length else None
+        rank, processes = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        sampler = ResumableSampler(len(self.datasets["train"]), self.seed, lengths, self.batch_size, rank, processes)
+        if self.resume_at:
+            epoch, batches = self.resume_at
+            sampler.set_epoch(epoch)
+            sampler.skip_next(batches * self.batch_size)
+            self.resume_at = None
+        return sampler
 
     def train_lengths(self) -> list[int]:
         """Tokens of each training row (the model's input; a family with other inputs overrides this)."""
@@ -55,9 +63,11 @@ class TaskDataModule(L.LightningDataModule):
         return None
 
     def train_loader(self, collate_fn) -> DataLoader:
-        # An own generator: a DataLoader without one seeds each new iterator from the global RNG,
-        # which dropout also draws from, so every epoch would shift dropout and a resumed run drift.
-        return DataLoader(self.datasets["train"], batch_size=self.batch_size, sampler=self.sampler, collate_fn=collate_fn,
+        """Built when Lightning asks for it, so that the trainer's processes are known.
+
+        An own generator: a DataLoader without one seeds each new iterator from the global RNG,
+        which dropout also draws from, so every epoch would shift dropout and a resumed run drift."""
+        return DataLoader(self.datasets["train"], batch_size=self.batch_size, sampler=self.training_order(), collate_fn=collate_fn,
                           num_workers=self.num_workers, generator=torch.Generator().manual_seed(self.seed))
 
     def eval_loader(self, collate_fn) -> DataLoader:

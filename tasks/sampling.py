@@ -7,9 +7,9 @@ trained on, so the resumed run sees exactly the batches the uninterrupted run wo
 
 Given each row's length and the batch size, it groups rows of similar length into batches (as
 Hugging Face's ``group_by_length``): with dynamic padding a batch costs its longest row times its
-size, and random GLUE batches pad 1.5× (MRPC) to 2.5× (STS-B) the tokens they hold. Under DDP
-``batch_size`` is one step's rows over all processes (batch size × world size): each process takes
-every W-th row of such a unit, so its batch still holds rows of similar length.
+size, and random GLUE batches pad 1.5× (MRPC) to 2.5× (STS-B) the tokens they hold. Under DDP the grouped
+unit is one step's rows over all processes (batch size × W): each process takes every W-th row of
+such a unit, so its batch still holds rows of similar length.
 """
 
 from __future__ import annotations
@@ -17,47 +17,53 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler
 
 POOL_BATCHES = 50  # rows are sorted by length within pools of 50 random batches, as in transformers
 
 
-class ResumableSampler(Sampler[int]):
-    def __init__(self, size: int, seed: int, lengths: Sequence[int] | None = None, batch_size: int | None = None):
+class ResumableSampler(DistributedSampler):
+    def __init__(self, size: int, seed: int, lengths: Sequence[int] | None = None, batch_size: int | None = None,
+                 rank: int = 0, processes: int = 1):
         if lengths is not None and (len(lengths) != size or not batch_size):
             raise ValueError("ResumableSampler: grouping by length needs one length per row and the batch size")
-        self.size, self.seed = size, seed
-        self.lengths, self.batch_size = lengths, batch_size
-        self.epoch = 0
+        super().__init__(range(size), num_replicas=processes, rank=rank, shuffle=False, seed=seed, drop_last=False)
+        self.size, self.lengths = size, lengths
+        self.unit = batch_size * processes if batch_size else None  # one step's rows over all processes
         self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Lightning calls this at each epoch start (it also sets DistributedSampler's epoch under DDP)."""
+        """Lightning calls this at each epoch start."""
         self.epoch = epoch
 
     def skip_next(self, rows: int) -> None:
-        """The next iteration starts ``rows`` into this epoch's order (a resume mid-epoch)."""
+        """The next iteration starts ``rows`` into this process's share of the epoch (a resume mid-epoch)."""
         self._skip = rows
 
     def order(self) -> list[int]:
-        """This epoch's order: a function of (seed, epoch) only."""
+        """This epoch's order over all processes: a function of (seed, epoch) only."""
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(self.size, generator=generator).tolist()
         if self.lengths is None:
             return order
-        pool = self.batch_size * POOL_BATCHES
+        pool = self.unit * POOL_BATCHES
         batches = []
         for start in range(0, self.size, pool):  # longest first within a pool; ties keep the random order
             rows = sorted(order[start:start + pool], key=lambda i: -self.lengths[i])
-            batches += [rows[i:i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
-        last = batches.pop() if len(batches[-1]) < self.batch_size else None  # a short batch stays last: the
+            batches += [rows[i:i + self.unit] for i in range(0, len(rows), self.unit)]
+        last = batches.pop() if len(batches[-1]) < self.unit else None  # a short batch stays last: the
         shuffled = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]  # loader cuts every batch_size rows
         return [i for batch in shuffled + ([last] if last else []) for i in batch]
 
-    def __iter__(self):
+    def share(self) -> list[int]:
+        """This process's rows of the epoch, in order; with one process, the whole order."""
         order = self.order()
+        padded = (order * -(-self.total_size // self.size))[: self.total_size]
+        return padded[self.rank :: self.num_replicas]
+
+    def __iter__(self):
         start, self._skip = self._skip, 0
-        return iter(order[start:])
+        return iter(self.share()[start:])
 
     def __len__(self) -> int:
-        return self.size  # the epoch's length, also when resumed part-way (Lightning counts the skipped batches as done)
+        return self.num_samples  # the share's length, also when resumed part-way (Lightning counts the skipped batches as done)

@@ -13,15 +13,18 @@ import torch
 class KillAtStep(L.Callback):
     """SIGKILL this process when training reaches optimizer step ``step``: a crash with no cleanup at all.
 
-    Kills once: it leaves ``marker`` behind, so the resumed run (started with the same overrides) goes on.
+    Kills once: it leaves ``marker`` behind (one per rank under DDP), so the resumed run (started with the
+    same overrides) goes on. Under DDP the ranks meet first, so that none dies while another still writes.
     """
 
     def __init__(self, step: int, marker: str):
         self.step, self.marker = step, Path(marker)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.step and not self.marker.exists():
-            self.marker.touch()
+        marker = self.marker if trainer.world_size == 1 else self.marker.with_name(f"{self.marker.name}.rank{trainer.global_rank}")
+        if trainer.global_step == self.step and not marker.exists():
+            marker.touch()
+            trainer.strategy.barrier()
             os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -33,6 +36,10 @@ class DumpRankState(L.Callback):
 
     def __init__(self, dirpath: str):
         self.dirpath = Path(dirpath)
+        self.train_sampler: str | None = None
+
+    def on_train_start(self, trainer, pl_module):
+        self.train_sampler = type(trainer.train_dataloader.sampler).__name__  # after Lightning's DDP preparation
 
     def on_validation_end(self, trainer, pl_module):
         state = {
@@ -40,5 +47,6 @@ class DumpRankState(L.Callback):
             "weights": {n: p.detach().clone().cpu() for n, p in pl_module.model.named_parameters() if p.requires_grad},
             "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")},
             "world_size": trainer.world_size,
+            "train_sampler": self.train_sampler,
         }
         torch.save(state, self.dirpath / f"rank{trainer.global_rank}.pt")

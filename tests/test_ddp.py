@@ -1,4 +1,5 @@
-"""DDP on 2 CPU processes (gloo): identical masks and weights on every rank, metrics over the whole dev set."""
+"""DDP on 2 CPU processes (gloo): identical masks and weights on every rank, metrics over the whole dev set,
+and a run killed mid-epoch resumes to the uninterrupted run's weights."""
 
 import json
 
@@ -45,6 +46,7 @@ def test_two_cpu_ranks_train_one_topology_and_report_whole_dev_set_metrics(tmp_p
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]
+    assert [r["train_sampler"] for r in ranks] == ["ResumableSampler"] * 2  # dealt out by itself, not wrapped by Lightning
     zero, one = ranks
     assert zero["masks"].keys() == one["masks"].keys() and zero["masks"]
     for name in zero["masks"]:
@@ -63,3 +65,36 @@ def test_two_cpu_ranks_train_one_topology_and_report_whole_dev_set_metrics(tmp_p
     accuracy, loss = single_process_metrics(glue_dir, zero["weights"])
     assert summary["metrics"]["accuracy"] == pytest.approx(accuracy, abs=1e-6)
     assert summary["metrics"]["loss"] == pytest.approx(loss, abs=1e-5)
+
+
+# 16 rows in batches of 2 on 2 ranks: 4 steps an epoch, 2 epochs; last.ckpt every 2 steps. Dropout is on and the
+# ranks' batches differ in length, so each rank's RNG must come back as its own.
+RESUMABLE_DDP = [
+    *(o for o in DDP if not o.startswith(("trainer.max_steps", "trainer.max_epochs", "data.max_train_samples", "data.batch_size"))),
+    "trainer.max_steps=-1", "trainer.max_epochs=2", "data.max_train_samples=16", "data.batch_size=2", "pruner=snip",
+    "callbacks=resumable", "callbacks.last_checkpoint.every_n_train_steps=2", "+callbacks.dump._target_=tests.helpers.DumpRankState",
+]
+
+
+def test_two_ranks_killed_mid_epoch_resume_to_the_uninterrupted_weights(tmp_path, glue_dir):
+    def run(folder, *extra):
+        return train_subprocess(*RESUMABLE_DDP, f"data_dir={glue_dir}", f"hydra.run.dir={folder}", f"+callbacks.dump.dirpath={folder}",
+                                *extra, timeout=400)
+
+    straight = tmp_path / "straight"
+    assert run(straight).returncode == 0
+    killed = tmp_path / "killed"
+    kill = ["+callbacks.kill._target_=tests.helpers.KillAtStep", "+callbacks.kill.step=3", f"+callbacks.kill.marker={tmp_path / 'killed.marker'}"]
+    assert run(killed, *kill).returncode == -9  # at step 3: its last.ckpt is from step 2, half-way through epoch 0
+    resumed = train_subprocess(f"resume={killed}", timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for log in ("train.log", "train_ddp_process_1.log"):  # each rank's log
+        assert "resume: epoch 0 continues after batch 2" in (killed / log).read_text()
+
+    got, want = json.loads((killed / "summary.json").read_text()), json.loads((straight / "summary.json").read_text())
+    assert got["global_steps"] == want["global_steps"] == 8 and got["resumed_from"]
+    for rank in (0, 1):
+        a, b = (torch.load(folder / f"rank{rank}.pt", weights_only=True) for folder in (killed, straight))
+        for name in b["weights"]:
+            torch.testing.assert_close(a["weights"][name], b["weights"][name], atol=1e-6, rtol=0, msg=f"rank {rank}: {name}")
+        assert a["metrics"] == pytest.approx(b["metrics"], abs=1e-6)

@@ -65,30 +65,56 @@ def test_grouping_needs_a_length_per_row_and_the_batch_size():
         ResumableSampler(SIZE, seed=0, lengths=lengths())
 
 
-def test_under_ddp_every_process_batch_holds_rows_of_similar_length():
-    """Lightning wraps a custom sampler in DistributedSamplerWrapper, which deals its order out round-robin."""
-    from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+def test_under_ddp_each_process_takes_its_distributed_sampler_share_of_one_order():
+    """Process p takes rows p, p+W, … of the padded order, as torch's DistributedSampler deals an order out."""
+    from torch.utils.data import DistributedSampler
 
     rows, processes = lengths(), 2
-    grouped = ResumableSampler(SIZE, seed=0, lengths=rows, batch_size=BATCH * processes)
+    shares = [ResumableSampler(SIZE + 1, seed=0, lengths=rows + [7], batch_size=BATCH, rank=r, processes=processes) for r in range(2)]
+    order = shares[0].order()
+    assert order == shares[1].order()  # one order over all processes
+    for rank, sampler in enumerate(shares):
+        dealt = [order[i] for i in DistributedSampler(range(SIZE + 1), num_replicas=processes, rank=rank, shuffle=False)]
+        assert list(sampler) == dealt and len(sampler) == len(dealt) == -(-(SIZE + 1) // processes)
+    assert sorted(list(shares[0]) + list(shares[1])) == sorted(list(range(SIZE + 1)) + [order[0]])  # padded by one row
+
+
+def test_under_ddp_every_process_batch_holds_rows_of_similar_length():
+    rows, processes = lengths(), 2
     for rank in range(processes):
-        order = list(DistributedSamplerWrapper(grouped, num_replicas=processes, rank=rank, shuffle=False))
-        assert len(order) == -(-SIZE // processes)
+        order = list(ResumableSampler(SIZE, seed=0, lengths=rows, batch_size=BATCH, rank=rank, processes=processes))
         spans = [max(rows[i] for i in order[b:b + BATCH]) - min(rows[i] for i in order[b:b + BATCH]) for b in range(0, len(order), BATCH)]
-        assert max(spans[:-1]) <= 20  # one unit's rows (random batches of lengths 5-100 span ~90)
+        assert max(spans[:-1]) <= 20  # one step's rows over both processes are grouped (random batches of lengths 5-100 span ~90)
         assert padded_tokens(order, rows) < 1.1 * sum(rows[i] for i in order)
 
 
-def test_the_datamodule_groups_one_step_of_rows_over_all_processes():
+def test_under_ddp_a_resume_continues_each_process_share():
+    rows = lengths()
+    for rank in range(2):
+        uninterrupted = list(ResumableSampler(SIZE, seed=5, lengths=rows, batch_size=BATCH, rank=rank, processes=2))
+        resumed = ResumableSampler(SIZE, seed=5, lengths=rows, batch_size=BATCH, rank=rank, processes=2)
+        resumed.skip_next(7 * BATCH)
+        assert list(resumed) == uninterrupted[7 * BATCH:]
+
+
+def test_the_datamodule_deals_the_order_over_the_trainer_processes_and_lightning_keeps_it():
     import lightning as L
+    from lightning.pytorch.trainer.states import RunningStage
 
     from tasks.data import TaskDataModule
 
     module = TaskDataModule(task=None, tokenizer=None, data_dir=None, batch_size=BATCH, eval_batch_size=BATCH,
                             max_train_samples=None, max_eval_samples=None, num_workers=0, seed=0, group_by_length=True)
     module.datasets = {"train": [{"input_ids": [0] * n} for n in lengths()]}
-    module.start_order()
-    assert module.sampler.batch_size == BATCH  # no trainer: one process
+    alone = module.train_loader(collate_fn=None).sampler
+    assert (alone.unit, alone.num_replicas, len(alone)) == (BATCH, 1, SIZE)  # no trainer: one process
     module.trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_checkpointing=False)
-    module.start_order()  # a DDP trainer is built, not launched: it only tells the world size
-    assert module.sampler.batch_size == BATCH * 2
+    module.continue_epoch(epoch=2, batches=3)  # a DDP trainer is built, not launched: it only tells the processes
+    loader = module.train_loader(collate_fn=None)
+    assert (loader.sampler.unit, loader.sampler.num_replicas, len(loader.sampler)) == (BATCH * 2, 2, SIZE // 2)
+    epoch_two = ResumableSampler(SIZE, 0, lengths(), BATCH, rank=0, processes=2)
+    epoch_two.set_epoch(2)
+    assert list(loader.sampler) == epoch_two.share()[3 * BATCH:] != []
+    # Lightning wraps a plain sampler in DistributedSamplerWrapper (dealing it out a second time); it keeps this one
+    prepared = module.trainer._data_connector._prepare_dataloader(loader, shuffle=True, mode=RunningStage.TRAINING)
+    assert prepared.sampler is loader.sampler

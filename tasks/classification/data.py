@@ -140,7 +140,6 @@ class GlueDataModule(TaskDataModule):
             texts = [c for c in ("text_a", "text_b") if c in dataset.column_names]
             self.datasets[split] = dataset.map(self._tokenize, batched=True, remove_columns=texts, desc=f"{self.task.name}: tokenize")
             self._check_lengths(split)
-        self.start_order()
 
     def _check_lengths(self, split: str) -> None:
         """A row longer than the model's positions would crash inside the embedding, mid-training; name it now."""

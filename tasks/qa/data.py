@@ -260,7 +260,6 @@ class SquadDataModule(TaskDataModule):
         train = self.features.train(self.examples["train"])
         compact = lambda f: {k: np.asarray(v, dtype=np.int32) if isinstance(v, list) else v for k, v in f.items()}  # noqa: E731
         self.datasets = {"train": [compact(f) for f in train], "validation": self.examples["validation"]}
-        self.start_order()
         log.info("%s: %d train questions -> %d features; %d dev questions (tokenised per batch)", self.task.name,
                  len(self.examples["train"]), len(train), len(self.examples["validation"]))
 

@@ -188,7 +188,6 @@ class XSumDataModule(TaskDataModule):
             return
         self.examples = self.first_rows(load_xsum(self.task, self.data_dir, self.skipped))
         self.datasets = {"train": self.collator.encode(self.examples["train"]), "validation": self.examples["validation"]}
-        self.start_order()
         log.info("%s: %d train and %d validation documents", self.task.name, len(self.datasets["train"]), len(self.examples["validation"]))
 
     def trivial_baseline(self) -> dict:
