@@ -59,7 +59,8 @@ class TaskDataModule(L.LightningDataModule):
         return [len(row["input_ids"]) for row in self.datasets["train"]]
 
     def eval_lengths(self) -> list[int] | None:
-        """Tokens of each dev row, where the family knows them before collation (None: dev keeps file order)."""
+        """How long each dev row is, for sorting only: tokens, or characters where rows are tokenised per batch
+        (None: dev keeps file order)."""
         return None
 
     def train_loader(self, collate_fn) -> DataLoader:

@@ -58,3 +58,18 @@ def tiny_backbone(model_type: str = "bert", attn: str = "sdpa"):
 
 def tiny_model(model_type: str = "bert", num_labels: int = 2, attn: str = "sdpa"):
     return tiny_backbone(model_type, attn).build("sequence-classification", num_labels=num_labels)
+
+
+def dev_passes(module, datamodule_for, tmp_path) -> dict[bool, tuple]:
+    """group_by_length off and on → (the data, its dev batches, ``trainer.validate``'s metrics) of one module, to show that
+    sorting the dev rows changes the padding and not the scores. ``datamodule_for(grouped)`` builds the data."""
+    import lightning as L
+
+    passes = {}
+    for grouped in (False, True):
+        data = datamodule_for(grouped)
+        data.setup("fit")
+        trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                            default_root_dir=tmp_path)
+        passes[grouped] = (data, list(data.val_dataloader()), trainer.validate(module, datamodule=data, verbose=False)[0])
+    return passes

@@ -14,7 +14,7 @@ from sparse_adapter.errors import ConfigError
 from tasks.classification import ClassificationModule, GlueDataModule
 from tasks.classification.data import load_glue
 from tasks.optim import AdamWConfig
-from tests.conftest import compose_config, tiny_backbone, tiny_model
+from tests.conftest import compose_config, dev_passes, tiny_backbone, tiny_model
 
 
 def task(name):
@@ -124,18 +124,10 @@ def test_grouped_dev_pass_is_longest_first_covers_every_row_and_scores_the_same(
     stsb = task("stsb")  # regression: a Pearson over continuous predictions notices any lost or repeated row
     L.seed_everything(0)
     module = ClassificationModule(tiny_backbone("bert"), HoulsbyConfig(bottleneck=8), AdamWConfig(lr=1e-2), stsb)
-    scores = {}
-    for grouped in (False, True):
-        data = GlueDataModule(stsb, module.tokenizer, glue_dir, max_length=64, batch_size=4, eval_batch_size=8,
-                              max_eval_samples=60, group_by_length=grouped)
-        data.setup("fit")
-        batches = list(data.val_dataloader())
-        assert sum(len(b["labels"]) for b in batches) == 60
-        widths = [b["input_ids"].shape[1] for b in batches]
-        if grouped:
-            assert widths == sorted(widths, reverse=True) and sum(widths) < plain_widths
-        plain_widths = sum(widths)
-        trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                            default_root_dir=tmp_path)
-        scores[grouped] = trainer.validate(module, datamodule=data, verbose=False)[0]
-    assert scores[True] == pytest.approx(scores[False], rel=1e-5, abs=1e-5)  # float32 sums in another order
+    passes = dev_passes(module, lambda grouped: GlueDataModule(stsb, module.tokenizer, glue_dir, max_length=64, batch_size=4,
+                                                               eval_batch_size=8, max_eval_samples=60, group_by_length=grouped), tmp_path)
+    (_, plain, plain_scores), (_, grouped, grouped_scores) = passes[False], passes[True]
+    assert sum(len(b["labels"]) for b in plain) == sum(len(b["labels"]) for b in grouped) == 60
+    widths = {name: [b["input_ids"].shape[1] for b in batches] for name, batches in (("plain", plain), ("grouped", grouped))}
+    assert widths["grouped"] == sorted(widths["grouped"], reverse=True) and sum(widths["grouped"]) < sum(widths["plain"])
+    assert grouped_scores == pytest.approx(plain_scores, rel=1e-5, abs=1e-5)  # float32 sums in another order

@@ -148,3 +148,28 @@ def test_squad_on_roberta_with_lora_and_grasp(tmp_path, squad_dir):
     s = summary(tmp_path)
     assert (s["backbone"], s["adapter"], s["pruner"]) == ("tiny-roberta", "lora", "grasp")
     assert s["adapter_weights_kept"] == round(0.4 * s["adapter_weights_total"]) and 0.0 <= s["metrics"]["f1"] <= 1.0
+
+
+def test_grouped_dev_pass_is_longest_first_covers_every_question_and_scores_the_same(tmp_path, squad_dir):
+    """group_by_length also sorts the dev questions (less padding); the metrics must not notice the order."""
+    import lightning as L
+
+    from sparse_adapter.adapters import HoulsbyConfig
+    from tasks.optim import AdamWConfig
+    from tasks.qa.module import QAModule
+    from tests.conftest import dev_passes, tiny_backbone
+
+    task = SquadTask()
+    L.seed_everything(0)
+    module = QAModule(tiny_backbone("bert"), HoulsbyConfig(bottleneck=8), AdamWConfig(lr=1e-2), task)
+    passes = dev_passes(module, lambda grouped: SquadDataModule(
+        task, module.tokenizer, squad_dir, max_length=384, doc_stride=128, eval_batch_size=8, max_train_samples=4,
+        max_eval_samples=60, group_by_length=grouped), tmp_path)
+    (data, plain, plain_scores), (_, grouped, grouped_scores) = passes[False], passes[True]
+    order = {name: [example for batch in batches for example in dict.fromkeys(batch["example_ids"])] for name, batches in
+             (("plain", plain), ("grouped", grouped))}
+    rows = {row["id"]: len(row["question"]) + len(row["context"]) for row in data.examples["validation"]}
+    assert len(order["plain"]) == 60 and sorted(order["grouped"]) == sorted(order["plain"])  # every question once
+    assert [rows[i] for i in order["grouped"]] == sorted(rows.values(), reverse=True)
+    assert sum(b["input_ids"].numel() for b in grouped) < sum(b["input_ids"].numel() for b in plain)
+    assert grouped_scores == pytest.approx(plain_scores, abs=1e-6) and grouped_scores["val/f1"] > 0  # a random model's F1 is small, not 0

@@ -21,7 +21,7 @@ from tasks.optim import AdamWConfig
 from tasks.seq2seq import Seq2SeqModule, XSumDataModule, XSumTask
 from tasks.seq2seq.data import lead_sentence
 from tasks.seq2seq.metrics import rouge_scores
-from tests.conftest import data_dir
+from tests.conftest import data_dir, dev_passes
 from tests.test_cli import summary, train
 
 TINY_BART = dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
@@ -186,3 +186,19 @@ def test_bart_prefix_keeps_causality_agrees_eager_sdpa_and_caches(adapter):
         uncached = model.generate(**source, max_new_tokens=6, do_sample=False, use_cache=False)
         assert torch.equal(cached, uncached)
     assert torch.allclose(logits["sdpa"], logits["eager"], atol=1e-5)
+
+
+def test_grouped_dev_pass_is_longest_first_covers_every_document_and_scores_the_same(tmp_path, xsum_dir):
+    """group_by_length also sorts the dev documents (less padding); loss and ROUGE must not notice the order."""
+    task = XSumTask(max_new_tokens=4)
+    L.seed_everything(0)
+    module = Seq2SeqModule(tiny_bart(), HoulsbyConfig(bottleneck=8), AdamWConfig(lr=1e-2), task)
+    passes = dev_passes(module, lambda grouped: XSumDataModule(
+        task, module.tokenizer, xsum_dir, max_length=256, max_target_length=16, eval_batch_size=4, max_train_samples=4,
+        max_eval_samples=40, group_by_length=grouped), tmp_path)
+    (_, plain, plain_scores), (_, grouped, grouped_scores) = passes[False], passes[True]
+    documents = {name: [d for batch in batches for d in batch["documents"]] for name, batches in (("plain", plain), ("grouped", grouped))}
+    assert len(documents["plain"]) == 40 and sorted(documents["grouped"]) == sorted(documents["plain"])  # every document once
+    assert [len(d) for d in documents["grouped"]] == sorted(map(len, documents["plain"]), reverse=True)
+    assert sum(b["input_ids"].numel() for b in grouped) < sum(b["input_ids"].numel() for b in plain)
+    assert grouped_scores == pytest.approx(plain_scores, abs=1e-5)  # a random tiny BART: the loss tells, ROUGE is 0

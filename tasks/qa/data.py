@@ -263,6 +263,11 @@ class SquadDataModule(TaskDataModule):
         log.info("%s: %d train questions -> %d features; %d dev questions (tokenised per batch)", self.task.name,
                  len(self.examples["train"]), len(train), len(self.examples["validation"]))
 
+    def eval_lengths(self) -> list[int]:
+        """Characters of question and context: dev questions are tokenised per batch, and characters order them
+        almost as tokens would (a long context also brings more stride windows, all in its own batch)."""
+        return [len(row["question"]) + len(row["context"]) for row in self.datasets["validation"]]
+
     def trivial_baseline(self) -> None:
         """No constant predictor exists for span extraction; the report shows no baseline row for SQuAD."""
         return None
