@@ -50,6 +50,18 @@ class AdapterModule(L.LightningModule):
         """The loss pruners differentiate; ``temperature`` divides logits (GraSP)."""
         raise NotImplementedError
 
+    def gather_dev_outputs(self, outputs: dict[int, tuple]) -> list[tuple]:
+        """Dev position → output on this process → every process's outputs in dev order, on every process.
+
+        Under DDP each process evaluates its share of the dev rows, and Lightning's sampler repeats a few
+        rows to even the shares out; keyed by dev position, the repeats collapse, so a metric computed
+        from this list covers the whole dev set exactly once (with one process it is this process's list)."""
+        if self._trainer is not None and self.trainer.world_size > 1:
+            shares = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(shares, outputs)
+            outputs = {position: output for share in shares for position, output in share.items()}
+        return [outputs[position] for position in sorted(outputs)]
+
     def parameter_report(self) -> dict:
         return parameter_report(self.model, self.prunable, self.masks)
 

@@ -35,6 +35,12 @@ class TaskDataModule(L.LightningDataModule):
         limits = self.limits()
         return {split: split_rows[: limits[split]] if limits[split] else split_rows for split, split_rows in rows.items()}
 
+    @staticmethod
+    def numbered(rows: list[dict]) -> list[dict]:
+        """Dev rows that carry their position, for families whose metric is computed from collected outputs
+        (QA, summaries): under DDP the processes' outputs merge back by it (``AdapterModule.gather_dev_outputs``)."""
+        return [dict(row, position=position) for position, row in enumerate(rows)]
+
     def continue_epoch(self, epoch: int, batches: int) -> None:
         """A resume mid-epoch: the next training loader starts after this process's first ``batches`` batches of ``epoch``.
 

@@ -3,7 +3,9 @@
 Why not torchmetrics' own classes: their conventions differ on degenerate inputs. On the CoLA dev
 set a constant predictor gets Matthews 0.0256 from ``BinaryMatthewsCorrCoef`` and 0.0 from GLUE's
 scorer (sklearn). Predictions and labels are gathered (``dist_reduce_fx="cat"``, so every rank's
-share counts under DDP) and scored once per evaluation with the official function.
+share counts under DDP) and scored once per evaluation with the official function. Under DDP
+Lightning's sampler repeats a few dev rows so that every process gets as many; given each row's dev
+position, the score counts every row once, as on one process.
 """
 
 from __future__ import annotations
@@ -78,12 +80,22 @@ class GlueScore(Metric):
         self.name, self.scorer = name, SCORERS[name]
         self.add_state("predictions", default=[], dist_reduce_fx="cat")
         self.add_state("labels", default=[], dist_reduce_fx="cat")
+        self.add_state("positions", default=[], dist_reduce_fx="cat")
 
-    def update(self, predictions: torch.Tensor, labels: torch.Tensor) -> None:
+    def update(self, predictions: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor | None = None) -> None:
+        """``positions``: each row's place in the dev set (needed only where rows may repeat, under DDP)."""
         self.predictions.append(predictions.detach().reshape(-1).double())
         self.labels.append(labels.detach().reshape(-1).double())
+        if positions is not None:
+            self.positions.append(positions.detach().reshape(-1).long())
 
     def compute(self) -> torch.Tensor:
         predictions = dim_zero_cat(self.predictions).cpu().numpy()
         labels = dim_zero_cat(self.labels).cpu().numpy()
+        if len(self.positions):
+            positions = dim_zero_cat(self.positions).cpu().numpy()
+            if len(positions) != len(predictions):
+                raise ValueError(f"GlueScore: {len(positions)} positions for {len(predictions)} predictions (give them with every update or never)")
+            _, first = np.unique(positions, return_index=True)  # a repeated row counts once
+            predictions, labels = predictions[first], labels[first]
         return torch.tensor(self.scorer(predictions, labels), dtype=torch.float64)

@@ -3,11 +3,11 @@ and a run killed mid-epoch resumes to the uninterrupted run's weights."""
 
 import json
 
+import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
 
-from tasks.classification import GlueDataModule
 from tests.cli_support import train_subprocess
 from tests.conftest import compose_config
 
@@ -18,23 +18,20 @@ DDP = [
 ]
 
 
-def single_process_metrics(glue_dir, weights):
-    """Accuracy and loss of ``weights`` over the same 16 dev rows, in this one process."""
-    cfg = compose_config("backbone=tiny-bert", "task=rte")
+def single_process_validation(tmp_path, data_dir, weights, *overrides):
+    """Dev metrics and sample table of ``weights`` (the trained ones; the random backbone is seeded), in this one process."""
+    cfg = compose_config(*overrides)
     task = instantiate(cfg.task, _convert_="object")
     module = task.module_class()(
         backbone=instantiate(cfg.backbone, _convert_="object"), adapter=instantiate(cfg.adapter, _convert_="object"),
         optimizer=instantiate(cfg.optimizer, _convert_="object"), task=task,
     )
     module.model.load_state_dict(weights, strict=False)
-    module.eval()
-    data = GlueDataModule(task, module.tokenizer, glue_dir, max_eval_samples=16)
-    data.setup("fit")
-    with torch.no_grad():
-        batch = next(iter(data.val_dataloader()))
-        logits = module(batch)
-    accuracy = float((logits.argmax(-1) == batch["labels"]).float().mean())
-    return accuracy, float(module.loss(logits, batch["labels"]))
+    data = task.datamodule_class()(task=task, tokenizer=module.tokenizer, data_dir=data_dir, seed=cfg.seed, **cfg.data)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path)
+    metrics = trainer.validate(module, datamodule=data, verbose=False)[0]
+    return {k.removeprefix("val/"): v for k, v in metrics.items()}, module.sample_predictions
 
 
 @pytest.mark.parametrize("pruner", ["snip", "grasp"])
@@ -62,9 +59,38 @@ def test_two_cpu_ranks_train_one_topology_and_report_whole_dev_set_metrics(tmp_p
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["adapter_weights_kept"] == kept and summary["global_steps"] == 3
     assert zero["metrics"] == one["metrics"]  # every rank reports the gathered metric, not its own half
-    accuracy, loss = single_process_metrics(glue_dir, zero["weights"])
-    assert summary["metrics"]["accuracy"] == pytest.approx(accuracy, abs=1e-6)
-    assert summary["metrics"]["loss"] == pytest.approx(loss, abs=1e-5)
+    metrics, _ = single_process_validation(tmp_path, glue_dir, zero["weights"], "backbone=tiny-bert", "task=rte", "data.max_eval_samples=16")
+    assert summary["metrics"]["accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-6)
+    assert summary["metrics"]["loss"] == pytest.approx(metrics["loss"], abs=1e-5)
+
+
+FAMILIES = {  # 9 dev rows: Lightning's sampler repeats one so that both processes get 5
+    "stsb": ["backbone=tiny-bert", "task=stsb"],
+    "squad": ["backbone=tiny-bert", "task=squad", "data.max_length=128", "data.doc_stride=32"],
+    "xsum": ["backbone=tiny-bart", "task=xsum", "data.max_length=128", "data.max_target_length=16", "task.max_new_tokens=8"],
+}
+METRICS = {"stsb": ("pearson", "spearman"), "squad": ("f1", "exact_match"), "xsum": ("rouge1", "rouge2", "rougeL")}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_dev_metrics_count_every_dev_row_once_under_ddp(tmp_path, glue_dir, family):
+    """Lightning's sampler repeats dev rows to even the processes' shares out. STS-B's correlations are gathered by
+    torchmetrics; QA and summaries score collected outputs (spans, summaries), which must be merged at all, or each
+    rank reports a metric over its own half. Either way every dev row must count once, as on one process."""
+    data = [*FAMILIES[family], "data.max_eval_samples=9", "data.eval_batch_size=2", "data.group_by_length=true"]
+    result = train_subprocess(
+        *DDP, *data, "data.batch_size=2", "pruner=none", f"data_dir={glue_dir}", f"hydra.run.dir={tmp_path}",
+        "+callbacks.dump._target_=tests.helpers.DumpRankState", f"+callbacks.dump.dirpath={tmp_path}", timeout=400,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    zero, one = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert zero["metrics"] == one["metrics"]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    metrics, samples = single_process_validation(tmp_path, glue_dir, zero["weights"], *data)
+    for name in METRICS[family]:  # float32 forward passes over batches padded otherwise: 1e-6 apart (one repeated row: 3e-2)
+        assert summary["metrics"][name] == pytest.approx(metrics[name], abs=1e-5), name
+    if family != "stsb":  # the first 8 dev rows, from both processes, in dev order
+        assert summary["samples"] == samples and len(samples) == 8
 
 
 # 16 rows in batches of 2 on 2 ranks: 4 steps an epoch, 2 epochs; last.ckpt every 2 steps. Dropout is on and the

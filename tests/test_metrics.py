@@ -65,3 +65,23 @@ def test_an_unknown_metric_is_a_config_error():
 
     with pytest.raises(ConfigError, match="task.metrics"):
         GlueScore("bleu")
+
+
+def test_a_dev_row_repeated_across_processes_counts_once():
+    """Under DDP Lightning's sampler repeats rows to even the shares out; with positions the score ignores the repeats."""
+    from tasks.metrics import pearson
+
+    rng = np.random.default_rng(0)
+    predictions, labels = rng.normal(size=9), rng.normal(size=9)
+    score = GlueScore("pearson")
+    score.update(torch.tensor(predictions[:5]), torch.tensor(labels[:5]), positions=torch.arange(5))
+    score.update(torch.tensor(predictions[[5, 6, 7, 8, 0]]), torch.tensor(labels[[5, 6, 7, 8, 0]]), positions=torch.tensor([5, 6, 7, 8, 0]))
+    assert float(score.compute()) == pytest.approx(pearson(predictions, labels), abs=1e-12)
+    repeated = GlueScore("pearson")
+    repeated.update(torch.tensor(predictions[[0, 1, 2, 3, 4, 5, 6, 7, 8, 0]]), torch.tensor(labels[[0, 1, 2, 3, 4, 5, 6, 7, 8, 0]]))
+    assert float(repeated.compute()) != pytest.approx(pearson(predictions, labels), abs=1e-6)  # without positions it counts twice
+    partial = GlueScore("accuracy")
+    partial.update(torch.ones(3), torch.ones(3), positions=torch.arange(3))
+    partial.update(torch.ones(2), torch.ones(2))
+    with pytest.raises(ValueError, match="every update or never"):
+        partial.compute()

@@ -140,6 +140,8 @@ class GlueDataModule(TaskDataModule):
             texts = [c for c in ("text_a", "text_b") if c in dataset.column_names]
             self.datasets[split] = dataset.map(self._tokenize, batched=True, remove_columns=texts, desc=f"{self.task.name}: tokenize")
             self._check_lengths(split)
+        # each dev row's position: under DDP the metrics drop the rows Lightning's sampler repeats (tasks.metrics)
+        self.datasets["validation"] = self.datasets["validation"].add_column("position", range(len(self.datasets["validation"])))
 
     def _check_lengths(self, split: str) -> None:
         """A row longer than the model's positions would crash inside the embedding, mid-training; name it now."""

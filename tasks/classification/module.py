@@ -19,7 +19,7 @@ class ClassificationModule(AdapterModule):
         self.val_metrics = MetricCollection(dict(task.metrics), prefix="val/")
 
     def forward(self, batch) -> torch.Tensor:
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "position")}
         return self.model(**inputs).logits
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -40,9 +40,10 @@ class ClassificationModule(AdapterModule):
         labels = batch["labels"]
         self.log("val/loss", self.loss(logits, labels), batch_size=labels.shape[0], sync_dist=True)  # mean over ranks
         predictions = logits.squeeze(-1) if self.task.is_regression else logits.argmax(-1)
-        self.val_metrics.update(predictions, labels)
+        self.val_metrics.update(predictions, labels, positions=batch.get("position"))
 
     def on_validation_epoch_end(self):
-        # torchmetrics' compute() gathers every rank's state under DDP, so each rank logs the whole dev set's metric
+        # torchmetrics' compute() gathers every rank's state under DDP, so each rank logs the whole dev set's metric,
+        # each dev row once (tasks.metrics.GlueScore drops the rows Lightning's sampler repeats)
         self.log_dict({k: v.float() for k, v in self.val_metrics.compute().items()}, prog_bar=True)
         self.val_metrics.reset()

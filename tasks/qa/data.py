@@ -218,6 +218,7 @@ class QACollator:
         batch = self.tensors(features)
         examples = [rows[f["example"]] for f in features]
         batch["example_ids"] = [e["id"] for e in examples]
+        batch["positions"] = [e["position"] for e in examples]  # in the dev set: DDP shares merge by it
         batch["offsets"] = [f["offsets"] for f in features]
         batch["contexts"] = [e["context"] for e in examples]
         batch["questions"] = [e["question"] for e in examples]
@@ -259,7 +260,7 @@ class SquadDataModule(TaskDataModule):
         self.examples = self.first_rows(load_squad(self.task, self.data_dir, self.skipped))
         train = self.features.train(self.examples["train"])
         compact = lambda f: {k: np.asarray(v, dtype=np.int32) if isinstance(v, list) else v for k, v in f.items()}  # noqa: E731
-        self.datasets = {"train": [compact(f) for f in train], "validation": self.examples["validation"]}
+        self.datasets = {"train": [compact(f) for f in train], "validation": self.numbered(self.examples["validation"])}
         log.info("%s: %d train questions -> %d features; %d dev questions (tokenised per batch)", self.task.name,
                  len(self.examples["train"]), len(train), len(self.examples["validation"]))
 

@@ -20,7 +20,7 @@ class QAModule(AdapterModule):
     def __init__(self, backbone, adapter, optimizer, task: SquadTask):
         super().__init__(backbone, adapter, optimizer, task.head_config)
         self.task = task
-        self._best: dict[str, tuple] = {}  # example id -> (score, prediction, golds, question); one entry per question
+        self._best: dict[int, tuple] = {}  # dev position -> (score, prediction, golds, question); one entry per question
 
     def forward(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         output = self.model(**{k: batch[k] for k in INPUTS if k in batch})
@@ -38,14 +38,14 @@ class QAModule(AdapterModule):
 
     def validation_step(self, batch, batch_idx):
         start, end = (t.float().cpu().numpy() for t in self(batch))
-        for i, example in enumerate(batch["example_ids"]):
+        for i, example in enumerate(batch["positions"]):
             spans = best_spans(start[i], end[i], batch["offsets"][i], self.task.n_best_size, self.task.max_answer_length)
             score, text = (spans[0][0], batch["contexts"][i][spans[0][1]: spans[0][2]]) if spans else (float("-inf"), "")
             if example not in self._best or score > self._best[example][0]:
                 self._best[example] = (score, text, batch["golds"][i], batch["questions"][i])
 
     def on_validation_epoch_end(self):
-        entries = list(self._best.values())
+        entries = self.gather_dev_outputs(self._best)  # every question once, in dev order (under DDP: from every process)
         scores = squad_scores([e[1] for e in entries], [e[2] for e in entries])
         self.log_dict({f"val/{k}": v for k, v in scores.items()}, prog_bar=True)
         self.sample_predictions = [

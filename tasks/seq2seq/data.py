@@ -152,7 +152,8 @@ class Seq2SeqCollator:
                 "labels": self.pad([f["labels"] for f in features], IGNORE)}
 
     def evaluation(self, rows: list[dict]) -> dict:
-        return self.train(self.encode(rows)) | {"documents": [r["document"] for r in rows], "references": [r["summary"] for r in rows]}
+        return self.train(self.encode(rows)) | {"documents": [r["document"] for r in rows], "references": [r["summary"] for r in rows],
+                                                "positions": [r["position"] for r in rows]}  # in the dev set: DDP shares merge by it
 
 
 class XSumDataModule(TaskDataModule):
@@ -187,7 +188,7 @@ class XSumDataModule(TaskDataModule):
         if self.datasets is not None:
             return
         self.examples = self.first_rows(load_xsum(self.task, self.data_dir, self.skipped))
-        self.datasets = {"train": self.collator.encode(self.examples["train"]), "validation": self.examples["validation"]}
+        self.datasets = {"train": self.collator.encode(self.examples["train"]), "validation": self.numbered(self.examples["validation"])}
         log.info("%s: %d train and %d validation documents", self.task.name, len(self.datasets["train"]), len(self.examples["validation"]))
 
     def eval_lengths(self) -> list[int]:

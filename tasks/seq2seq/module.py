@@ -10,6 +10,8 @@ from tasks.base import AdapterModule
 from tasks.seq2seq.data import IGNORE, XSumTask
 from tasks.seq2seq.metrics import rouge_scores
 
+SAMPLE_CHARACTERS = 500  # of each document, for the sample table
+
 
 class Seq2SeqModule(AdapterModule):
     task_head = "seq2seq-lm"
@@ -18,9 +20,7 @@ class Seq2SeqModule(AdapterModule):
     def __init__(self, backbone, adapter, optimizer, task: XSumTask):
         super().__init__(backbone, adapter, optimizer, task.head_config)
         self.task = task
-        self._predictions: list[str] = []
-        self._references: list[str] = []
-        self._documents: list[str] = []
+        self._generated: dict[int, tuple[str, str, str]] = {}  # dev position -> (summary, reference, document's start)
 
     def forward(self, batch) -> torch.Tensor:
         """Teacher-forced logits; the model shifts ``labels`` right into decoder inputs."""
@@ -39,20 +39,20 @@ class Seq2SeqModule(AdapterModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        self.log("val/loss", self.loss(self(batch), batch["labels"]), batch_size=batch["input_ids"].shape[0])
+        self.log("val/loss", self.loss(self(batch), batch["labels"]), batch_size=batch["input_ids"].shape[0], sync_dist=True)  # mean over ranks
         generated = self.model.generate(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], num_beams=self.task.num_beams,
             length_penalty=self.task.length_penalty, max_new_tokens=self.task.max_new_tokens, do_sample=False,
         )
-        self._predictions += [text.strip() for text in self.tokenizer.batch_decode(generated, skip_special_tokens=True)]
-        self._references += batch["references"]
-        room = self.task.num_samples - len(self._documents)
-        self._documents += batch["documents"][: max(room, 0)]
+        summaries = [text.strip() for text in self.tokenizer.batch_decode(generated, skip_special_tokens=True)]
+        for position, summary, reference, document in zip(batch["positions"], summaries, batch["references"], batch["documents"]):
+            self._generated[position] = (summary, reference, document[:SAMPLE_CHARACTERS])
 
     def on_validation_epoch_end(self):
-        self.log_dict({f"val/{k}": v for k, v in rouge_scores(self._predictions, self._references).items()}, prog_bar=True)
+        entries = self.gather_dev_outputs(self._generated)  # every document once, in dev order (under DDP: from every process)
+        scores = rouge_scores([summary for summary, _, _ in entries], [reference for _, reference, _ in entries])
+        self.log_dict({f"val/{k}": v for k, v in scores.items()}, prog_bar=True)
         self.sample_predictions = [
-            {"document": d[:500], "summary": p, "reference": r}
-            for d, p, r in zip(self._documents, self._predictions, self._references)
+            {"document": d, "summary": p, "reference": r} for p, r, d in entries[: self.task.num_samples]
         ]
-        self._predictions, self._references, self._documents = [], [], []
+        self._generated = {}
