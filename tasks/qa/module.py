@@ -38,11 +38,11 @@ class QAModule(AdapterModule):
 
     def validation_step(self, batch, batch_idx):
         start, end = (t.float().cpu().numpy() for t in self(batch))
-        for i, example in enumerate(batch["positions"]):
+        for i, position in enumerate(batch["positions"]):
             spans = best_spans(start[i], end[i], batch["offsets"][i], self.task.n_best_size, self.task.max_answer_length)
             score, text = (spans[0][0], batch["contexts"][i][spans[0][1]: spans[0][2]]) if spans else (float("-inf"), "")
-            if example not in self._best or score > self._best[example][0]:
-                self._best[example] = (score, text, batch["golds"][i], batch["questions"][i])
+            if position not in self._best or score > self._best[position][0]:
+                self._best[position] = (score, text, batch["golds"][i], batch["questions"][i])
 
     def on_validation_epoch_end(self):
         entries = self.gather_dev_outputs(self._best)  # every question once, in dev order (under DDP: from every process)
