@@ -5,7 +5,8 @@
 #   bash scripts/reproduce_claims.sh grid   # step 2: Tables 1-3 with the chosen lrs (conf/experiment/claims*.yaml)
 #   bash scripts/reproduce_claims.sh mrpc_variants  # every adapter variant, dense vs SNIP-0.4, on MRPC (seed 42)
 #   bash scripts/reproduce_claims.sh variants  # Table 4 rows (seed 42) on all four tasks
-#   bash scripts/reproduce_claims.sh all    # mrpc_variants, lr, reference, grid, variants: what a fresh session restarts
+#   bash scripts/reproduce_claims.sh pai    # issue 24: PaI checks (SynFlow, shuffle/invert controls, iterative, layer, 2:4), 3 seeds
+#   bash scripts/reproduce_claims.sh all    # mrpc_variants, lr, reference, grid, variants, pai: what a fresh session restarts
 #   bash scripts/reproduce_claims.sh clean  # drop the checkpoints of finished grid jobs
 # Budget, the same for every row: MiniLM, 5 epochs, batch 32 grouped by length, max length 128, attention
 # dropout 0 (the CPU cost of attention dropout is in RESULTS.md section 4), dev set evaluated every half
@@ -75,8 +76,15 @@ case "$stage" in
     $py train.py -m experiment=table4 hydra.sweeper.params.seed=42 "${adapter_lr[@]}" "${budget[@]}" "hydra.sweep.dir=$out/table4"
     $py -m sparse_adapter.report "$out/table4" "$out/variants" --out "$out/variants-report"
     ;;
-  all) for step in mrpc_variants lr reference grid variants; do bash "$0" "$step" "$out"; done ;;
+  pai)  # row by row (each row's 9 jobs end together, so each claim gets its verdict as soon as it can)
+    lr_chosen || exit 0
+    for row in ${PAI_ROWS:-snip_s80_layer snip_s50}; do
+      $py train.py -m experiment=claims_pai "hydra.sweeper.params.row=$row" "hydra.sweep.dir=$out/pai"
+    done
+    $py -m sparse_adapter.report "$out/grid" "$out/pai" --out "$out/pai-report"
+    ;;
+  all) for step in mrpc_variants lr reference grid variants pai; do bash "$0" "$step" "$out"; done ;;
   clean)  # finished jobs need no checkpoint (they are never committed: .gitignore)
     for summary in $(find "$out" -name summary.json); do rm -rf "$(dirname "$summary")/checkpoints"; done ;;
-  *) echo "usage: $0 lr|reference|grid|variants|all|clean [out]" >&2; exit 2 ;;
+  *) echo "usage: $0 lr|reference|grid|mrpc_variants|variants|pai|all|clean [out]" >&2; exit 2 ;;
 esac
