@@ -78,7 +78,7 @@ case "$stage" in
     ;;
   pai)  # row by row (each row's 9 jobs end together, so each claim gets its verdict as soon as it can)
     lr_chosen || exit 0
-    for row in ${PAI_ROWS:-snip_s80_layer snip_s50}; do
+    for row in ${PAI_ROWS:-snip_s80_layer snip_shuffle snip_invert snip_s80_iter10 synflow snip_s50 snip_nm24}; do
       $py train.py -m experiment=claims_pai "hydra.sweeper.params.row=$row" "hydra.sweep.dir=$out/pai"
     done
     $py -m sparse_adapter.report "$out/grid" "$out/pai" --out "$out/pai-report"

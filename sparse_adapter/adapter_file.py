@@ -121,7 +121,7 @@ def read_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, t
             metadata = dict(handle.metadata() or {})
     except Exception as error:  # noqa: BLE001 - any unreadable file is the user's input
         raise ConfigError(f"adapter file '{path}' is not a readable safetensors file: {error}") from error
-    for key in ("adapter_config", "backbone", "head", "shapes"):
+    for key in ("adapter_config", "backbone", "head", "shapes", "pruner"):
         if key in metadata:
             metadata[key] = json.loads(metadata[key])
     tensors, masks = decode(raw, metadata.get("shapes", {}))

@@ -12,7 +12,50 @@ GLUE = {"cola", "mrpc", "stsb", "rte", "sst2"}  # ``Avg.`` averages these only (
 
 
 def row_key(summary: dict) -> str:
-    """The table row a run belongs to: its ``row`` choice, else derived from its settings."""
+    """The table row a run belongs to: its ``row`` choice, else derived from its settings; ``load_summaries``
+    qualifies it when runs of one row name differ in a pruner setting (``_row``)."""
+    if summary.get("_row"):
+        return summary["_row"]
+    return base_row_key(summary)
+
+
+# what a pruner setting is when a summary does not record it (runs from before it existed)
+PRUNER_DEFAULTS = {"scope": "global", "iterations": 1, "control": "none", "min_density": 0.0}
+ROW_IDENTITY = ("scorer", *PRUNER_DEFAULTS, "n", "m")  # what tells two pruners apart (older summaries record none of it)
+
+
+def pruner_settings(summary: dict) -> dict:
+    """The settings the masks depend on (``pruner_settings``, or what an older summary implies)."""
+    if summary.get("pruner") in (None, "none"):
+        return {"scorer": "none"}
+    recorded = dict(summary.get("pruner_settings") or {})
+    recorded.setdefault("scorer", summary["pruner"])
+    recorded.setdefault("scope", summary.get("scope") or "global")
+    return {k: v for k, v in {**PRUNER_DEFAULTS, **recorded}.items() if k in ROW_IDENTITY}
+
+
+def qualify_rows(runs: list[dict]) -> None:
+    """Keep apart runs that share a row name but not their pruner settings (a shuffled SNIP row is never
+    averaged with plain SNIP): the variant with the fewest non-default settings keeps the plain name,
+    the others get the differing settings appended, e.g. ``snip [control=shuffle]``."""
+    by_row: dict[str, dict[str, dict]] = {}
+    for run in runs:
+        settings = pruner_settings(run)
+        by_row.setdefault(base_row_key(run), {})[json.dumps(settings, sort_keys=True)] = settings
+    for run in runs:
+        variants = by_row[base_row_key(run)]
+        if len(variants) < 2:
+            continue
+        def unusual(settings: dict) -> int:
+            return sum(settings.get(k, v) != v for k, v in PRUNER_DEFAULTS.items())
+        plain = min(variants.values(), key=lambda v: (unusual(v), json.dumps(v, sort_keys=True)))
+        mine = pruner_settings(run)
+        extra = {k: v for k, v in mine.items() if plain.get(k) != v}
+        if extra:
+            run["_row"] = base_row_key(run) + " [" + ", ".join(f"{k}={v}" for k, v in sorted(extra.items())) + "]"
+
+
+def base_row_key(summary: dict) -> str:
     if summary.get("row"):
         return summary["row"]
     if summary["adapter"] == "none":
@@ -56,6 +99,7 @@ def load_summaries(folders: list[Path]) -> list[dict]:
             if summary.get("status") == "complete":
                 summary["_dir"] = str(path.parent)
                 runs.append(summary)
+    qualify_rows(runs)
     return runs
 
 

@@ -5,6 +5,7 @@ Kept apart from ``train.py`` so tests and scripts can call it with a config they
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -109,8 +110,8 @@ def _run(cfg: DictConfig, output_dir: Path) -> float:
     config_dict = OmegaConf.to_container(cfg, resolve=True)
     budget = training_budget(config_dict)
     log.info(
-        "run: %s on %s | adapter=%s %s | pruner=%s scope=%s sparsity=%.4f | seed=%s | %s",
-        task.name, cfg.backbone_name, cfg.adapter_name, _compact(vars(adapter)), pruner.scorer or "none", pruner.scope,
+        "run: %s on %s | adapter=%s %s | pruner=%s sparsity=%.4f | seed=%s | %s",
+        task.name, cfg.backbone_name, cfg.adapter_name, _compact(vars(adapter)), _compact(pruner.settings()),
         sparsity if pruner.enabled else 0.0, cfg.seed, _compact(budget),
     )
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -129,13 +130,14 @@ def _run(cfg: DictConfig, output_dir: Path) -> float:
     record = {
         "task": task.name, "backbone": cfg.backbone_name, "adapter": cfg.adapter_name, "adapter_config": dict(vars(adapter)),
         "pruner": pruner.scorer or "none", "scope": pruner.scope if pruner.enabled else None, "sparsity": sparsity,
-        "large_sparse": cfg.get("large_sparse"), "seed": cfg.seed,
+        "large_sparse": cfg.get("large_sparse"), "seed": cfg.seed, "pruner_settings": pruner.settings(),
     }
     if recorded is not None:
         check_matches(cfg.ckpt_path, recorded, record)
     elif pruner.enabled:
         shapes = {name: tuple(p.shape) for name, p in module.prunable_parameters().items()}
-        check_budget(shapes, sparsity, pruner.scope)
+        check_budget(shapes, sparsity, pruner.scope, pruner.m)
+        pruner.check_model(module.model, module.prunable_parameters())
     data_dir = to_absolute_path(cfg.data_dir) if cfg.get("data_dir") else None
     datamodule = task.datamodule_class()(
         task=task, tokenizer=module.tokenizer, data_dir=data_dir, seed=cfg.seed, max_positions=max_positions(module.model), **cfg.data
@@ -166,6 +168,7 @@ def _run(cfg: DictConfig, output_dir: Path) -> float:
         "adapter_config": record["adapter_config"],
         "pruner": record["pruner"],
         "scope": record["scope"],
+        "pruner_settings": record["pruner_settings"],
         "sparsity": sparsity,
         "large_sparse": cfg.get("large_sparse"),
         "seed": cfg.seed,
@@ -188,7 +191,8 @@ def _run(cfg: DictConfig, output_dir: Path) -> float:
     }
     if trainer.is_global_zero:
         merge_adapters(module.model)  # after the summary's counts: e.g. a prefix MLP folds into its prefix
-        save_adapter(module.model, output_dir / "adapter.safetensors", {"task": task.name}, masks=module.masks)
+        save_adapter(module.model, output_dir / "adapter.safetensors", {"task": task.name, "pruner": json.dumps(record["pruner_settings"])},
+                     masks=module.masks)
         write_json_atomic(summary, output_dir / SUMMARY)
         publish_samples(loggers, module.sample_predictions)
         publish_summary(loggers, summary)

@@ -15,7 +15,8 @@ from callbacks.resume import KEY
 from sparse_adapter.errors import ConfigError
 
 # settings a checkpoint records, in the order a mismatch lists them
-RECORDED = ("task", "backbone", "adapter", "adapter_config", "pruner", "scope", "sparsity", "large_sparse", "seed")
+RECORDED = ("task", "backbone", "adapter", "adapter_config", "pruner", "scope", "sparsity", "large_sparse", "seed", "pruner_settings")
+NESTED = {"adapter_config": "adapter", "pruner_settings": "pruner"}  # dict-valued records, compared (and named) key by key
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -41,9 +42,11 @@ def read_checkpoint(path: str | Path) -> dict:
 def _differences(recorded: dict, current: dict) -> list[str]:
     differing = []
     for key in RECORDED:
+        if key not in recorded:  # written before this setting was recorded: nothing to hold the command line to
+            continue
         saved, now = recorded.get(key), current.get(key)
-        if key == "adapter_config" and isinstance(saved, dict) and isinstance(now, dict):
-            differing += [f"adapter.{k}" for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+        if key in NESTED and isinstance(saved, dict) and isinstance(now, dict):
+            differing += [f"{NESTED[key]}.{k}" for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
         elif saved != now:
             differing.append(key)
     return differing
@@ -53,7 +56,7 @@ def check_matches(path: str | Path, recorded: dict, current: dict) -> None:
     """ConfigError naming every setting where this command differs from what the checkpoint trained."""
     differing = _differences(recorded, current)
     if differing:
-        flat_saved = {**recorded, **{f"adapter.{k}": v for k, v in (recorded.get("adapter_config") or {}).items()}}
-        flat_now = {**current, **{f"adapter.{k}": v for k, v in (current.get("adapter_config") or {}).items()}}
+        flat_saved = {**recorded, **{f"{p}.{k}": v for key, p in NESTED.items() for k, v in (recorded.get(key) or {}).items()}}
+        flat_now = {**current, **{f"{p}.{k}": v for key, p in NESTED.items() for k, v in (current.get(key) or {}).items()}}
         pairs = ", ".join(f"{k}={flat_saved.get(k)} (command line: {flat_now.get(k)})" for k in differing)
         raise ConfigError(f"ckpt_path={path}: the checkpoint was trained with {pairs}; drop or fix these overrides to resume it")

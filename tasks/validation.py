@@ -21,7 +21,7 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from sparse_adapter.errors import ConfigError
-from sparse_adapter.pruning.allocation import er_counts, kept_count, uniform_counts
+from sparse_adapter.pruning.allocation import er_counts, kept_count, nm_group_size, uniform_counts
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("backbone", "task", "optimizer", "adapter", "pruner", "trainer", "logger", "callbacks")
@@ -211,6 +211,9 @@ RULES: dict[str, Rule] = {
     "adapter.init_std": finite(above(0.0)),
     "pruner.batches": at_least(0),
     "pruner.temperature": finite(above(0.0)),
+    "pruner.iterations": optional(at_least(1)),
+    "pruner.n": at_least(1),
+    "pruner.m": at_least(2),
     "optimizer.lr": finite(above(0.0)),
     "optimizer.eps": finite(above(0.0)),
     "optimizer.weight_decay": finite(at_least(0.0)),
@@ -323,8 +326,14 @@ ALLOCATIONS = {
 }
 
 
-def check_budget(shapes: dict, sparsity: float, scope: str) -> None:
-    """A sparsity that keeps no weight at all (or none in some matrix, for per-matrix scopes) is a contradiction."""
+def check_budget(shapes: dict, sparsity: float, scope: str, m: int = 4) -> None:
+    """A sparsity that keeps no weight at all (or none in some matrix, for per-matrix scopes) is a contradiction;
+    so is an N:M pattern whose groups of ``m`` do not tile some matrix's input dimension."""
+    if scope == "nm":
+        for name, shape in shapes.items():
+            if (problem := nm_group_size(shape, m)) is not None:
+                raise ConfigError(f"pruner.scope=nm: cannot group {name}: {problem}")
+        return
     if not shapes or sparsity <= 0 or scope not in ALLOCATIONS:
         return
     counts = ALLOCATIONS[scope](shapes, sparsity)

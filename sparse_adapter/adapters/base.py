@@ -84,6 +84,11 @@ class AdapterLayer(nn.Module):
     def merge_(self) -> None:
         """Fold training-time reparametrisations away (no-op unless a variant has one)."""
 
+    def flow_input(self) -> int | None:
+        """The width of the input SynFlow feeds this module (all ones); None: no input path to score
+        data-free (a prefix, an IA³ scale, a fusion layer)."""
+        return None
+
 
 def adapter_parameter_names(model: nn.Module) -> set[str]:
     """Names of all parameters that adapters added to ``model`` (trained or frozen)."""

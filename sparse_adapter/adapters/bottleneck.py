@@ -37,6 +37,9 @@ class Bottleneck(AdapterLayer):
         update = self.up(self.dropout(self.act(self.down(x))))
         return x + update if self.residual else update
 
+    def flow_input(self) -> int:
+        return self.down.in_features
+
 
 def on_hidden(output, function):
     """Apply ``function`` to a sublayer's hidden states: the output itself, or the first element of

@@ -37,6 +37,9 @@ class LoRALinear(AdapterLayer):
         update = F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)
         return self.base_layer(x) + update * self.scaling
 
+    def flow_input(self) -> int:
+        return self.lora_A.shape[1]
+
 
 @dataclass
 class LoRAConfig(AdapterConfig):

@@ -1,11 +1,13 @@
 """Scorers (which weights matter) composed with allocations (how many each matrix keeps)."""
 
 from sparse_adapter.pruning.allocation import SCOPES, erdos_renyi_densities, kept_count, select, top_k_mask
+from sparse_adapter.pruning.controls import CONTROLS
 from sparse_adapter.pruning.masks import MaskSet, mask_gradients_, mask_parameters_and_state_
-from sparse_adapter.pruning.pruner import PrunerConfig, check_sparsity, prune
+from sparse_adapter.pruning.pruner import PrunerConfig, check_sparsity, prune, schedule
 from sparse_adapter.pruning.scorers import SCORERS
 
 __all__ = [
+    "CONTROLS",
     "SCOPES",
     "SCORERS",
     "MaskSet",
@@ -16,6 +18,7 @@ __all__ = [
     "mask_gradients_",
     "mask_parameters_and_state_",
     "prune",
+    "schedule",
     "select",
     "top_k_mask",
 ]

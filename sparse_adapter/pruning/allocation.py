@@ -13,7 +13,7 @@ import torch
 
 from sparse_adapter.errors import ConfigError
 
-SCOPES = ("global", "layer", "er")
+SCOPES = ("global", "layer", "er", "nm")
 
 
 def kept_count(total: int, sparsity: float) -> int:
@@ -122,18 +122,57 @@ def global_masks(scores: dict[str, torch.Tensor], sparsity: float, generator: to
     return masks
 
 
+def nm_group_size(shape: torch.Size, m: int) -> str | None:
+    """Why a matrix cannot be split into groups of ``m`` along its input (last) dimension, or None."""
+    if shape[-1] % m:
+        return f"its input dimension {shape[-1]} (shape {tuple(shape)}) is not a multiple of pruner.m={m}"
+    return None
+
+
+def nm_masks(scores: dict[str, torch.Tensor], n: int, m: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """N:M sparsity: in every group of ``m`` consecutive weights along the input dimension keep the
+    ``n`` best (2:4 is what sparse tensor cores run). A Linear weight is (out, in), so groups run
+    along rows; ties inside a group are broken by a seeded permutation, as in ``top_k_mask``."""
+    masks = {}
+    for name, score in scores.items():
+        if (problem := nm_group_size(score.shape, m)) is not None:
+            raise ConfigError(f"pruner.scope=nm: cannot group {name}: {problem}")
+        groups = score.detach().float().reshape(-1, m)
+        permutation = torch.argsort(torch.rand(groups.shape, generator=generator), dim=1).to(groups.device)
+        order = torch.sort(torch.gather(groups, 1, permutation), dim=1, descending=True, stable=True).indices
+        keep = torch.zeros_like(groups, dtype=torch.bool)
+        keep.scatter_(1, torch.gather(permutation, 1, order[:, :n]), True)
+        masks[name] = keep.view_as(score)
+    return masks
+
+
+def per_matrix(counts_for):
+    """An allocation that gives every matrix its own count, then keeps that matrix's best."""
+    def allocate(scores, sparsity, generator, **_):
+        counts = counts_for({name: score.shape for name, score in scores.items()}, sparsity)
+        return {name: top_k_mask(scores[name].detach().float(), counts[name], generator) for name in scores}
+    return allocate
+
+
+# scope -> allocation(scores, sparsity, generator, min_density=, n=, m=) -> masks
+ALLOCATIONS = {
+    "global": lambda scores, sparsity, generator, min_density=0.0, **_: global_masks(scores, sparsity, generator, min_density),
+    "layer": per_matrix(uniform_counts),
+    "er": per_matrix(er_counts),
+    "nm": lambda scores, sparsity, generator, n=2, m=4, **_: nm_masks(scores, n, m, generator),
+}
+
+
 def select(
-    scores: dict[str, torch.Tensor], sparsity: float, scope: str, generator: torch.Generator, min_density: float = 0.0
+    scores: dict[str, torch.Tensor], sparsity: float, scope: str, generator: torch.Generator, min_density: float = 0.0,
+    n: int = 2, m: int = 4,
 ) -> dict[str, torch.Tensor]:
     """Masks keeping exactly round((1 - s) · N) weights over all ``scores``, split by ``scope``.
 
     ``min_density`` (global scope) guards against layer collapse; the layer and ER scopes give
-    every matrix a positive budget of its own already.
+    every matrix a positive budget of its own already. ``n``/``m``: the N:M scope's pattern
+    (``sparsity`` is then 1 - n/m, checked by ``PrunerConfig.validate``).
     """
-    if scope not in SCOPES:
+    if scope not in ALLOCATIONS:
         raise ConfigError(f"pruner.scope='{scope}' is unknown (choose from {', '.join(SCOPES)})")
-    if scope == "global":
-        return global_masks(scores, sparsity, generator, min_density)
-    shapes = {name: score.shape for name, score in scores.items()}
-    counts = uniform_counts(shapes, sparsity) if scope == "layer" else er_counts(shapes, sparsity)
-    return {name: top_k_mask(scores[name].detach().float(), counts[name], generator) for name in scores}
+    return ALLOCATIONS[scope](scores, sparsity, generator, min_density=min_density, n=n, m=m)

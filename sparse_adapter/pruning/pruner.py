@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 
@@ -13,6 +13,7 @@ from torch import nn
 from sparse_adapter.backbones import second_order_attention
 from sparse_adapter.errors import ConfigError, NumericalError
 from sparse_adapter.pruning.allocation import SCOPES, select
+from sparse_adapter.pruning.controls import CONTROLS, apply_control
 from sparse_adapter.pruning.scorers import SCORERS, LossFn
 
 
@@ -21,14 +22,22 @@ def check_sparsity(sparsity: float) -> None:
         raise ConfigError(f"sparsity={sparsity} must be in [0, 1) (the pruned fraction of adapter weights)")
 
 
+
+
 @dataclass
 class PrunerConfig:
     """Which scorer ranks the weights and how the keep budget is spread over matrices.
 
     ``scorer=None`` trains the dense adapter. ``scope``: ``global`` ranks all adapter weights at
     once (the paper and the official code), ``layer`` gives every matrix the same density, ``er``
-    uses Erdős–Rényi densities; the paper's ER pruner is ``scorer=random, scope=er``.
+    uses Erdős–Rényi densities, ``nm`` keeps ``n`` of every ``m`` consecutive weights along the
+    input dimension; the paper's ER pruner is ``scorer=random, scope=er``.
     ``batches``: training batches scored (the official code uses 320 examples, 10 batches of 32).
+    ``iterations``: pruning rounds at densities d^((i+1)/n) (the official ``prune_iterations``,
+    exponential schedule), each re-scoring the surviving weights; None = the scorer's own default
+    (1, SynFlow 100). ``control``: a sanity check of Frankle et al. (2021) applied to the final
+    masks: ``shuffle`` each matrix's mask, ``reinit`` the kept weights, or ``invert`` the ranking
+    (keep each matrix's lowest-scored weights at the same per-matrix counts).
     """
 
     scorer: str | None = "snip"
@@ -36,6 +45,10 @@ class PrunerConfig:
     batches: int = 10
     temperature: float = 200.0  # GraSP's logit temperature
     min_density: float = 0.0  # global scope: every matrix keeps at least this fraction (0 = the paper's plain ranking)
+    iterations: int | None = None
+    control: str = "none"
+    n: int = 2  # scope=nm: keep n ...
+    m: int = 4  # ... of every m consecutive weights
 
     @property
     def enabled(self) -> bool:
@@ -45,9 +58,36 @@ class PrunerConfig:
     def needs_batches(self) -> bool:
         return self.enabled and SCORERS[self.scorer].needs_batches
 
+    @property
+    def rounds(self) -> int:
+        return self.iterations if self.iterations is not None else SCORERS[self.scorer].rounds
+
+    def settings(self) -> dict:
+        """Every setting the masks depend on (summaries, adapter files, the report's row identity)."""
+        if not self.enabled:
+            return {"scorer": "none"}
+        settings = {"scorer": self.scorer, "scope": self.scope, "iterations": self.rounds, "control": self.control,
+                    "min_density": self.min_density}
+        if self.scope == "nm":
+            settings.update(n=self.n, m=self.m)
+        if self.needs_batches:
+            settings["batches"] = self.batches
+        if self.scorer == "grasp":
+            settings["temperature"] = self.temperature
+        return settings
+
+    def check_model(self, model: nn.Module, params: dict[str, nn.Parameter]) -> None:
+        """ConfigError, before any data loads, when the scorer cannot score these adapter weights."""
+        if self.enabled:
+            SCORERS[self.scorer].check(model, params)
+
     def validate(self, sparsity: float) -> None:
         check_sparsity(sparsity)
+        if self.control not in CONTROLS:
+            raise ConfigError(f"pruner.control='{self.control}' is unknown (choose from {', '.join(CONTROLS)})")
         if not self.enabled:
+            if self.control != "none":
+                raise ConfigError(f"pruner.control={self.control} needs a pruner: pruner=none trains the dense adapter, it has no mask to {self.control}")
             return
         if self.scorer not in SCORERS:
             raise ConfigError(f"pruner.scorer='{self.scorer}' is unknown (choose from none, {', '.join(SCORERS)})")
@@ -57,10 +97,49 @@ class PrunerConfig:
             raise ConfigError(f"pruner.batches={self.batches}: pruner '{self.scorer}' needs at least one scoring batch")
         if self.temperature <= 0:
             raise ConfigError(f"pruner.temperature={self.temperature} must be positive")
+        if self.iterations is not None and (isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1):
+            raise ConfigError(f"pruner.iterations={self.iterations} must be an integer ≥ 1 (1 = one-shot pruning)")
+        if self.control == "invert" and self.rounds > 1:
+            raise ConfigError(f"pruner.control=invert ranks by one scoring; it cannot follow pruner.iterations={self.rounds} (set pruner.iterations=1)")
         if not 0.0 <= self.min_density <= 1.0 - sparsity:
             raise ConfigError(f"pruner.min_density={self.min_density} must be in [0, 1 - sparsity] = [0, {1.0 - sparsity:g}]")
         if self.min_density and self.scope != "global":
             raise ConfigError(f"pruner.min_density applies to pruner.scope=global; scope={self.scope} gives every matrix its own budget already")
+        if self.scope == "nm":
+            if not (isinstance(self.n, int) and isinstance(self.m, int) and 1 <= self.n < self.m):
+                raise ConfigError(f"pruner.n={self.n}, pruner.m={self.m}: N:M needs integers 1 ≤ n < m (e.g. n=2 m=4)")
+            if self.rounds > 1:
+                raise ConfigError(f"pruner.scope=nm is one-shot: its pattern fixes the density, so pruner.iterations={self.rounds} has no schedule to follow")
+            if abs(sparsity - (1 - self.n / self.m)) > 1e-9:
+                raise ConfigError(
+                    f"sparsity={sparsity} contradicts pruner.scope=nm with n={self.n}, m={self.m}: N:M keeps n/m, so set"
+                    f" sparsity={1 - self.n / self.m:g}"
+                )
+
+
+def schedule(sparsity: float, rounds: int) -> list[float]:
+    """The sparsity after each round: density d^((i+1)/n) with d = 1 - s, the official exponential schedule."""
+    density = 1.0 - sparsity
+    return [1.0 - density ** ((i + 1) / rounds) for i in range(rounds)] if rounds > 1 else [sparsity]
+
+
+@contextmanager
+def pruned_temporarily(params: dict[str, nn.Parameter], masks: dict[str, torch.Tensor] | None):
+    """Zero the weights pruned so far while a round scores the survivors; the values come back after,
+    so a control that moves the mask (shuffle) never keeps a weight an earlier round zeroed."""
+    if not masks:
+        yield
+        return
+    saved = {name: params[name].detach().clone() for name in masks}
+    with torch.no_grad():
+        for name, mask in masks.items():
+            params[name].mul_(mask.to(params[name].device))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, value in saved.items():
+                params[name].copy_(value)
 
 
 def prune(
@@ -75,7 +154,11 @@ def prune(
     """Boolean masks (True = kept) over ``params`` with exactly round((1 - s) · N) kept.
 
     Pass ``model`` for second-order scorers (GraSP) on Hugging Face models: attention is switched
-    to the eager kernel for their double-backward pass, since SDPA has none.
+    to the eager kernel for their double-backward pass, since SDPA has none; SynFlow needs it for
+    the adapter modules it feeds. With ``config.iterations`` > 1 each round re-scores only the
+    surviving weights (pruned ones are zeroed while it scores and can never come back) and keeps
+    exactly its round's count. ``config.control`` then acts on the final masks (``reinit`` also
+    rewrites the kept values of ``params`` in place).
     """
     config.validate(sparsity)
     if not config.enabled:
@@ -86,14 +169,20 @@ def prune(
         raise ConfigError(f"pruner.batches: pruner '{config.scorer}' needs scoring batches and a loss")
     generator = torch.Generator().manual_seed(seed)
     double_backward = partial(second_order_attention, model) if model is not None else nullcontext
-    scores = SCORERS[config.scorer](
-        params=params, loss_fn=loss_fn, batches=batches, generator=generator,
-        temperature=config.temperature, double_backward=double_backward,
-    )
-    for name, score in scores.items():  # a NaN ranks arbitrarily: refuse it before it picks the topology
-        if not bool(torch.isfinite(score).all()):
-            raise NumericalError(
-                f"pruner.scorer={config.scorer}: the scores of {name} hold NaN/Inf; check adapter.init_std, the data"
-                " and the scoring loss (pruner=random needs no scores)"
+    masks: dict[str, torch.Tensor] | None = None
+    for round_sparsity in schedule(sparsity, config.rounds):
+        with pruned_temporarily(params, masks):
+            scores = SCORERS[config.scorer](
+                params=params, loss_fn=loss_fn, batches=batches, generator=generator,
+                temperature=config.temperature, double_backward=double_backward, model=model,
             )
-    return select(scores, sparsity, config.scope, generator, config.min_density)
+        for name, score in scores.items():  # a NaN ranks arbitrarily: refuse it before it picks the topology
+            if not bool(torch.isfinite(score).all()):
+                raise NumericalError(
+                    f"pruner.scorer={config.scorer}: the scores of {name} hold NaN/Inf; check adapter.init_std, the data"
+                    " and the scoring loss (pruner=random needs no scores)"
+                )
+        if masks is not None:  # survivors only: what an earlier round pruned ranks below everything
+            scores = {name: score.float().masked_fill(~masks[name].to(score.device), float("-inf")) for name, score in scores.items()}
+        masks = select(scores, round_sparsity, config.scope, generator, config.min_density, n=config.n, m=config.m)
+    return apply_control(config.control, masks, scores, params, generator)

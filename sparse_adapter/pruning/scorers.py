@@ -8,10 +8,12 @@ to leak into the first optimizer step (a bug of the official code).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 from torch import nn
+
+from sparse_adapter.errors import ConfigError
 
 LossFn = Callable[..., torch.Tensor]  # loss_fn(batch, temperature=1.0) -> scalar loss
 Scorer = Callable[..., dict[str, torch.Tensor]]
@@ -19,9 +21,13 @@ Scorer = Callable[..., dict[str, torch.Tensor]]
 SCORERS: dict[str, Scorer] = {}
 
 
-def register(name: str, *, needs_batches: bool = False):
+def register(name: str, *, needs_batches: bool = False, rounds: int = 1, check: Callable | None = None):
+    """``rounds``: how many pruning rounds the scorer runs when ``pruner.iterations`` is not set;
+    ``check(model, params)``: raises ConfigError before training if the scorer cannot score this adapter."""
     def decorator(function: Scorer) -> Scorer:
         function.needs_batches = needs_batches
+        function.rounds = rounds
+        function.check = check or (lambda model, params: None)
         SCORERS[name] = function
         return function
 
@@ -88,3 +94,75 @@ def grasp_scores(
                 if h is not None:
                     accumulator.add_(h)
     return {name: p.detach() * h for (name, p), h in zip(params.items(), hg)}
+
+
+@contextmanager
+def absolute_values(tensors: Sequence[torch.Tensor]):
+    """Replace every tensor by its absolute value for the duration (SynFlow's "linearised" network)."""
+    saved = [t.detach().clone() for t in tensors]
+    with torch.no_grad():
+        for t in tensors:
+            t.abs_()
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for t, original in zip(tensors, saved):
+                t.copy_(original)
+
+
+def flow_modules(model: nn.Module | None, params: dict[str, nn.Parameter]) -> list[tuple[nn.Module, int]]:
+    """The adapter modules SynFlow feeds (those whose ``flow_input()`` names an input width), checking
+    that together they own every prunable tensor."""
+    if model is None:
+        raise ConfigError("pruner=synflow scores adapter modules, so prune() needs model=")
+    found, owned = [], set()
+    wanted = {id(p) for p in params.values()}
+    for module in model.modules():
+        width = module.flow_input() if callable(getattr(module, "flow_input", None)) else None
+        if width is None:
+            continue
+        mine = {id(p) for p in module.parameters()} & wanted
+        if mine:
+            found.append((module, width))
+            owned |= mine
+    missing = [name for name, p in params.items() if id(p) not in owned]
+    if missing:
+        raise ConfigError(
+            f"pruner=synflow: {missing[0]} (and {len(missing) - 1} more) belongs to no adapter module with an input path"
+            " (SynFlow feeds an all-ones input through bottleneck, parallel and LoRA adapters; prefix, IA³ and"
+            " fusion weights have none): choose another pruner"
+        )
+    return found
+
+
+def own_parameters(module: nn.Module):
+    """An adapter module's own parameters, not those of a frozen layer it wraps (LoRA's base_layer)."""
+    return module.adapter_parameters() if callable(getattr(module, "adapter_parameters", None)) else module.named_parameters()
+
+
+@register("synflow", rounds=100, check=lambda model, params: flow_modules(model, params) and None)
+def synflow_scores(params: dict[str, nn.Parameter], model: nn.Module | None = None, **_) -> dict[str, torch.Tensor]:
+    """Synaptic flow |θ ⊙ ∂R/∂θ| (Tanaka et al., 2020), data-free, as the official SparseAdapter code adapts it.
+
+    Every adapter module is fed, on its own, an all-ones input of its input width with all its
+    own parameters (weights and biases) replaced by their absolute values; R sums their outputs.
+    The frozen backbone takes no part (the official code calls each ``Adapter_Layer`` alone the same
+    way); a residual or a wrapped frozen layer adds a constant to R and nothing to ∂R/∂θ. The
+    iterative schedule (100 rounds by default) is ``prune``'s.
+    """
+    modules = flow_modules(model, params)
+    own = [p for module, _ in modules for _, p in own_parameters(module)]
+    tensors = list(params.values())
+    with absolute_values(own), torch.enable_grad():
+        was_training = [module.training for module, _ in modules]
+        for module, _ in modules:
+            module.eval()  # no dropout in the flow
+        reference = tensors[0]
+        flow = sum(module(torch.ones(1, width, dtype=reference.dtype, device=reference.device)).sum()
+                   for module, width in modules)
+        grads = torch.autograd.grad(flow, tensors, allow_unused=True)
+        for (module, _), mode in zip(modules, was_training):
+            module.train(mode)
+        return {name: (p.detach() * g).abs() if g is not None else torch.zeros_like(p)
+                for (name, p), g in zip(params.items(), grads)}
