@@ -52,6 +52,15 @@ CLAIMS = [
     Claim("Large-Sparse r=256 matches or beats full fine-tuning", "large_sparse4", "finetune", "matches", paper="BERT"),
     Claim("the dense adapter comes close to full fine-tuning", "dense", "finetune", "matches", paper="BERT"),
 ]
+# Pruning-at-initialization checks (issue 24; not claims of the paper): does SNIP's choice of weights matter?
+CHECKS = [
+    Claim("SNIP's choice beats its own mask shuffled within each matrix (s=0.4)", "snip", "snip_shuffle"),
+    Claim("SNIP's scores carry information: its best beat its worst at the same per-matrix counts (s=0.4)", "snip", "snip_invert"),
+    Claim("iterative SNIP (10 rounds) rescues s=0.8", "snip_s80_iter10", "snip_s80"),
+    Claim("per-matrix budgets (scope=layer) beat one global ranking at s=0.8", "snip_s80_layer", "snip_s80"),
+    Claim("SNIP beats data-free SynFlow (s=0.4)", "snip", "synflow"),
+    Claim("2:4 SNIP matches unstructured SNIP at s=0.5", "snip_nm24", "snip_s50", "matches"),
+]
 
 
 def paper_difference(claim: Claim) -> str:
@@ -141,7 +150,7 @@ def paired_table(runs: list[dict]) -> str | None:
     tasks = [(t, name) for t, name in TASKS if t in present]
     glue = [t for t, _ in tasks if t in GLUE]
     lines = []
-    for claim in CLAIMS:
+    for claim in CLAIMS + CHECKS:
         per_task = differences(runs, claim)
         if not per_task:
             continue

@@ -1,6 +1,7 @@
 """Paired differences per claim: same task and seed, row minus reference, checked by hand."""
 
 import pytest
+from omegaconf import OmegaConf
 
 from sparse_adapter.paired import (
     CLAIMS, average_over_tasks, differences, early_score, interval, paired_table, paper_difference, verdict,
@@ -144,3 +145,28 @@ def test_the_papers_differences_are_its_tables_averages():
         ("dense", "finetune", "final"): "−0.9 (BERT)",
     }
     assert {(c.row, c.reference, c.measure): paper_difference(c) for c in CLAIMS} == expected
+
+
+def test_every_pai_check_has_its_rows_in_the_pai_grid_or_the_claims_grid():
+    """Issue 24's checks pair a row of experiment=claims_pai (every seed and task) with a reference
+    that the PaI grid or the claims grid trains at 3 seeds, at the same budget."""
+    import re
+
+    from sparse_adapter.paired import CHECKS
+    from tests.conftest import ROOT
+
+    script = (ROOT / "scripts" / "reproduce_claims.sh").read_text()
+    pai_rows = set(re.search(r"PAI_ROWS:-([^}]*)\}", script).group(1).split())
+    three_seed_references = {"dense", "snip", "snip_s80"}
+    for check in CHECKS:
+        assert {check.row, check.reference} & pai_rows, check.text
+        assert {check.row, check.reference} <= pai_rows | three_seed_references, check.text
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        pai = compose("train", overrides=["experiment=claims_pai", "row=snip_shuffle"], return_hydra_config=True)
+        grid = compose("train", overrides=["experiment=claims_convergence"], return_hydra_config=True)
+    for key in ("optimizer.lr", "data.group_by_length", "trainer.max_epochs", "backbone.config"):
+        assert OmegaConf.select(pai, key) == OmegaConf.select(grid, key), key
+    assert str(pai.hydra.sweeper.params.seed) == "42,43,44" and str(pai.hydra.sweeper.params.task) == "mrpc,stsb,cola"
+    assert pai.pruner.control == "shuffle" and pai.sparsity == 0.4
