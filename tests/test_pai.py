@@ -19,14 +19,7 @@ from sparse_adapter.pruning import pruner as pruner_module
 from sparse_adapter.runs import load_summaries, row_key
 from tests.cli_support import FAST, call_train, error_lines
 from tests.conftest import tiny_model
-
-
-@pytest.fixture(autouse=True)
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+from tests.test_scorers import float64  # noqa: F401 (autouse: every reference here is computed in float64)
 
 
 class Chain(AdapterLayer):
