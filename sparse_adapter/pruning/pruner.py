@@ -156,8 +156,8 @@ def prune(
     Pass ``model`` for second-order scorers (GraSP) on Hugging Face models: attention is switched
     to the eager kernel for their double-backward pass, since SDPA has none; SynFlow needs it for
     the adapter modules it feeds. With ``config.iterations`` > 1 each round re-scores only the
-    surviving weights (pruned ones are zeroed while it scores and can never come back) and keeps
-    exactly its round's count. ``config.control`` then acts on the final masks (``reinit`` also
+    surviving weights (pruned ones are zeroed while it scores and rank below every survivor, so under
+    the global scope they never come back) and keeps exactly its round's count. ``config.control`` then acts on the final masks (``reinit`` also
     rewrites the kept values of ``params`` in place).
     """
     config.validate(sparsity)
