@@ -1,0 +1,108 @@
+"""SparseAdapter inside the Hugging Face ``Trainer``: prune at the start of training, hold the masks after.
+
+    trainer = Trainer(model=peft_model, args=args, train_dataset=..., callbacks=[SparseAdapterCallback(sparsity=0.4)])
+
+What ``PruneAtInit`` + ``MaskEnforcement`` do in our Lightning app: the adapter tensors are scored on
+the first ``batches`` batches of the Trainer's own training dataloader (eval mode, the global RNG
+restored so the data order is the one a dense run sees), then ``hold_masks`` keeps pruned weights,
+gradients (before clipping; accumulation included) and optimizer state exactly zero. The masks are
+written into every Trainer checkpoint and read back when training resumes from one, so a resumed
+run never re-prunes trained weights. Under DDP rank 0 scores and broadcasts its masks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from sparse_adapter.errors import ConfigError
+from sparse_adapter.hold import MaskHold, hold_masks
+from sparse_adapter.peft import adapter_tensors, prune_parameters
+
+log = logging.getLogger(__name__)
+MASKS_FILE = "sparse_adapter_masks.safetensors"
+
+
+def save_masks(masks: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    from safetensors.torch import save_file
+
+    save_file({name: mask.detach().cpu().to(torch.uint8).contiguous() for name, mask in masks.items()}, str(path))
+
+
+def read_masks(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if not Path(path).is_file():
+        raise ConfigError(f"resume: {path} is missing; the checkpoint was not written with SparseAdapterCallback")
+    return {name: mask.to(torch.bool) for name, mask in load_file(str(path)).items()}
+
+
+def broadcast(masks):
+    """Rank 0's masks on every rank (a no-op on one process)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return masks
+    box = [masks]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class SparseAdapterCallback(TrainerCallback):
+    """Prune the model's adapter tensors at ``on_train_begin`` and hold the masks for the whole run.
+
+    ``pruner``: any scorer (snip, grasp, synflow, magnitude, random); ``options``: ``PrunerConfig``
+    settings (scope, iterations, control, n, m, min_density, temperature). ``include``/``exclude``:
+    regular expressions on parameter names. ``seed``: the tie-break and random-score seed (default:
+    ``args.seed``). After training, ``masks`` holds the masks and ``kept_fraction`` their density.
+    """
+
+    def __init__(self, sparsity: float = 0.4, pruner: str = "snip", batches: int = 10, seed: int | None = None,
+                 include: str | None = None, exclude: str | None = None, **options):
+        self.sparsity, self.pruner, self.batches, self.seed = sparsity, pruner, batches, seed
+        self.include, self.exclude, self.options = include, exclude, options
+        self.masks: dict[str, torch.Tensor] = {}
+        self.hold: MaskHold | None = None
+
+    @property
+    def kept_fraction(self) -> float:
+        total = sum(mask.numel() for mask in self.masks.values())
+        return sum(int(mask.sum()) for mask in self.masks.values()) / total if total else float("nan")
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kwargs):
+        params = adapter_tensors(model, self.include, self.exclude)
+        if state.global_step > 0:  # resumed from a checkpoint: its masks, never a new pruning of trained weights
+            self.masks = read_masks(Path(args.output_dir) / f"checkpoint-{state.global_step}" / MASKS_FILE)
+            log.info("SparseAdapterCallback: masks restored from checkpoint-%d", state.global_step)
+        else:
+            masks = None
+            if state.is_world_process_zero:
+                with torch.random.fork_rng(devices=[]):  # drawing batches must not move the training order
+                    batches = list(itertools.islice(iter(train_dataloader), self.batches))
+                masks = prune_parameters(model, params, self.sparsity, self.pruner, batches,
+                                         seed=args.seed if self.seed is None else self.seed, **self.options)
+            self.masks = broadcast(masks)
+        if self.hold is not None:
+            self.hold.remove()
+        self.hold = hold_masks(optimizer, params, self.masks)
+        state.log_history.append({"sparse_adapter/kept_fraction": self.kept_fraction, "step": state.global_step})
+        log.info("SparseAdapterCallback: %s kept %d of %d adapter weights (%.4f)", self.pruner, self.hold.kept(),
+                 self.hold.total(), self.kept_fraction)
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and self.masks:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                save_masks(self.masks, folder / MASKS_FILE)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is not None and self.masks:
+            logs["sparse_adapter/kept_fraction"] = self.kept_fraction
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.hold is not None:
+            self.hold.remove()
+            self.hold = None

@@ -1,0 +1,236 @@
+"""SparseAdapter for PEFT models: which tensors are adapter weights, pruning them with our scorers,
+sparse adapter folders, and SHiRA masks chosen by SNIP/GraSP/magnitude instead of at random.
+
+    from sparse_adapter.peft import prune_peft_model
+    from sparse_adapter.hold import hold_masks
+    masks = prune_peft_model(model, sparsity=0.4, pruner="snip", batches=batches)
+    hold = hold_masks(optimizer, dict(model.named_parameters()), masks)
+
+The loss is the model's own (``model(**batch).loss``), so batches carry their labels. Every
+PEFT tuner layer lists its tensors in ``adapter_layer_names`` (LoRA's A/B and DoRA's magnitude,
+IA³'s vectors, LoHa/LoKr factors, ...); prompt-learning methods train ``prompt_encoder``. Heads in
+``modules_to_save`` are trained but are not adapter weights, so they are never pruned.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sparse_adapter.adapter_file import decode, encode
+from sparse_adapter.adapters.base import AdapterLayer
+from sparse_adapter.backbones import second_order_attention
+from sparse_adapter.errors import ConfigError
+from sparse_adapter.pruning import PrunerConfig, prune
+from sparse_adapter.pruning.allocation import top_k_mask
+from sparse_adapter.pruning.scorers import SCORERS
+
+SPARSE_FILE = "sparse_adapter_model.safetensors"
+FORMAT = "sparse-peft/1"
+
+
+def _tuner_layer_class():
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:  # peft is optional: our own adapters need none of it
+        return None
+    return BaseTunerLayer
+
+
+def adapter_tensors(model: nn.Module, include: str | None = None, exclude: str | None = None) -> dict[str, nn.Parameter]:
+    """The trainable adapter tensors of a PEFT model (any tuner) or of our own adapters, by parameter name.
+
+    ``include``/``exclude``: regular expressions searched in the names (e.g. ``include="lora_B"``,
+    ``exclude="magnitude"``). Biases and task heads are not adapter weights.
+    """
+    owners: set[int] = set()
+    tuner_layer = _tuner_layer_class()
+    for module in model.modules():
+        if tuner_layer is not None and isinstance(module, tuner_layer):
+            for attribute in module.adapter_layer_names:
+                container = getattr(module, attribute, None)
+                if isinstance(container, nn.Module):
+                    owners.update(id(p) for p in container.parameters())
+        elif isinstance(module, AdapterLayer):
+            owners.update(id(p) for name, p in module.adapter_parameters() if not name.endswith("bias"))
+    prompt_encoder = getattr(model, "prompt_encoder", None)
+    if isinstance(prompt_encoder, nn.Module):
+        owners.update(id(p) for p in prompt_encoder.parameters())
+    selected = {
+        name: p for name, p in model.named_parameters()
+        if p.requires_grad and id(p) in owners
+        and (include is None or re.search(include, name)) and (exclude is None or not re.search(exclude, name))
+    }
+    if not selected:
+        trainable = [n for n, p in model.named_parameters() if p.requires_grad][:3]
+        if include is not None or exclude is not None:
+            raise ConfigError(f"include={include!r}, exclude={exclude!r} select no trainable adapter tensor (trainable: {', '.join(trainable) or 'none'})")
+        raise ConfigError(f"the model has no trainable adapter tensors to prune (trainable: {', '.join(trainable) or 'none'}); wrap it with peft.get_peft_model first")
+    return selected
+
+
+def model_loss(model: nn.Module):
+    """``loss_fn(batch, temperature)`` for our scorers from the model's own loss. GraSP's temperature
+    divides classification logits (2-D); any other head keeps the model's loss (temperature 1)."""
+
+    def loss_fn(batch: Mapping, temperature: float = 1.0) -> torch.Tensor:
+        output = model(**batch)
+        logits, labels = getattr(output, "logits", None), batch.get("labels")
+        if temperature != 1.0 and logits is not None and labels is not None and logits.dim() == 2 and logits.shape[-1] > 1:
+            return F.cross_entropy(logits.float() / temperature, labels)
+        if output.loss is None:
+            raise ConfigError("batches: the model returned no loss; the scoring batches need their labels")
+        return output.loss
+
+    return loss_fn
+
+
+def to_device(batch: Mapping, device: torch.device) -> dict:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def prune_parameters(model: nn.Module, params: dict[str, nn.Parameter], sparsity: float, pruner: str = "snip",
+                     batches: Sequence[Mapping] = (), seed: int = 0, loss_fn=None, **options) -> dict[str, torch.Tensor]:
+    """Score ``params`` in eval mode (dropout off) on ``batches`` and return exact-k masks; the model's
+    train/eval mode and the global RNG are as they were before."""
+    config = PrunerConfig(scorer=pruner, batches=max(len(batches), 1), **options)
+    config.validate(sparsity)
+    if config.needs_batches and not batches:
+        raise ConfigError(f"batches: pruner '{pruner}' scores on training batches; pass some (with labels)")
+    device = next(iter(params.values())).device
+    batches = [to_device(b, device) for b in batches]
+    config.check_model(model, params)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            return prune(params, sparsity, config, loss_fn=loss_fn or model_loss(model), batches=batches, seed=seed, model=model)
+    finally:
+        model.train(was_training)
+
+
+def prune_peft_model(model: nn.Module, sparsity: float = 0.4, pruner: str = "snip", batches: Sequence[Mapping] = (),
+                     include: str | None = None, exclude: str | None = None, seed: int = 0, **options) -> dict[str, torch.Tensor]:
+    """Masks (parameter name → bool, True = kept) over the model's adapter tensors keeping exactly
+    round((1 - sparsity) · N); ``options`` are ``PrunerConfig``'s (scope, iterations, control, ...).
+    The weights are not touched: hold the masks with ``hold_masks`` (or ``SparseAdapterCallback``)."""
+    params = adapter_tensors(model, include, exclude)
+    return prune_parameters(model, params, sparsity, pruner, batches, seed, **options)
+
+
+# ---- files -------------------------------------------------------------------------------------
+
+def save_sparse_peft(model: nn.Module, folder: str | os.PathLike, masks: Mapping[str, torch.Tensor]) -> Path:
+    """A PEFT folder whose pruned tensors hold kept values + mask (bits or indices): ``adapter_config.json``
+    as PEFT writes it, every trainable tensor (adapters and ``modules_to_save`` heads) in
+    ``sparse_adapter_model.safetensors``. Load it with ``load_sparse_peft``; the file shrinks with sparsity."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise ConfigError(f"{folder}: not empty; save into a new folder")
+    named = dict(model.named_parameters())
+    unknown = [n for n in masks if n not in named]
+    if unknown:
+        raise ConfigError(f"masks: '{unknown[0]}' is not a parameter of this model")
+    folder.mkdir(parents=True, exist_ok=True)
+    adapter = getattr(model, "active_adapter", "default")
+    model.peft_config[adapter].save_pretrained(str(folder))
+    tensors, shapes = {}, {}
+    for name, parameter in named.items():
+        if not parameter.requires_grad:
+            continue
+        encoded = encode(name, parameter.detach() * masks[name] if name in masks else parameter.detach(), masks.get(name))
+        if name not in encoded:
+            shapes[name] = list(parameter.shape)
+        tensors.update(encoded)
+    save_file(tensors, str(folder / SPARSE_FILE), metadata={"format": FORMAT, "adapter": adapter, "shapes": json.dumps(shapes)})
+    return folder
+
+
+def load_sparse_peft(base_model: nn.Module, folder: str | os.PathLike):
+    """(PEFT model, masks) from a ``save_sparse_peft`` folder: ``get_peft_model`` with its config, then
+    its tensors (pruned entries exact zeros); a tensor the model lacks, or of another shape, is an error."""
+    from peft import PeftConfig, get_peft_model
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    path = folder / SPARSE_FILE
+    if not path.is_file():
+        raise ConfigError(f"{folder}: no {SPARSE_FILE} (written by save_sparse_peft?)")
+    with safe_open(str(path), framework="pt") as handle:
+        raw = {key: handle.get_tensor(key) for key in handle.keys()}
+        metadata = handle.metadata() or {}
+    if metadata.get("format") != FORMAT:
+        raise ConfigError(f"{path}: not a sparse PEFT file (format {metadata.get('format')!r})")
+    tensors, masks = decode(raw, json.loads(metadata.get("shapes", "{}")))
+    model = get_peft_model(base_model, PeftConfig.from_pretrained(str(folder)), adapter_name=metadata.get("adapter", "default"))
+    named = dict(model.named_parameters())
+    for name, tensor in tensors.items():
+        if name not in named:
+            raise ConfigError(f"{path}: tensor '{name}' is not a parameter of the PEFT model (another base model?)")
+        if tuple(named[name].shape) != tuple(tensor.shape):
+            raise ConfigError(f"{path}: tensor '{name}' has shape {tuple(tensor.shape)}, the model {tuple(named[name].shape)}")
+        with torch.no_grad():
+            named[name].copy_(tensor)
+    return model, masks
+
+
+# ---- SHiRA -------------------------------------------------------------------------------------
+
+def shira_mask_fn(model: nn.Module, batches: Sequence[Mapping] = (), scorer: str = "snip", seed: int = 0,
+                  target_modules: Iterable[str] | None = None, loss_fn=None, temperature: float = 200.0):
+    """A SHiRA ``mask_fn`` that keeps, in every adapted weight, the r·(m+n) entries our ``scorer`` ranks
+    highest (SNIP |w·g|, GraSP w·Hg, magnitude |w|), instead of PEFT's random choice.
+
+    Scores are taken once, here, on the *base* model's Linear weights (those whose names end in one
+    of ``target_modules``, all Linears otherwise) with the model's own loss on ``batches``; then
+        config = ShiraConfig(r=..., target_modules=[...]); config.mask_fn = shira_mask_fn(model, batches)
+        model = get_peft_model(model, config)
+    """
+    if scorer not in SCORERS or scorer == "synflow":
+        raise ConfigError(f"scorer='{scorer}': a SHiRA mask is scored with one of snip, grasp, magnitude, random")
+    suffixes = tuple(target_modules) if target_modules else None
+    linears = {name: m for name, m in model.named_modules()
+               if isinstance(m, nn.Linear) and (suffixes is None or name.split(".")[-1] in suffixes)}
+    if not linears:
+        raise ConfigError(f"target_modules={list(suffixes or [])}: no Linear module of the model matches")
+    params = {f"{name}.weight": m.weight for name, m in linears.items()}
+    if SCORERS[scorer].needs_batches and not batches:
+        raise ConfigError(f"batches: scorer '{scorer}' scores on training batches; pass some (with labels)")
+    device = next(iter(params.values())).device
+    batches = [to_device(b, device) for b in batches]
+    flags = {name: p.requires_grad for name, p in params.items()}
+    was_training = model.training
+    model.eval()
+    try:
+        for p in params.values():
+            p.requires_grad_(True)
+        with torch.random.fork_rng(devices=[]):
+            scores = SCORERS[scorer](params=params, loss_fn=loss_fn or model_loss(model), batches=batches,
+                                     generator=torch.Generator().manual_seed(seed), temperature=temperature,
+                                     double_backward=partial(second_order_attention, model), model=model)
+    finally:
+        for name, p in params.items():
+            p.requires_grad_(flags[name])
+        model.train(was_training)
+    by_weight = {id(linears[name[: -len(".weight")]].weight): score for name, score in scores.items()}
+    generator = torch.Generator().manual_seed(seed)
+
+    def mask_fn(base_layer: nn.Module, r: int, **_) -> torch.Tensor:
+        score = by_weight.get(id(base_layer.weight))
+        if score is None:
+            raise ConfigError("shira_mask_fn: this layer was not scored; pass the same target_modules as the ShiraConfig")
+        out_features, in_features = base_layer.weight.shape
+        budget = min(r * (out_features + in_features), base_layer.weight.numel())
+        return top_k_mask(score.detach().float(), budget, generator).to(dtype=base_layer.weight.dtype, device=base_layer.weight.device)
+
+    return mask_fn
