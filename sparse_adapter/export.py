@@ -1,11 +1,13 @@
-"""Export a trained LoRA adapter to PEFT's format, so ``peft.PeftModel.from_pretrained`` loads it.
+"""Export a trained LoRA or IA³ adapter to PEFT's format, so ``peft.PeftModel.from_pretrained`` loads it.
 
     python -m sparse_adapter.export <run dir or adapter.safetensors> --peft <out dir>
 
 Our LoRA is PEFT's: ``A`` is (r, in), ``B`` is (out, r), the update is ``(alpha / r) · B A x``
 with dropout on ``x``, so ``r``, ``lora_alpha`` and ``lora_dropout`` carry over one to one and the
 factors are copied as they are (pruned entries stay exact zeros). The task head goes into
-``modules_to_save``. Only the adapter file is read; PEFT itself is not needed to export.
+``modules_to_save``. IA³ vectors become PEFT's ``ia3_l`` (keys and values: their Linear's output;
+the FFN activation: the input of the Linear it feeds, a PEFT ``feedforward_module``). Only the
+adapter file is read; PEFT itself is not needed to export.
 """
 
 from __future__ import annotations
@@ -26,43 +28,101 @@ PEFT_TASK_TYPES = {"sequence-classification": "SEQ_CLS", "question-answering": "
 ADAPTER_FILE = "adapter.safetensors"
 
 
+def lora_state(tensors: dict, metadata: dict) -> tuple[dict, dict]:
+    """PEFT's LoRA: the factors copied as they are; target_modules = exactly the wrapped modules."""
+    config = metadata["adapter_config"]
+    state = {f"base_model.model.{name}.weight": t.contiguous() for name, t in tensors.items()}
+    wrapped = sorted({name.rsplit(".", 1)[0] for name in tensors if name.endswith(".lora_A")})
+    fields = {"peft_type": "LORA", "r": config["r"], "lora_alpha": config["alpha"], "lora_dropout": config["dropout"],
+              "target_modules": exact(wrapped), "bias": "none", "fan_in_fan_out": False, "use_rslora": False,
+              "init_lora_weights": True}
+    return state, fields
+
+
+def ia3_targets(name: str, model_type: str) -> tuple[str, bool]:
+    """(the module PEFT's IA³ scales for our vector ``name``, whether it is a feedforward one).
+
+    Keys and values: the output of the same Linear, as ours. The FFN activation: PEFT scales the
+    input of a feedforward Linear, which is our scaled activation when it feeds that Linear (BART's
+    fc2 directly; BERT's intermediate module through the block's output Linear).
+    """
+    path = name.removesuffix(".scale")
+    for layout in LAYOUTS[model_type].values():
+        head, marker, rest = path.partition(f"{layout.blocks}.")
+        if not marker or "." not in rest:
+            continue
+        index, relative = rest.split(".", 1)
+        block = f"{head}{layout.blocks}.{index}"
+        for target, scaled in layout.scaled.items():
+            if scaled == relative:
+                return (f"{block}.{layout.linears['output']}", True) if target == "ffn" else (path, False)
+        if relative in layout.scaled_input.values():
+            return path, True
+    raise ConfigError(f"export --peft: cannot place the IA³ vector {name} in a {model_type} model")
+
+
+def ia3_state(tensors: dict, metadata: dict) -> tuple[dict, dict]:
+    """PEFT's IA³: ``ia3_l`` is (out, 1) for a scaled output and (1, in) for a scaled feedforward input."""
+    model_type = metadata["backbone"]["model_type"]
+    state, targets, feedforward = {}, [], []
+    for name, tensor in tensors.items():
+        module, is_feedforward = ia3_targets(name, model_type)
+        state[f"base_model.model.{module}.ia3_l"] = (tensor.view(1, -1) if is_feedforward else tensor.view(-1, 1)).contiguous()
+        targets.append(module)
+        if is_feedforward:
+            feedforward.append(module)
+    fields = {"peft_type": "IA3", "target_modules": exact(targets), "feedforward_modules": exact(feedforward),
+              "fan_in_fan_out": False, "init_ia3_weights": True}
+    return state, fields
+
+
+def exact(names: list[str]) -> str:
+    """A PEFT target regex matching exactly these module names (PEFT full-matches a string pattern)."""
+    return "(" + "|".join(re.escape(name) for name in sorted(set(names))) + ")"
+
+
+# adapter name -> (which of a file's tensors are the adapter's, (those tensors, metadata) -> (PEFT state, adapter_config fields))
+EXPORTERS = {
+    "lora": (lambda name: ".lora_" in name, lora_state),
+    "ia3": (lambda name: name.endswith(".scale"), ia3_state),
+}
+# why a variant has no PEFT counterpart (said in the refusal)
+NOT_EXPORTABLE = {
+    "prefix": "PEFT 0.21 prefix tuning needs a model that takes past key values; with transformers 5 BERT and RoBERTa do"
+              " not (PEFT raises), so a prefix folder would not load",
+}
+
+
 def export_peft(source: str | Path, out_dir: str | Path) -> Path:
     """Write ``adapter_config.json`` and ``adapter_model.safetensors`` for PEFT into ``out_dir``."""
     source = Path(source)
     path = source / ADAPTER_FILE if source.is_dir() else source
     tensors, _, metadata = read_adapter(path)
-    if metadata.get("adapter") != "lora":
-        raise ConfigError(f"export --peft: '{path}' holds adapter={metadata.get('adapter')}; only LoRA maps to PEFT")
-    config, backbone, head = metadata["adapter_config"], metadata["backbone"], metadata.get("head") or {}
+    adapter = metadata.get("adapter")
+    if adapter not in EXPORTERS:
+        why = f" ({NOT_EXPORTABLE[adapter]})" if adapter in NOT_EXPORTABLE else ""
+        raise ConfigError(f"export --peft: '{path}' holds adapter={adapter}; only {' and '.join(EXPORTERS)} map to PEFT{why}")
+    backbone, head = metadata["backbone"], metadata.get("head") or {}
     if backbone["model_type"] not in LAYOUTS:
         raise ConfigError(f"export --peft: no layout for backbone '{backbone['model_type']}'")
-    # exactly the modules that hold LoRA factors (encoder-decoders: only the parts that got adapters)
-    wrapped = sorted({name.rsplit(".", 1)[0] for name in tensors if name.endswith(".lora_A")})
-    target_modules = "(" + "|".join(re.escape(name) for name in wrapped) + ")"
-    state, head_modules = {}, []
+    is_adapter, convert = EXPORTERS[adapter]
+    odd = [n for n in tensors if is_adapter(n) and adapter == "lora" and not n.endswith((".lora_A", ".lora_B"))]
+    if odd:
+        raise ConfigError(f"export --peft: unexpected LoRA tensor {odd[0]}")
+    state, fields = convert({n: t for n, t in tensors.items() if is_adapter(n)}, metadata)
+    head_modules = []
     for name, tensor in tensors.items():
-        if name.endswith((".lora_A", ".lora_B")):
-            state[f"base_model.model.{name}.weight"] = tensor.contiguous()
-        elif ".lora_" in name:
-            raise ConfigError(f"export --peft: unexpected LoRA tensor {name}")
-        else:
-            if "." not in name:
-                raise ConfigError(f"export --peft: tensor {name} is not inside a module")
-            head_modules.append(name.split(".", 1)[0])
-            state[f"base_model.model.{name}"] = tensor.contiguous()
+        if is_adapter(name):
+            continue
+        if "." not in name:
+            raise ConfigError(f"export --peft: tensor {name} is not inside a module")
+        head_modules.append(name.split(".", 1)[0])
+        state[f"base_model.model.{name}"] = tensor.contiguous()
     peft_config = {
-        "peft_type": "LORA",
+        **fields,
         "task_type": PEFT_TASK_TYPES.get(head.get("task_head")),
         "base_model_name_or_path": backbone.get("name") or None,
-        "r": config["r"],
-        "lora_alpha": config["alpha"],
-        "lora_dropout": config["dropout"],
-        "target_modules": target_modules,
         "modules_to_save": sorted(set(head_modules)),
-        "bias": "none",
-        "fan_in_fan_out": False,
-        "use_rslora": False,
-        "init_lora_weights": True,
         "inference_mode": True,
     }
     out = Path(out_dir)

@@ -42,7 +42,7 @@ def test_export_refuses_other_adapters(tmp_path):
     model, _ = tiny_model("bert")
     PfeifferConfig(bottleneck=4).attach(model)
     save_adapter(model, tmp_path / "adapter.safetensors")
-    with pytest.raises(ConfigError, match="only LoRA"):
+    with pytest.raises(ConfigError, match="only lora and ia3 map to PEFT"):
         export_peft(tmp_path, tmp_path / "peft")
 
 
@@ -61,3 +61,47 @@ def test_export_from_a_train_py_run_dir(tmp_path, glue_dir):
     theirs = peft.PeftModel.from_pretrained(base, str(tmp_path / "peft")).eval()
     batch = tokenizer(["the cat sat on the mat", "a dog"], ["it was happy", "ran"], padding=True, return_tensors="pt")
     torch.testing.assert_close(theirs(**batch).logits, ours(**batch).logits, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_type, targets", [("bert", ["key", "value", "ffn"]), ("roberta", ["value", "ffn"]), ("bart", ["key", "value", "ffn"])])
+def test_peft_loads_our_sparse_ia3_with_equal_logits(tmp_path, model_type, targets):
+    from sparse_adapter.adapters import IA3Config
+    from tests.conftest import tiny_backbone
+
+    if model_type == "bart":
+        from sparse_adapter.backbones import RandomBackbone
+
+        backbone = RandomBackbone(model_type="bart", config=dict(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                                  decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64))
+    else:
+        backbone = tiny_backbone(model_type)
+    model, tokenizer = backbone.build("sequence-classification", num_labels=2)
+    prunable = IA3Config(targets=targets).attach(model)
+    named = dict(model.named_parameters())
+    generator = torch.Generator().manual_seed(0)
+    masks = {n: torch.rand(named[n].shape, generator=generator) < 0.6 for n in prunable}
+    with torch.no_grad():
+        for name, mask in masks.items():  # "trained" vectors, some channels pruned to zero
+            named[name].copy_((1 + 0.5 * torch.randn(named[name].shape, generator=generator)) * mask)
+        for name, parameter in named.items():
+            if parameter.requires_grad and name not in masks:
+                parameter.normal_(0, 0.5, generator=generator)
+    model.eval()
+    save_adapter(model, tmp_path / "adapter.safetensors", masks=masks)
+    assert main([str(tmp_path), "--peft", str(tmp_path / "peft")]) == 0
+    torch.manual_seed(0)
+    base, _ = backbone.build("sequence-classification", num_labels=2)
+    loaded = peft.PeftModel.from_pretrained(base, str(tmp_path / "peft")).eval()
+    batch = tokenizer(["the cat sat on the mat", "a dog"], ["it was happy", "ran"], padding=True, return_tensors="pt")
+    batch.pop("token_type_ids", None) if model_type == "bart" else None
+    torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits, rtol=0, atol=1e-5)
+
+
+def test_prefix_export_is_refused_with_the_reason(tmp_path):
+    from sparse_adapter.adapters import PrefixConfig
+
+    model, _ = tiny_model("bert")
+    PrefixConfig(length=4).attach(model)
+    save_adapter(model, tmp_path / "adapter.safetensors")
+    with pytest.raises(ConfigError, match="past key values"):
+        export_peft(tmp_path, tmp_path / "peft")
