@@ -88,6 +88,7 @@ def training_budget(config: dict) -> dict:
         # QA and seq2seq windows; absent for GLUE, so GLUE budgets (and their grouping) are unchanged
         **{key: data[key] for key in ("doc_stride", "max_target_length") if key in data},
         **({"group_by_length": True} if data.get("group_by_length") else {}),  # recorded only when on: older runs group as before
+        **({"precision": trainer["precision"]} if trainer.get("precision", "32-true") not in ("32-true", "32", 32) else {}),  # ditto
     }
 
 

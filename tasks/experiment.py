@@ -23,6 +23,7 @@ from sparse_adapter.io import save_adapter, write_json_atomic
 from sparse_adapter.pruning import PrunerConfig, check_sparsity
 from sparse_adapter.runs import training_budget
 from tasks import rundir
+from tasks.precision import resolve_precision
 from tasks.resume import check_matches, read_checkpoint
 from tasks.validation import check_budget, max_positions, validate_config
 
@@ -107,12 +108,14 @@ def _run(cfg: DictConfig, output_dir: Path) -> float:
     pruner.validate(cfg.sparsity)
     sparsity = cfg.sparsity
     check_large_sparse(adapter, pruner, sparsity, cfg.get("large_sparse"))
+    precision = resolve_precision(cfg.trainer.get("precision", "32-true"), cfg.trainer.get("accelerator", "auto"))
     config_dict = OmegaConf.to_container(cfg, resolve=True)
+    config_dict["trainer"]["precision"] = precision  # what ran, in the logged config and the budget
     budget = training_budget(config_dict)
     log.info(
-        "run: %s on %s | adapter=%s %s | pruner=%s sparsity=%.4f | seed=%s | %s",
+        "run: %s on %s | adapter=%s %s | pruner=%s sparsity=%.4f | seed=%s | precision=%s | %s",
         task.name, cfg.backbone_name, cfg.adapter_name, _compact(vars(adapter)), _compact(pruner.settings()),
-        sparsity if pruner.enabled else 0.0, cfg.seed, _compact(budget),
+        sparsity if pruner.enabled else 0.0, cfg.seed, precision, _compact(budget),
     )
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -130,7 +133,7 @@ def _run(cfg: DictConfig, output_dir: Path) -> float:
     record = {
         "task": task.name, "backbone": cfg.backbone_name, "adapter": cfg.adapter_name, "adapter_config": dict(vars(adapter)),
         "pruner": pruner.scorer or "none", "scope": pruner.scope if pruner.enabled else None, "sparsity": sparsity,
-        "large_sparse": cfg.get("large_sparse"), "seed": cfg.seed, "pruner_settings": pruner.settings(),
+        "large_sparse": cfg.get("large_sparse"), "seed": cfg.seed, "pruner_settings": pruner.settings(), "precision": precision,
     }
     if recorded is not None:
         check_matches(cfg.ckpt_path, recorded, record)
@@ -155,7 +158,8 @@ def _run(cfg: DictConfig, output_dir: Path) -> float:
             logger.continue_log()  # continue what the interrupted process logged, not start afresh (tasks.loggers)
         logger.log_hyperparams(config_dict)
     checkpointing = any(isinstance(c, ModelCheckpoint) for c in callbacks)  # Lightning refuses one with it off
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, enable_checkpointing=checkpointing)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, enable_checkpointing=checkpointing,
+                          precision=precision)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k.removeprefix("val/"): float(v) for k, v in trainer.validate(module, datamodule=datamodule, verbose=False)[0].items()}
 
@@ -173,6 +177,7 @@ def _run(cfg: DictConfig, output_dir: Path) -> float:
         "large_sparse": cfg.get("large_sparse"),
         "seed": cfg.seed,
         "budget": budget,
+        "precision": precision,
         "resumed_from": str(cfg.ckpt_path) if cfg.get("ckpt_path") else None,
         "main_metric": task.main_metric,
         "metrics": metrics,

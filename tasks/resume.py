@@ -15,7 +15,8 @@ from callbacks.resume import KEY
 from sparse_adapter.errors import ConfigError
 
 # settings a checkpoint records, in the order a mismatch lists them
-RECORDED = ("task", "backbone", "adapter", "adapter_config", "pruner", "scope", "sparsity", "large_sparse", "seed", "pruner_settings")
+RECORDED = ("task", "backbone", "adapter", "adapter_config", "pruner", "scope", "sparsity", "large_sparse", "seed", "pruner_settings",
+            "precision")
 NESTED = {"adapter_config": "adapter", "pruner_settings": "pruner"}  # dict-valued records, compared (and named) key by key
 
 

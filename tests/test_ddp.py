@@ -12,7 +12,7 @@ from tests.cli_support import train_subprocess
 from tests.conftest import compose_config
 
 DDP = [
-    "backbone=tiny-bert", "task=rte", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=1",
+    "backbone=tiny-bert", "task=rte", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=1", "trainer.precision=32-true",
     "trainer.max_steps=3", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=csv",
     "data.max_train_samples=32", "data.max_eval_samples=16", "data.batch_size=4", "pruner.batches=2", "data.group_by_length=true",
 ]

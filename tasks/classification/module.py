@@ -20,7 +20,7 @@ class ClassificationModule(AdapterModule):
 
     def forward(self, batch) -> torch.Tensor:
         inputs = {k: v for k, v in batch.items() if k not in ("labels", "position")}
-        return self.model(**inputs).logits
+        return self.model(**inputs).logits.float()  # fp32 losses and metrics under bf16 autocast too
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         if self.task.is_regression:

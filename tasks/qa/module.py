@@ -24,7 +24,7 @@ class QAModule(AdapterModule):
 
     def forward(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         output = self.model(**{k: batch[k] for k in INPUTS if k in batch})
-        return output.start_logits, output.end_logits
+        return output.start_logits.float(), output.end_logits.float()  # fp32 spans under bf16 autocast too
 
     def scoring_loss(self, batch, temperature: float = 1.0) -> torch.Tensor:
         """Mean of the start and end cross-entropies (as BertForQuestionAnswering), logits / temperature."""
