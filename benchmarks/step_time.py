@@ -14,6 +14,11 @@ Ratios (the contract of issue 3; lower is better):
   prune_snip_over_step    PruneAtInit time (SNIP, default batches) / one sparse training step
   prune_grasp_over_step   the same for GraSP
   prune_*_over_rte10      PruneAtInit time / a 10-epoch RTE run (780 steps at this step time)
+  fp32_over_bf16_step     a dense Houlsby step in fp32 / the same step under bf16 autocast (fp32 master
+                          weights, as trainer.precision=bf16-mixed runs it); >1 means bf16 is faster
+  fp32_over_bf16_forward  the same for a backbone forward (no grad, eval)
+The attention kernel each precision takes (SDPA's flash/efficient/math path) is read off a profiled
+forward and reported as ``attention_kernels``.
 Each step is forward + backward + AdamW step (+ the mask calls MaskEnforcement makes). Variants
 run interleaved, one step each per round in a new order, for --steps rounds after --warmup; a step
 ratio is the median over rounds of that round's ratio (paired, so drift in machine load cancels),
@@ -45,7 +50,8 @@ from sparse_adapter.adapters import HoulsbyConfig, LoRAConfig  # noqa: E402
 from sparse_adapter.backbones import PretrainedBackbone  # noqa: E402
 from sparse_adapter.pruning import MaskSet, PrunerConfig, mask_gradients_, mask_parameters_and_state_, prune  # noqa: E402
 
-VARIANTS = ("forward", "forward_train", "dense_houlsby", "sparse_houlsby", "ours_lora", "peft_lora", "dense_houlsby_no_attn_dropout")
+VARIANTS = ("forward", "forward_train", "dense_houlsby", "sparse_houlsby", "ours_lora", "peft_lora", "dense_houlsby_no_attn_dropout",
+            "forward_bf16", "dense_houlsby_bf16")
 RTE_STEPS_10_EPOCHS = 10 * math.ceil(2490 / 32)
 PAIRS = {  # step ratio: (numerator, denominator) variants
     "sparse_over_dense": ("sparse_houlsby", "dense_houlsby"),
@@ -54,6 +60,8 @@ PAIRS = {  # step ratio: (numerator, denominator) variants
     "forward_train_over_forward": ("forward_train", "forward"),
     "houlsby_over_forward_train": ("dense_houlsby", "forward_train"),
     "houlsby_no_attn_dropout_over_forward": ("dense_houlsby_no_attn_dropout", "forward"),
+    "fp32_over_bf16_step": ("dense_houlsby", "dense_houlsby_bf16"),
+    "fp32_over_bf16_forward": ("forward", "forward_bf16"),
 }
 TARGETS = {"sparse_over_dense": 1.02, "ours_over_peft_lora": 1.00, "houlsby_over_forward": 2.1,
            "houlsby_no_attn_dropout_over_forward": 2.1, "prune_snip_over_rte10": 0.01, "prune_grasp_over_rte10": 0.01}
@@ -99,8 +107,9 @@ def loss_of(model, batch, temperature: float = 1.0):
 class Variant:
     """A model plus the work one training step does for it (a no-grad forward for forward*)."""
 
-    def __init__(self, name: str, model, masks: MaskSet | None = None):
+    def __init__(self, name: str, model, masks: MaskSet | None = None, autocast: str | None = None):
         self.name, self.model = name, model
+        self.autocast = autocast  # device type to run under bf16 autocast, or None for the model's own dtype
         trainable = [p for p in model.parameters() if p.requires_grad]
         forward_only = name.startswith("forward")
         self.optimizer = None if forward_only else torch.optim.AdamW(trainable, lr=1e-4, betas=(0.9, 0.98), weight_decay=0.1)
@@ -108,6 +117,12 @@ class Variant:
         self.pairs = [(named[n], m) for n, m in masks.items()] if masks is not None else []
 
     def step(self, batch) -> None:
+        if self.autocast is None:
+            return self._step(batch)
+        with torch.autocast(self.autocast, dtype=torch.bfloat16):
+            return self._step(batch)
+
+    def _step(self, batch) -> None:
         if self.optimizer is None:
             with torch.no_grad():
                 self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
@@ -120,6 +135,10 @@ class Variant:
 
 
 def build(name: str, args, scoring_batches) -> tuple[Variant, dict]:
+    if name.endswith("_bf16"):  # fp32 weights, bf16 autocast: what trainer.precision=bf16-mixed does
+        variant, extra = build(name.removesuffix("_bf16"), args, scoring_batches)
+        variant.name, variant.autocast = name, args.device.split(":")[0]
+        return variant, extra
     no_attention_dropout = name.endswith("_no_attn_dropout")
     model = minilm(args.dtype, args.device, **({"attention_probs_dropout_prob": 0.0} if no_attention_dropout else {}))
     name = name.removesuffix("_no_attn_dropout")
@@ -159,6 +178,22 @@ def build(name: str, args, scoring_batches) -> tuple[Variant, dict]:
     raise ValueError(name)
 
 
+def attention_kernels(variant: Variant, batch) -> list[str]:
+    """The attention ops one forward runs (e.g. aten::_scaled_dot_product_flash_attention_for_cpu, or the
+    math path's bmm/softmax when SDPA falls back), read off the profiler."""
+    from torch.profiler import profile
+
+    with profile() as trace, torch.no_grad():
+        if variant.autocast:
+            with torch.autocast(variant.autocast, dtype=torch.bfloat16):
+                variant.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        else:
+            variant.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    names = {event.key for event in trace.key_averages()}
+    return sorted(n for n in names if "scaled_dot_product" in n or "attention" in n.lower()) or sorted(
+        n for n in names if n in ("aten::bmm", "aten::_softmax", "aten::softmax"))
+
+
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -195,7 +230,7 @@ def peak_rss_mib() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--bf16", action="store_true", help="bf16 weights and activations (default on cuda)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 weights for every variant (default: fp32 weights)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--steps", type=int, default=12)
@@ -207,7 +242,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.dtype = torch.bfloat16 if (args.bf16 or args.device.startswith("cuda")) else torch.float32
+    args.dtype = torch.bfloat16 if args.bf16 else torch.float32  # the *_bf16 variants autocast over fp32 weights
     torch.manual_seed(0)
 
     scoring = synthetic_batches(args.prune_batches, args.batch_size, args.seq_len, args.device, seed=1)
@@ -265,6 +300,10 @@ def main() -> None:
     result = {"device": args.device, "dtype": str(args.dtype), "batch_size": args.batch_size, "seq_len": args.seq_len,
               "threads": torch.get_num_threads(), "steps": args.steps, "median_seconds": median, "peak_memory_mib": memory,
               "seconds_per_round": times, **extra, "ratios": ratios, "ratio_quartiles": spread}
+    kernels = {name: attention_kernels(variants[name], batches[0]) for name in ("forward", "forward_bf16") if name in variants}
+    for name, ops in kernels.items():
+        print(f"attention in {name}: {', '.join(ops)}")
+    result["attention_kernels"] = kernels
     print(json.dumps({"ratios": ratios}))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
