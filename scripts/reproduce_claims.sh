@@ -6,7 +6,8 @@
 #   bash scripts/reproduce_claims.sh mrpc_variants  # every adapter variant, dense vs SNIP-0.4, on MRPC (seed 42)
 #   bash scripts/reproduce_claims.sh variants  # Table 4 rows (seed 42) on all four tasks
 #   bash scripts/reproduce_claims.sh pai    # issue 24: PaI checks (SynFlow, shuffle/invert controls, iterative, layer, 2:4), 3 seeds
-#   bash scripts/reproduce_claims.sh all    # mrpc_variants, lr, reference, grid, variants, pai: what a fresh session restarts
+#   bash scripts/reproduce_claims.sh bf16   # issue 25: dense and SNIP-0.4 in bf16-mixed (MRPC, STS-B, 3 seeds) against the fp32 grid
+#   bash scripts/reproduce_claims.sh all    # mrpc_variants, lr, reference, grid, variants, pai, bf16: what a fresh session restarts
 #   bash scripts/reproduce_claims.sh clean  # drop the checkpoints of finished grid jobs
 # Budget, the same for every row: MiniLM, 5 epochs, batch 32 grouped by length, max length 128, attention
 # dropout 0 (the CPU cost of attention dropout is in RESULTS.md section 4), dev set evaluated every half
@@ -83,8 +84,13 @@ case "$stage" in
     done
     $py -m sparse_adapter.report "$out/grid" "$out/pai" --out "$out/pai-report"
     ;;
-  all) for step in mrpc_variants lr reference grid variants pai; do bash "$0" "$step" "$out"; done ;;
+  bf16)
+    lr_chosen || exit 0
+    $py train.py -m experiment=claims_bf16 "hydra.sweep.dir=$out/bf16"
+    $py benchmarks/compare_precision.py "$out/grid" "$out/bf16" | tee "$out/bf16/comparison.md"
+    ;;
+  all) for step in mrpc_variants lr reference grid variants pai bf16; do bash "$0" "$step" "$out"; done ;;
   clean)  # finished jobs need no checkpoint (they are never committed: .gitignore)
     for summary in $(find "$out" -name summary.json); do rm -rf "$(dirname "$summary")/checkpoints"; done ;;
-  *) echo "usage: $0 lr|reference|grid|mrpc_variants|variants|pai|all|clean [out]" >&2; exit 2 ;;
+  *) echo "usage: $0 lr|reference|grid|mrpc_variants|variants|pai|bf16|all|clean [out]" >&2; exit 2 ;;
 esac

@@ -88,3 +88,41 @@ def test_qa_and_summarisation_run_in_bf16_with_fp32_scores(task, extra, tmp_path
     assert s["precision"] == "bf16-mixed" and all(isinstance(v, float) for v in s["metrics"].values())
     fp32, bf16 = masks_of(tmp_path / "fp32"), masks_of(tmp_path / "bf16")
     assert all(torch.equal(fp32[n], bf16[n]) for n in fp32)
+
+
+def test_the_bf16_grid_is_the_claims_budget_in_bf16():
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from tests.conftest import ROOT
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        bf16 = compose("train", overrides=["experiment=claims_bf16"], return_hydra_config=True)
+        fp32 = compose("train", overrides=["experiment=claims_convergence"], return_hydra_config=True)
+    assert bf16.trainer.precision == "bf16-mixed" and fp32.trainer.precision == "32-true"
+    for key in ("optimizer.lr", "data.group_by_length", "trainer.max_epochs", "backbone.config", "data.batch_size"):
+        assert OmegaConf.select(bf16, key) == OmegaConf.select(fp32, key), key
+    assert str(bf16.hydra.sweeper.params.row) == "dense,snip" and str(bf16.hydra.sweeper.params.task) == "mrpc,stsb"
+
+
+def test_compare_precision_pairs_jobs_by_row_task_and_seed(tmp_path):
+    import importlib.util
+    import json
+
+    from tests.conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("compare_precision", ROOT / "benchmarks" / "compare_precision.py")
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    jobs, table = compare.jobs, compare.table
+
+    for folder, offset, seconds in (("fp32", 0.0, 400.0), ("bf16", 0.01, 250.0)):
+        for seed in (42, 43, 44):
+            run = tmp_path / folder / f"row=dense,seed={seed}"
+            run.mkdir(parents=True)
+            (run / "summary.json").write_text(json.dumps({
+                "status": "complete", "row": "dense", "task": "mrpc", "seed": seed, "adapter": "houlsby", "pruner": "none",
+                "sparsity": 0.0, "main_metric": "accuracy", "metrics": {"accuracy": 0.8 + offset + 0.001 * seed},
+                "wall_seconds": seconds}))
+    text = table(jobs(tmp_path / "fp32"), jobs(tmp_path / "bf16"))
+    assert text.count("| dense | mrpc |") == 3 and "+1.0" in text and "1.60" in text and "reproduced" in text
