@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig
 
+from callbacks.interrupt import Interrupted
 from sparse_adapter.errors import ConfigError, NumericalError
 from tasks import rundir
 from tasks.validation import validate_config
@@ -94,6 +95,11 @@ def run_checked(cfg: DictConfig, output_dir: Path) -> float:
     except FAILURES as error:
         report(error)
         raise SystemExit(EXIT_CODE) from None
+    except Interrupted as stopped:
+        print(stopped.message(output_dir.resolve() if stopped.checkpoint else None), file=sys.stderr)
+        if stopped.requeue is not None and stopped.checkpoint is not None:
+            stopped.requeue()  # submitit's handler: requeue this job (same overrides), then exit
+        raise SystemExit(stopped.exit_code) from None
 
 
 def _key(override: str) -> str:

@@ -24,6 +24,11 @@ def is_launching_process() -> bool:
     return all(int(os.environ.get(name, "0") or 0) == 0 for name in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
 
 
+def requeued() -> bool:
+    """True in a SLURM job that was requeued (preempted or timed out, then restarted): it resumes in place."""
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+
+
 def read_summary(directory: Path) -> dict | None:
     """The run's summary, or None; a corrupt summary is an error naming the file, never a traceback."""
     path = Path(directory) / SUMMARY
