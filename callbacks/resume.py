@@ -7,9 +7,8 @@ of what the run is, so that a resume with other settings is refused instead of m
 
 from __future__ import annotations
 
+import errno
 import logging
-import os
-import uuid
 from pathlib import Path
 
 import random
@@ -19,6 +18,9 @@ import warnings
 import lightning as L
 import numpy as np
 import torch
+
+from sparse_adapter.errors import StorageError
+from sparse_adapter.io import atomic_path
 
 log = logging.getLogger(__name__)
 KEY = "sparse_adapter"  # where RunState puts its part of the checkpoint
@@ -128,15 +130,20 @@ class LastCheckpoint(L.Callback):
         self.save(trainer)
 
     def save(self, trainer: L.Trainer) -> None:
+        """Every rank calls ``save_checkpoint`` (it gathers state); rank 0 writes, through ``atomic_path``:
+        a full or read-only disk is one ``StorageError`` and leaves no temporary file behind."""
         self._saved_at = trainer.global_step
-        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-        if trainer.is_global_zero:
+        if not trainer.is_global_zero:
+            trainer.save_checkpoint(self.path.with_name(f".{self.path.name}.rank.tmp"), weights_only=False)  # not written
+            return
+        try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(temporary, weights_only=False)  # the full training state; every rank calls it, rank 0 writes
-        if trainer.is_global_zero:
-            descriptor = os.open(temporary, os.O_RDONLY)
+        except OSError as error:
+            raise StorageError(f"cannot write {self.path.parent}: {error.strerror or error}") from error
+        with atomic_path(self.path) as temporary:
             try:
-                os.fsync(descriptor)
-            finally:
-                os.close(descriptor)
-            os.replace(temporary, self.path)
+                trainer.save_checkpoint(temporary, weights_only=False)  # the full training state
+            except RuntimeError as error:  # torch's zip writer reports a failed write (ENOSPC) as RuntimeError
+                if "write" not in str(error).lower():
+                    raise
+                raise OSError(errno.EIO, str(error).splitlines()[0]) from error

@@ -16,13 +16,13 @@ import yaml
 from omegaconf import DictConfig
 
 from callbacks.interrupt import Interrupted
-from sparse_adapter.errors import ConfigError, NumericalError
+from sparse_adapter.errors import ConfigError, NumericalError, StorageError
 from tasks import rundir
 from tasks.validation import validate_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EXIT_CODE = 2
-FAILURES = (ConfigError, NumericalError)
+FAILURES = (ConfigError, NumericalError, StorageError)
 RESUME = "resume="
 
 
@@ -154,7 +154,11 @@ def precheck(argv: list[str]) -> list[str]:
         if explicit_dir and not (cfg.get("skip_finished") and rundir.finished_summary(Path(explicit_dir))):
             # skip_finished resumes an interrupted job (tasks.experiment.run), so its checkpoint is no obstacle
             rundir.claim(Path(explicit_dir), resuming=bool(cfg.get("ckpt_path") or cfg.get("skip_finished")))
-    except ConfigError as error:
+        elif not explicit_dir:  # the timestamped default: probe where Hydra will create it, creating nothing
+            target = Path(str(cfg.hydra.run.dir)).absolute()
+            existing = next(p for p in (target, *target.parents) if p.exists())
+            rundir.check_writable(existing)
+    except (ConfigError, StorageError) as error:
         report(error)
         raise SystemExit(EXIT_CODE) from None
     return argv

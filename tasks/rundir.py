@@ -7,12 +7,14 @@ an interrupted run can be resumed in place, and no lock file is written or left 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
+import tempfile
 from pathlib import Path
 
-from sparse_adapter.errors import ConfigError
+from sparse_adapter.errors import ConfigError, StorageError
 
 SUMMARY = "summary.json"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
@@ -22,6 +24,27 @@ _held: dict[Path, int] = {}  # directories this process has claimed -> lock file
 def is_launching_process() -> bool:
     """False in ranks > 0 (started by Lightning's DDP launcher, or as SLURM tasks): they share rank 0's directory."""
     return all(int(os.environ.get(name, "0") or 0) == 0 for name in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
+
+
+def check_writable(directory: Path, setting: str = "hydra.run.dir") -> None:
+    """A run directory that cannot take files (read-only, no permission, a full disk) is one error before any
+    model loads, not a traceback after the last training step. A 64 KiB probe is written, synced and removed."""
+    directory = Path(directory)
+    probe = None
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=directory, prefix=".write-probe.", suffix=".tmp")
+        try:
+            os.write(handle, bytes(65536))
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+    except OSError as error:
+        why = "the disk is full" if error.errno == errno.ENOSPC else "check its permissions and free space"
+        raise StorageError(f"{setting}: cannot write in {directory} ({error.strerror or error}; {why}); choose another {setting}") from error
+    finally:
+        if probe is not None and os.path.exists(probe):
+            os.remove(probe)
 
 
 def requeued() -> bool:
@@ -57,7 +80,7 @@ def claim(directory: Path, resuming: bool) -> None:
     directory = Path(directory).resolve()
     if directory in _held:
         return
-    directory.mkdir(parents=True, exist_ok=True)
+    check_writable(directory)
     descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
