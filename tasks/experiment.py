@@ -79,6 +79,8 @@ def run(cfg: DictConfig, output_dir: Path) -> float:
     """
     validate_config(cfg)
     in_place = "skip_finished" if cfg.get("skip_finished") else "requeued" if rundir.requeued() else None
+    if in_place and rundir.is_launching_process():
+        rundir.set_aside_unreadable(output_dir)
     if in_place and (done := finished_summary(output_dir)):
         log.info("%s: %s already holds a complete summary", in_place, output_dir)
         return done["metrics"][done["main_metric"]]

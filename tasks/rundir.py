@@ -10,12 +10,14 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
 
 from sparse_adapter.errors import ConfigError, StorageError
 
+log = logging.getLogger(__name__)
 SUMMARY = "summary.json"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 _held: dict[Path, int] = {}  # directories this process has claimed -> lock file descriptor
@@ -64,6 +66,23 @@ def read_summary(directory: Path) -> dict | None:
     if not isinstance(summary, dict):
         raise ConfigError(f"{path}: not a run summary (a JSON object was expected)")
     return summary
+
+
+def set_aside_unreadable(directory: Path) -> Path | None:
+    """For skip_finished (and requeued jobs): an unreadable summary marks an unfinished job, not a fatal error.
+
+    The file is kept beside as ``summary.json.unreadable`` (nothing is destroyed), a warning names it, and
+    the job resumes from its checkpoint or runs again. Returns where it went (None: nothing to set aside).
+    """
+    try:
+        read_summary(directory)
+        return None
+    except ConfigError as error:
+        path = Path(directory) / SUMMARY
+        aside = path.with_name(f"{SUMMARY}.unreadable")
+        os.replace(path, aside)
+        log.warning("%s; treated as an unfinished job (the file is kept as %s): it runs again", error, aside.name)
+        return aside
 
 
 def finished_summary(directory: Path) -> dict | None:
