@@ -252,3 +252,13 @@ def run_requeued(run, argv) -> int:
         return 0
     except SystemExit as exit_:
         return exit_.code
+
+
+def test_skip_finished_treats_an_unreadable_summary_as_unfinished_and_resumes(killed_run, straight, tmp_path, glue_dir, caplog):
+    run = tmp_path / "job"
+    shutil.copytree(killed_run, run)
+    (run / "summary.json").write_text('{"status": "compl')  # cut while being copied, say
+    assert call_train(*RESUMABLE, f"data_dir={glue_dir}", f"hydra.run.dir={run}", "skip_finished=true") == 0
+    assert any("summary.json: not valid JSON" in r.getMessage() and "unfinished" in r.getMessage() for r in caplog.records)
+    assert (run / "summary.json.unreadable").read_text() == '{"status": "compl'  # kept, not destroyed
+    assert_same_run(run, straight)  # resumed from its checkpoint to the uninterrupted result
