@@ -7,7 +7,6 @@ of what the run is, so that a resume with other settings is refused instead of m
 
 from __future__ import annotations
 
-import errno
 import logging
 from pathlib import Path
 
@@ -141,9 +140,4 @@ class LastCheckpoint(L.Callback):
         except OSError as error:
             raise StorageError(f"cannot write {self.path.parent}: {error.strerror or error}") from error
         with atomic_path(self.path) as temporary:
-            try:
-                trainer.save_checkpoint(temporary, weights_only=False)  # the full training state
-            except RuntimeError as error:  # torch's zip writer reports a failed write (ENOSPC) as RuntimeError
-                if "write" not in str(error).lower():
-                    raise
-                raise OSError(errno.EIO, str(error).splitlines()[0]) from error
+            trainer.save_checkpoint(temporary, weights_only=False)  # the full training state

@@ -25,7 +25,7 @@ from sparse_adapter.adapters import ADAPTERS, adapter_name
 from sparse_adapter.adapters.base import adapter_parameter_names
 from sparse_adapter.errors import ConfigError, StorageError
 
-__all__ = ["atomic_path", "check_backbone", "load_adapter", "read_adapter", "save_adapter", "trained_state_dict", "write_json_atomic"]
+__all__ = ["atomic_path", "check_backbone", "disk_fault", "load_adapter", "read_adapter", "save_adapter", "trained_state_dict", "write_json_atomic"]
 
 
 def saved_parameter_names(model: nn.Module) -> list[str]:
@@ -141,9 +141,32 @@ def atomic_path(path: str | Path):
         os.replace(temporary, path)
     except OSError as error:
         raise StorageError(f"cannot write {path}: {error.strerror or error}{_hint(error)}") from error
+    except Exception as error:  # torch's zip writer and safetensors report a full disk in their own exceptions
+        cause = disk_fault(path.parent)
+        if cause is None:
+            raise
+        raise StorageError(f"cannot write {path}: {cause.strerror or cause}{_hint(cause)}") from error
     finally:
         if temporary is not None and os.path.exists(temporary):
             os.remove(temporary)
+
+
+def disk_fault(directory: Path) -> OSError | None:
+    """The OSError a 64 KiB probe write in ``directory`` raises now (a full or read-only disk), or None."""
+    probe = None
+    try:
+        handle, probe = tempfile.mkstemp(dir=directory, prefix=".probe.", suffix=".tmp")
+        try:
+            os.write(handle, bytes(65536))
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+    except OSError as error:
+        return error
+    finally:
+        if probe is not None and os.path.exists(probe):
+            os.remove(probe)
+    return None
 
 
 def _hint(error: OSError) -> str:

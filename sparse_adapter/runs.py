@@ -53,8 +53,14 @@ def training_budget(config: dict) -> dict:
 REQUIRED = ("task", "adapter", "pruner", "sparsity", "seed", "main_metric", "metrics", "trained_params_pct")  # what the tables read
 
 
+_warned: set[str] = set()
+
+
 def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
+    """One ``warning:`` line on stderr, once per message (plots read a run's log more than once)."""
+    if message not in _warned:
+        _warned.add(message)
+        print(f"warning: {message}", file=sys.stderr)
 
 
 def summary_problem(summary) -> str | None:

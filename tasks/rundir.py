@@ -12,10 +12,10 @@ import fcntl
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 from sparse_adapter.errors import ConfigError, StorageError
+from sparse_adapter.io import disk_fault
 
 log = logging.getLogger(__name__)
 SUMMARY = "summary.json"
@@ -32,21 +32,14 @@ def check_writable(directory: Path, setting: str = "hydra.run.dir") -> None:
     """A run directory that cannot take files (read-only, no permission, a full disk) is one error before any
     model loads, not a traceback after the last training step. A 64 KiB probe is written, synced and removed."""
     directory = Path(directory)
-    probe = None
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        handle, probe = tempfile.mkstemp(dir=directory, prefix=".write-probe.", suffix=".tmp")
-        try:
-            os.write(handle, bytes(65536))
-            os.fsync(handle)
-        finally:
-            os.close(handle)
-    except OSError as error:
+        error = disk_fault(directory)
+    except OSError as failed:
+        error = failed
+    if error is not None:
         why = "the disk is full" if error.errno == errno.ENOSPC else "check its permissions and free space"
         raise StorageError(f"{setting}: cannot write in {directory} ({error.strerror or error}; {why}); choose another {setting}") from error
-    finally:
-        if probe is not None and os.path.exists(probe):
-            os.remove(probe)
 
 
 def requeued() -> bool:
@@ -80,7 +73,10 @@ def set_aside_unreadable(directory: Path) -> Path | None:
     except ConfigError as error:
         path = Path(directory) / SUMMARY
         aside = path.with_name(f"{SUMMARY}.unreadable")
-        os.replace(path, aside)
+        try:
+            os.replace(path, aside)
+        except OSError as failed:
+            raise StorageError(f"{error}; it cannot be set aside ({failed.strerror or failed})") from failed
         log.warning("%s; treated as an unfinished job (the file is kept as %s): it runs again", error, aside.name)
         return aside
 
