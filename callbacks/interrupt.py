@@ -135,6 +135,8 @@ class SignalStop(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if batch_idx + 1 >= trainer.num_training_batches:
             return  # the epoch's end comes next: its checkpoint (after validation) is the one to resume from
+        if (batch_idx + 1) % trainer.accumulate_grad_batches:
+            return  # mid-accumulation: stop only right after an optimizer step
         self._save_if_signalled(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:

@@ -53,24 +53,25 @@ def sweep_points(overrides: list[str], compose) -> tuple[list[list[str]], set[st
 
 def check_points(overrides: list[str]) -> int:
     """ConfigError listing every invalid sweep point (nothing has run); returns the number of points."""
-    from tasks.cli import compose_checked, one_line
+    from tasks.cli import compose_checked, composing, one_line
     from tasks.rundir import check_writable
     from tasks.validation import validate_config
 
-    expanded = sweep_points(overrides, compose_checked)
-    if expanded is None:
-        return 0
-    points, varying = expanded
-    bad = []
-    for point in points:
-        try:
-            cfg = compose_checked(point)
-            validate_config(cfg)
-        except ConfigError as error:
-            bad.append(f"[{_label(point, varying)}] {one_line(str(error))}")
-    if bad:
-        raise ConfigError(f"{len(bad)} of {len(points)} sweep points are invalid, nothing was run: {'; '.join(bad)}")
-    target = Path(str(compose_checked(points[0]).hydra.sweep.dir)).absolute()
+    with composing():
+        expanded = sweep_points(overrides, compose_checked)
+        if expanded is None:
+            return 0
+        points, varying = expanded
+        bad = []
+        for point in points:
+            try:
+                cfg = compose_checked(point)
+                validate_config(cfg)
+            except ConfigError as error:
+                bad.append(f"[{_label(point, varying)}] {one_line(str(error))}")
+        if bad:
+            raise ConfigError(f"{len(bad)} of {len(points)} sweep points are invalid, nothing was run: {'; '.join(bad)}")
+        target = Path(str(compose_checked(points[0]).hydra.sweep.dir)).absolute()
     check_writable(next(p for p in (target, *target.parents) if p.exists()), setting="hydra.sweep.dir")
     return len(points)
 
