@@ -64,8 +64,8 @@ class WaitForSignalAtStep(L.Callback):
         self.step, self.marker = step, Path(marker)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step != self.step or self.marker.exists():
-            return
+        if trainer.global_step != self.step or self.marker.exists() or trainer.global_rank != 0:
+            return  # under DDP only rank 0 is signalled; the others learn of it when the ranks agree to stop
         from callbacks.interrupt import SignalStop
 
         stop = next(c for c in trainer.callbacks if isinstance(c, SignalStop))

@@ -167,8 +167,7 @@ SIGNAL_STEP = 9  # mid epoch 1, one step after the step-8 checkpoint: the signal
 
 
 def signal_at(root, glue_dir, signum, *, script="train.py", env=None):
-    """Start a real train.py process, send it ``signum`` once it reaches step SIGNAL_STEP; (result, run dir, stderr)."""
-    import signal as signals
+    """Start a real train.py process, send it ``signum`` once it reaches step SIGNAL_STEP; (exit code, run dir, stderr)."""
     import subprocess
     import sys
     import time
