@@ -12,6 +12,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -142,7 +143,8 @@ def atomic_path(path: str | Path):
     except OSError as error:
         raise StorageError(f"cannot write {path}: {error.strerror or error}{_hint(error)}") from error
     except Exception as error:  # torch's zip writer and safetensors report a full disk in their own exceptions
-        cause = disk_fault(path.parent)
+        code = re.search(r"os error (\d+)", str(error))  # safetensors (Rust) names the errno
+        cause = OSError(int(code.group(1)), os.strerror(int(code.group(1)))) if code else disk_fault(path.parent)
         if cause is None:
             raise
         raise StorageError(f"cannot write {path}: {cause.strerror or cause}{_hint(cause)}") from error

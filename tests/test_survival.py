@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from sparse_adapter import ConfigError, load_adapter, read_adapter, save_adapter
-from sparse_adapter.adapters import LoRAConfig
+from sparse_adapter.adapters import HoulsbyConfig, LoRAConfig
 from sparse_adapter.errors import StorageError
 from sparse_adapter.export import main as export_main
 from sparse_adapter.io import write_json_atomic
@@ -202,3 +202,22 @@ def test_a_sweep_job_that_fails_at_run_time_lets_the_others_finish_and_is_named(
     assert last.startswith("error: 1 sweep job(s) failed, the others finished: #0 (") and "sparsity=0.99999" in last
     [done] = tmp_path.glob("*/summary.json")
     assert json.loads(done.read_text())["sparsity"] == 0.4  # the good job ran after the bad one
+
+
+def test_an_adapter_file_on_a_full_disk_is_a_storage_error_and_no_partial_file(tmpfs):
+    full = tmpfs("64k")
+    model, _ = tiny_model("bert")
+    HoulsbyConfig(bottleneck=256).attach(model)  # a file of ~270 KB: more than the disk holds
+    with pytest.raises(StorageError, match="adapter.safetensors: No space left on device"):
+        save_adapter(model, full / "adapter.safetensors")
+    assert list(full.iterdir()) == []
+
+
+def test_a_sweep_revisiting_a_job_with_a_cut_summary_composes_it_as_unfinished(tmp_path):
+    """Hydra resolves hydra.output_subdir (``record_dir``) before the job runs: a cut summary must not raise there."""
+    from tasks.resolvers import record_dir
+
+    (tmp_path / "summary.json").write_text('{"status": "comp')
+    assert record_dir(str(tmp_path), True) == ".hydra"  # an unfinished job: its record is written, the job runs
+    (tmp_path / "summary.json").write_text('{"status": "complete"}')
+    assert record_dir(str(tmp_path), True) is None  # a finished one keeps its record as it ran
