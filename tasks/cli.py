@@ -203,7 +203,7 @@ def precheck(argv: list[str]) -> list[str]:
             rundir.set_aside_unreadable(Path(explicit_dir))
         if explicit_dir and not (cfg.get("skip_finished") and rundir.finished_summary(Path(explicit_dir))):
             # skip_finished resumes an interrupted job (tasks.experiment.run), so its checkpoint is no obstacle
-            rundir.claim(Path(explicit_dir), resuming=bool(cfg.get("ckpt_path") or cfg.get("skip_finished")))
+            rundir.claim(Path(explicit_dir), resuming=bool(cfg.get("ckpt_path") or cfg.get("skip_finished") or rundir.requeued()))
         elif not explicit_dir:  # the timestamped default: probe where Hydra will create it, creating nothing
             target = Path(str(cfg.hydra.run.dir)).absolute()
             existing = next(p for p in (target, *target.parents) if p.exists())
