@@ -8,8 +8,6 @@ of what the run is, so that a resume with other settings is refused instead of m
 from __future__ import annotations
 
 import logging
-import os
-import uuid
 from pathlib import Path
 
 import random
@@ -19,6 +17,9 @@ import warnings
 import lightning as L
 import numpy as np
 import torch
+
+from sparse_adapter.errors import StorageError
+from sparse_adapter.io import atomic_path
 
 log = logging.getLogger(__name__)
 KEY = "sparse_adapter"  # where RunState puts its part of the checkpoint
@@ -128,15 +129,15 @@ class LastCheckpoint(L.Callback):
         self.save(trainer)
 
     def save(self, trainer: L.Trainer) -> None:
+        """Every rank calls ``save_checkpoint`` (it gathers state); rank 0 writes, through ``atomic_path``:
+        a full or read-only disk is one ``StorageError`` and leaves no temporary file behind."""
         self._saved_at = trainer.global_step
-        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-        if trainer.is_global_zero:
+        if not trainer.is_global_zero:
+            trainer.save_checkpoint(self.path.with_name(f".{self.path.name}.rank.tmp"), weights_only=False)  # not written
+            return
+        try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(temporary, weights_only=False)  # the full training state; every rank calls it, rank 0 writes
-        if trainer.is_global_zero:
-            descriptor = os.open(temporary, os.O_RDONLY)
-            try:
-                os.fsync(descriptor)
-            finally:
-                os.close(descriptor)
-            os.replace(temporary, self.path)
+        except OSError as error:
+            raise StorageError(f"cannot write {self.path.parent}: {error.strerror or error}") from error
+        with atomic_path(self.path) as temporary:
+            trainer.save_checkpoint(temporary, weights_only=False)  # the full training state

@@ -9,7 +9,11 @@ Layout of a file (format ``sparse-adapter/2``):
   int16 or int32), whichever is smaller; the shape is in the metadata;
 - metadata (JSON strings): ``adapter`` (registry name), ``adapter_config``, ``backbone``
   (model_type, hidden_size, num_hidden_layers, name), ``head`` (task head and its config),
-  ``shapes`` of the sparse tensors, plus whatever the caller adds.
+  ``shapes`` of the sparse tensors, plus whatever the caller adds;
+- ``checksums`` (SHA-256 of every stored tensor and metadata field, as JSON) and ``checksum`` (SHA-256
+  of that JSON): ``read_adapter`` names the tensor or field that changed after writing, and refuses
+  non-finite tensors and sparse parts that do not fit their shape. Files from before the checksum load
+  with a warning.
 
 This module knows the format only (no adapter variant): AdapterFusion reads its sources with it,
 and ``sparse_adapter.io`` writes files and attaches what they describe.
@@ -17,7 +21,9 @@ and ``sparse_adapter.io`` writes files and attaches what they describe.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -28,6 +34,7 @@ from torch import nn
 
 from sparse_adapter.errors import ConfigError
 
+log = logging.getLogger(__name__)
 FORMAT = "sparse-adapter/2"
 _BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
 
@@ -64,23 +71,94 @@ def encode(name: str, tensor: torch.Tensor, mask: torch.Tensor | None) -> dict[s
     return {f"{name}::values": values, f"{name}::bits": pack_bits(mask)}
 
 
-def decode(tensors: Mapping[str, torch.Tensor], shapes: Mapping[str, list[int]]) -> tuple[dict, dict]:
-    """(dense tensors, masks of the sparse ones) from a file's raw tensors."""
+# ---- integrity: every tensor and metadata field hashed, so an edited file is refused, not loaded ----
+
+CHECKSUMS, CHECKSUM = "checksums", "checksum"  # per-entry SHA-256 (JSON) and the SHA-256 of that JSON
+JSON_FIELDS = ("adapter_config", "backbone", "head", "shapes", "pruner")
+
+
+def _digest(*parts: bytes) -> str:
+    hasher = hashlib.sha256()
+    for part in parts:
+        hasher.update(len(part).to_bytes(8, "little") + part)
+    return hasher.hexdigest()
+
+
+def tensor_digest(name: str, tensor: torch.Tensor) -> str:
+    raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    return _digest(name.encode(), str(tensor.dtype).encode(), json.dumps(list(tensor.shape)).encode(), raw)
+
+
+def entry_digests(raw: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> dict[str, str]:
+    """``tensor:<key>`` and ``field:<key>`` → SHA-256, over the stored bytes (raw tensors, metadata strings)."""
+    digests = {f"tensor:{key}": tensor_digest(key, tensor) for key, tensor in sorted(raw.items())}
+    digests.update({f"field:{key}": _digest(key.encode(), str(value).encode())
+                    for key, value in sorted(metadata.items()) if key not in (CHECKSUMS, CHECKSUM)})
+    return digests
+
+
+def seal(raw: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> dict[str, str]:
+    """The metadata with the file's checksums added (``save_adapter`` calls this last)."""
+    listing = json.dumps(entry_digests(raw, metadata), sort_keys=True)
+    return {**metadata, CHECKSUMS: listing, CHECKSUM: hashlib.sha256(listing.encode()).hexdigest()}
+
+
+def verify(path: Path, raw: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bool:
+    """ConfigError naming the edited tensor or field; False for a file written before checksums (not checked)."""
+    if CHECKSUM not in metadata and CHECKSUMS not in metadata:
+        return False
+    listing = metadata.get(CHECKSUMS, "")
+    if hashlib.sha256(listing.encode()).hexdigest() != metadata.get(CHECKSUM):
+        raise ConfigError(f"adapter file '{path}': metadata field '{CHECKSUMS}' does not match its checksum (the file was edited)")
+    saved = json.loads(listing)
+    now = entry_digests(raw, metadata)
+    for entry in sorted(set(saved) | set(now)):
+        if saved.get(entry) != now.get(entry):
+            kind, _, key = entry.partition(":")
+            what = "tensor" if kind == "tensor" else "metadata field"
+            change = "is missing" if entry not in now else "was added" if entry not in saved else "does not match its checksum"
+            raise ConfigError(f"adapter file '{path}': {what} '{key}' {change} (the file was changed after it was written)")
+    return True
+
+
+def _decode_error(path, name: str, problem: str) -> ConfigError:
+    return ConfigError(f"adapter file '{path}': tensor '{name}' {problem}")
+
+
+def decode(tensors: Mapping[str, torch.Tensor], shapes: Mapping[str, list[int]], path: str | Path = "?") -> tuple[dict, dict]:
+    """(dense tensors, masks of the sparse ones) from a file's raw tensors; ConfigError naming a tensor that does not fit."""
     dense, masks = {}, {}
     for key, tensor in tensors.items():
         if "::" not in key:
             dense[key] = tensor
+    if not isinstance(shapes, Mapping):
+        raise ConfigError(f"adapter file '{path}': metadata field 'shapes' is not a mapping of tensor names to shapes")
     for name, shape in shapes.items():
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise _decode_error(path, name, f"has an invalid shape {shape!r} in metadata field 'shapes'")
         numel = int(torch.Size(shape).numel())
+        if f"{name}::values" not in tensors:
+            raise _decode_error(path, name, "is listed in 'shapes' but its values are missing")
         values = tensors[f"{name}::values"]
         if f"{name}::bits" in tensors:
-            mask = unpack_bits(tensors[f"{name}::bits"], numel)
-        else:
-            positions = tensors[f"{name}::indices"].to(torch.int64)
+            bits = tensors[f"{name}::bits"]
+            if bits.dtype != torch.uint8 or bits.numel() != (numel + 7) // 8:
+                raise _decode_error(path, name, f"has a mask of {bits.numel()} bytes, its shape {shape} needs {(numel + 7) // 8}")
+            mask = unpack_bits(bits, numel)
+        elif f"{name}::indices" in tensors:
+            positions = tensors[f"{name}::indices"].to(torch.int64).reshape(-1)
             if tensors[f"{name}::indices"].dtype == torch.int16:
                 positions = positions + 32768
+            if positions.numel() and (positions.min() < 0 or positions.max() >= numel):
+                raise _decode_error(path, name, f"has kept positions outside its shape {shape}")
             mask = torch.zeros(numel, dtype=torch.bool)
             mask[positions] = True
+            if int(mask.sum()) != positions.numel():
+                raise _decode_error(path, name, "lists a kept position twice")
+        else:
+            raise _decode_error(path, name, "has values but neither a bit mask nor indices")
+        if values.dim() != 1 or values.numel() != int(mask.sum()):
+            raise _decode_error(path, name, f"has {values.numel()} kept values, its mask keeps {int(mask.sum())} (shape {shape})")
         full = torch.zeros(numel, dtype=values.dtype)
         full[mask] = values
         dense[name], masks[name] = full.view(shape), mask.view(shape)
@@ -121,10 +199,21 @@ def read_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, t
             metadata = dict(handle.metadata() or {})
     except Exception as error:  # noqa: BLE001 - any unreadable file is the user's input
         raise ConfigError(f"adapter file '{path}' is not a readable safetensors file: {error}") from error
-    for key in ("adapter_config", "backbone", "head", "shapes", "pruner"):
+    checked = verify(path, raw, metadata)
+    if not checked:
+        log.warning("adapter file '%s' carries no checksum (written before checksums were added): its contents are not verified", path)
+    for key in JSON_FIELDS:
         if key in metadata:
-            metadata[key] = json.loads(metadata[key])
-    tensors, masks = decode(raw, metadata.get("shapes", {}))
+            try:
+                metadata[key] = json.loads(metadata[key])
+            except ValueError as error:
+                raise ConfigError(f"adapter file '{path}': metadata field '{key}' is not valid JSON ({error})") from error
+    metadata.pop(CHECKSUMS, None)
+    tensors, masks = decode(raw, metadata.get("shapes", {}), path)
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ConfigError(f"adapter file '{path}': tensor '{name}' holds {bad} non-finite value(s) (NaN or Inf)")
     return tensors, masks, metadata
 
 

@@ -7,3 +7,7 @@ class ConfigError(ValueError):
 
 class NumericalError(RuntimeError):
     """Training or scoring produced NaN/Inf; the message names the step (or scorer) and the likely setting."""
+
+
+class StorageError(RuntimeError):
+    """A file could not be written (disk full, read-only, no permission); the message names the file."""

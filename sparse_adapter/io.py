@@ -8,8 +8,11 @@ tensors or shapes do not match the model.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,12 +21,12 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from sparse_adapter.adapter_file import FORMAT, backbone_identity, check_backbone, encode, head_identity, read_adapter
+from sparse_adapter.adapter_file import FORMAT, backbone_identity, check_backbone, encode, head_identity, read_adapter, seal
 from sparse_adapter.adapters import ADAPTERS, adapter_name
 from sparse_adapter.adapters.base import adapter_parameter_names
-from sparse_adapter.errors import ConfigError
+from sparse_adapter.errors import ConfigError, StorageError
 
-__all__ = ["check_backbone", "load_adapter", "read_adapter", "save_adapter", "trained_state_dict", "write_json_atomic"]
+__all__ = ["atomic_path", "check_backbone", "disk_fault", "load_adapter", "read_adapter", "save_adapter", "trained_state_dict", "write_json_atomic"]
 
 
 def saved_parameter_names(model: nn.Module) -> list[str]:
@@ -64,14 +67,8 @@ def save_adapter(model: nn.Module, path: str | Path, metadata: dict | None = Non
         info["adapter_config"] = json.dumps(vars(config))
     info.update(format=FORMAT, backbone=json.dumps(backbone_identity(model)), head=json.dumps(head_identity(model)),
                 shapes=json.dumps(shapes))
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
-        temporary = handle.name
-    try:
-        save_file(tensors, temporary, metadata=info)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    with atomic_path(path) as temporary:
+        save_file(tensors, str(temporary), metadata=seal(tensors, info))
 
 
 def load_adapter(model_or_backbone, path: str | Path) -> nn.Module:
@@ -123,18 +120,72 @@ def load_adapter(model_or_backbone, path: str | Path) -> nn.Module:
     return model
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | Path):
+    """Yield a unique temporary path beside ``path``; on success it is fsynced and renamed to ``path``.
+
+    On any failure (ENOSPC, a permission error, a kill signal's exception) the temporary file is removed,
+    so a full or read-only disk never leaves a partial file behind; an ``OSError`` becomes one
+    ``StorageError`` naming the file.
+    """
+    path = Path(path)
+    temporary = None
+    try:
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(handle)
+        yield Path(temporary)
+        descriptor = os.open(temporary, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        os.replace(temporary, path)
+    except OSError as error:
+        raise StorageError(f"cannot write {path}: {error.strerror or error}{_hint(error)}") from error
+    except Exception as error:  # torch's zip writer and safetensors report a full disk in their own exceptions
+        code = re.search(r"os error (\d+)", str(error))  # safetensors (Rust) names the errno
+        cause = OSError(int(code.group(1)), os.strerror(int(code.group(1)))) if code else disk_fault(path.parent)
+        if cause is None:
+            raise
+        raise StorageError(f"cannot write {path}: {cause.strerror or cause}{_hint(cause)}") from error
+    finally:
+        if temporary is not None and os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def disk_fault(directory: Path) -> OSError | None:
+    """The OSError a 64 KiB probe write in ``directory`` raises now (a full or read-only disk), or None."""
+    probe = None
+    try:
+        handle, probe = tempfile.mkstemp(dir=directory, prefix=".probe.", suffix=".tmp")
+        try:
+            os.write(handle, bytes(65536))
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+    except OSError as error:
+        return error
+    finally:
+        if probe is not None and os.path.exists(probe):
+            os.remove(probe)
+    return None
+
+
+def _hint(error: OSError) -> str:
+    if error.errno == errno.ENOSPC:
+        return " (the disk is full: free space, or choose another hydra.run.dir)"
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return " (not writable: check its permissions, or choose another hydra.run.dir)"
+    return ""
+
+
 def write_json_atomic(data: dict, path: str | Path) -> None:
     """Write JSON through a temporary file so a crash never leaves a half-written file.
 
     The temporary name is unique per call: two writers sharing one fixed ``.tmp`` name truncate
     each other's file and can publish corrupt JSON.
     """
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    text = json.dumps(data, indent=2, sort_keys=False, default=str) + "\n"
+    with atomic_path(path) as temporary:
+        with open(temporary, "w") as stream:
+            stream.write(text)

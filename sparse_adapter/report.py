@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     runs = load_summaries(args.folders)
     if not runs:
-        raise SystemExit(f"error: no complete summary.json under {', '.join(map(str, args.folders))}")
+        raise SystemExit(f"error: no complete summary.json under {', '.join(map(str, args.folders))} (any skipped run is named above)")
     text = report(runs)
     print(text)
     if args.out:

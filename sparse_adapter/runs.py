@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -92,14 +94,60 @@ def training_budget(config: dict) -> dict:
     }
 
 
+REQUIRED = ("task", "adapter", "pruner", "sparsity", "seed", "main_metric", "metrics", "trained_params_pct")  # what the tables read
+
+
+_warned: set[str] = set()
+
+
+def warn(message: str) -> None:
+    """One ``warning:`` line on stderr, once per message (plots read a run's log more than once)."""
+    if message not in _warned:
+        _warned.add(message)
+        print(f"warning: {message}", file=sys.stderr)
+
+
+def summary_problem(summary) -> str | None:
+    """Why a summary cannot go into a table (None: it can)."""
+    if not isinstance(summary, dict):
+        return "not a JSON object"
+    missing = [key for key in REQUIRED if key not in summary]
+    if missing:
+        return f"incomplete: no {', '.join(missing)}"
+    metrics, metric = summary["metrics"], summary["main_metric"]
+    if not isinstance(metrics, dict) or metric not in metrics:
+        return f"incomplete: no value for its main metric {metric!r}"
+    value = metrics[metric]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return f"main metric {metric}={value!r} is not a finite number"
+    if not isinstance(summary["sparsity"], (int, float)) or isinstance(summary["sparsity"], bool):
+        return f"sparsity={summary['sparsity']!r} is not a number"
+    baseline = summary.get("baseline")
+    if baseline is not None and not (isinstance(baseline, dict) and isinstance(baseline.get("metrics"), dict)
+                                     and isinstance(baseline["metrics"].get(metric), (int, float))):
+        return f"baseline has no number for {metric!r}"
+    return None
+
+
 def load_summaries(folders: list[Path]) -> list[dict]:
+    """Every complete, readable ``summary.json`` below ``folders``; any other is skipped with one warning naming it."""
     runs = []
     for folder in folders:
         for path in sorted(Path(folder).rglob("summary.json")):
-            summary = json.loads(path.read_text())
-            if summary.get("status") == "complete":
-                summary["_dir"] = str(path.parent)
-                runs.append(summary)
+            try:
+                summary = json.loads(path.read_bytes().decode("utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError) as error:
+                warn(f"{path}: skipped (not readable JSON: {str(error).splitlines()[0] if str(error) else type(error).__name__})")
+                continue
+            if isinstance(summary, dict) and summary.get("status") != "complete":
+                warn(f"{path}: skipped (status {summary.get('status')!r}, not 'complete')")
+                continue
+            problem = summary_problem(summary)
+            if problem:
+                warn(f"{path}: skipped ({problem})")
+                continue
+            summary["_dir"] = str(path.parent)
+            runs.append(summary)
     qualify_rows(runs)
     return runs
 
@@ -128,10 +176,14 @@ def learning_curve(run: dict) -> list[tuple[float, float]]:
     if not path.is_file():
         return []
     key = f"val/{run['main_metric']}"
-    total = max(1, run.get("global_steps", 1))
+    total = max(1, run.get("global_steps", 1) if isinstance(run.get("global_steps"), int) else 1)
     points: dict[float, float] = {}  # the validation after training repeats the last point
-    with path.open() as handle:
-        for record in csv.DictReader(handle):
-            if record.get(key):
-                points[min(int(record["step"]) + 1, total) / total] = 100.0 * float(record[key])
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            for record in csv.DictReader(handle):
+                if record.get(key) and math.isfinite(value := float(record[key])):
+                    points[min(int(record["step"]) + 1, total) / total] = 100.0 * value
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, csv.Error) as error:
+        warn(f"{path}: learning curve skipped (not a readable metrics log: {type(error).__name__}: {str(error)[:120]})")
+        return []
     return sorted(points.items())

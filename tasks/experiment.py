@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from callbacks import FiniteGuard, MaskEnforcement, PruneAtInit, RunState
+from callbacks.interrupt import SignalStop
 from sparse_adapter.adapters.base import merge_adapters
 from sparse_adapter.errors import ConfigError
 from sparse_adapter.io import save_adapter, write_json_atomic
@@ -79,24 +80,30 @@ def run(cfg: DictConfig, output_dir: Path) -> float:
     The directory is locked for the run (``tasks.rundir``): a second run there is refused, not mixed in.
     """
     validate_config(cfg)
-    if cfg.get("skip_finished") and (done := finished_summary(output_dir)):
-        log.info("skip_finished: %s already holds a complete summary", output_dir)
+    in_place = "skip_finished" if cfg.get("skip_finished") else "requeued" if rundir.requeued() else None
+    if in_place and rundir.is_launching_process():
+        rundir.set_aside_unreadable(output_dir)
+    if in_place and (done := finished_summary(output_dir)):
+        log.info("%s: %s already holds a complete summary", in_place, output_dir)
         return done["metrics"][done["main_metric"]]
-    if cfg.get("skip_finished") and not cfg.get("ckpt_path") and (output_dir / rundir.LAST_CHECKPOINT).is_file():
-        with open_dict(cfg):  # a sweep revisiting an interrupted job resumes it (callbacks=resumable left a checkpoint)
+    if in_place and not cfg.get("ckpt_path") and (output_dir / rundir.LAST_CHECKPOINT).is_file():
+        with open_dict(cfg):  # a sweep revisiting an interrupted job, or a requeued SLURM job, resumes it
             cfg.ckpt_path = str(output_dir / rundir.LAST_CHECKPOINT)
-        log.info("skip_finished: resuming the interrupted job from %s", cfg.ckpt_path)
+        log.info("%s: resuming the interrupted job from %s", in_place, cfg.ckpt_path)
     owner = rundir.is_launching_process()
     if owner:
         rundir.claim(output_dir, resuming=bool(cfg.get("ckpt_path")))
+    stop = SignalStop()  # SIGTERM/SIGINT from here on: a clean stop (callbacks/interrupt.py)
+    stop.install()
     try:
-        return _run(cfg, output_dir)
+        return _run(cfg, output_dir, stop)
     finally:
+        stop.restore()
         if owner:
             rundir.release(output_dir)
 
 
-def _run(cfg: DictConfig, output_dir: Path) -> float:
+def _run(cfg: DictConfig, output_dir: Path, stop: SignalStop) -> float:
     started = time.perf_counter()
     recorded = read_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else None
     task = instantiate(cfg.task, _convert_="object")
@@ -152,6 +159,7 @@ def _run(cfg: DictConfig, output_dir: Path) -> float:
     run_state = RunState(record, started)
     callbacks = [pruning, MaskEnforcement(), run_state, guard]
     callbacks += [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    callbacks.append(stop)  # last: a checkpoint callback's own save at the same step comes first
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     for logger in loggers:
         if cfg.get("ckpt_path") and hasattr(logger, "continue_log"):

@@ -32,10 +32,14 @@ def large_sparse_sparsity(k: int | None, default: float) -> float:
 
 def record_dir(output_dir: str, skip_finished: bool | None) -> str | None:
     """Where Hydra writes the job's config record: nowhere for a job skip_finished will skip."""
+    from sparse_adapter.errors import ConfigError
     from tasks.rundir import finished_summary  # rundir imports nothing from here
 
-    if skip_finished and finished_summary(Path(output_dir)):
-        return None
+    try:
+        if skip_finished and finished_summary(Path(output_dir)):
+            return None
+    except ConfigError:  # an unreadable summary: an unfinished job, set aside by the run itself (tasks.rundir)
+        pass
     return ".hydra"
 
 

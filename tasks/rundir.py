@@ -7,13 +7,17 @@ an interrupted run can be resumed in place, and no lock file is written or left 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
+import logging
 import os
 from pathlib import Path
 
-from sparse_adapter.errors import ConfigError
+from sparse_adapter.errors import ConfigError, StorageError
+from sparse_adapter.io import disk_fault
 
+log = logging.getLogger(__name__)
 SUMMARY = "summary.json"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 _held: dict[Path, int] = {}  # directories this process has claimed -> lock file descriptor
@@ -22,6 +26,25 @@ _held: dict[Path, int] = {}  # directories this process has claimed -> lock file
 def is_launching_process() -> bool:
     """False in ranks > 0 (started by Lightning's DDP launcher, or as SLURM tasks): they share rank 0's directory."""
     return all(int(os.environ.get(name, "0") or 0) == 0 for name in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
+
+
+def check_writable(directory: Path, setting: str = "hydra.run.dir") -> None:
+    """A run directory that cannot take files (read-only, no permission, a full disk) is one error before any
+    model loads, not a traceback after the last training step. A 64 KiB probe is written, synced and removed."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        error = disk_fault(directory)
+    except OSError as failed:
+        error = failed
+    if error is not None:
+        why = "the disk is full" if error.errno == errno.ENOSPC else "check its permissions and free space"
+        raise StorageError(f"{setting}: cannot write in {directory} ({error.strerror or error}; {why}); choose another {setting}") from error
+
+
+def requeued() -> bool:
+    """True in a SLURM job that was requeued (preempted or timed out, then restarted): it resumes in place."""
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
 
 
 def read_summary(directory: Path) -> dict | None:
@@ -38,6 +61,26 @@ def read_summary(directory: Path) -> dict | None:
     return summary
 
 
+def set_aside_unreadable(directory: Path) -> Path | None:
+    """For skip_finished (and requeued jobs): an unreadable summary marks an unfinished job, not a fatal error.
+
+    The file is kept beside as ``summary.json.unreadable`` (nothing is destroyed), a warning names it, and
+    the job resumes from its checkpoint or runs again. Returns where it went (None: nothing to set aside).
+    """
+    try:
+        read_summary(directory)
+        return None
+    except ConfigError as error:
+        path = Path(directory) / SUMMARY
+        aside = path.with_name(f"{SUMMARY}.unreadable")
+        try:
+            os.replace(path, aside)
+        except OSError as failed:
+            raise StorageError(f"{error}; it cannot be set aside ({failed.strerror or failed})") from failed
+        log.warning("%s; treated as an unfinished job (the file is kept as %s): it runs again", error, aside.name)
+        return aside
+
+
 def finished_summary(directory: Path) -> dict | None:
     summary = read_summary(directory)
     return summary if summary and summary.get("status") == "complete" else None
@@ -52,7 +95,7 @@ def claim(directory: Path, resuming: bool) -> None:
     directory = Path(directory).resolve()
     if directory in _held:
         return
-    directory.mkdir(parents=True, exist_ok=True)
+    check_writable(directory)
     descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)

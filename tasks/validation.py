@@ -229,6 +229,14 @@ RULES: dict[str, Rule] = {
     "trainer.limit_val_batches": optional(lambda v: None if v > 0 else "must be > 0: the run's summary reports its dev evaluation"),
 }
 
+# QA and summarisation windows (issue 26): a zero or negative value was accepted and every prediction came out empty
+RULES.update({
+    "task.max_answer_length": at_least(1),
+    "task.n_best_size": at_least(1),
+    "data.max_question_length": at_least(1),
+    "data.max_target_length": at_least(1),
+})
+
 # Strategies whose parameters are sharded: masks are full-shape buffers, so they cannot act on shards.
 SHARDED = ("fsdp", "deepspeed")
 

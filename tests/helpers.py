@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import lightning as L
@@ -50,3 +51,25 @@ class DumpRankState(L.Callback):
             "train_sampler": self.train_sampler,
         }
         torch.save(state, self.dirpath / f"rank{trainer.global_rank}.pt")
+
+
+class WaitForSignalAtStep(L.Callback):
+    """At optimizer step ``step`` touch ``marker`` and wait (up to a minute) until a signal has been received.
+
+    The test sends the signal from outside when the marker appears, so the run is interrupted at that
+    step, whatever the machine's speed. Waits once: a resumed run (same overrides) goes on.
+    """
+
+    def __init__(self, step: int, marker: str):
+        self.step, self.marker = step, Path(marker)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step != self.step or self.marker.exists() or trainer.global_rank != 0:
+            return  # under DDP only rank 0 is signalled; the others learn of it when the ranks agree to stop
+        from callbacks.interrupt import SignalStop
+
+        stop = next(c for c in trainer.callbacks if isinstance(c, SignalStop))
+        self.marker.touch()
+        deadline = time.monotonic() + 60
+        while stop.received is None and time.monotonic() < deadline:
+            time.sleep(0.02)

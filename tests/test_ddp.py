@@ -2,6 +2,11 @@
 and a run killed mid-epoch resumes to the uninterrupted run's weights."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import lightning as L
 import pytest
@@ -9,7 +14,7 @@ import torch
 from hydra.utils import instantiate
 
 from tests.cli_support import train_subprocess
-from tests.conftest import compose_config
+from tests.conftest import ROOT, compose_config
 
 DDP = [
     "backbone=tiny-bert", "task=rte", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=1", "trainer.precision=32-true",
@@ -102,13 +107,56 @@ RESUMABLE_DDP = [
 ]
 
 
-def test_two_ranks_killed_mid_epoch_resume_to_the_uninterrupted_weights(tmp_path, glue_dir):
-    def run(folder, *extra):
-        return train_subprocess(*RESUMABLE_DDP, f"data_dir={glue_dir}", f"hydra.run.dir={folder}", f"+callbacks.dump.dirpath={folder}",
-                                *extra, timeout=400)
+def ddp_run(glue_dir, folder, *extra):
+    return train_subprocess(*RESUMABLE_DDP, f"data_dir={glue_dir}", f"hydra.run.dir={folder}", f"+callbacks.dump.dirpath={folder}",
+                            *extra, timeout=400)
 
-    straight = tmp_path / "straight"
-    assert run(straight).returncode == 0
+
+@pytest.fixture(scope="module")
+def ddp_straight(tmp_path_factory, glue_dir):
+    """The resumable 2-process run, never interrupted."""
+    straight = tmp_path_factory.mktemp("ddp") / "straight"
+    assert ddp_run(glue_dir, straight).returncode == 0
+    return straight
+
+
+def assert_same_ddp_run(resumed, straight):
+    got, want = json.loads((resumed / "summary.json").read_text()), json.loads((straight / "summary.json").read_text())
+    assert got["global_steps"] == want["global_steps"] == 8 and got["resumed_from"]
+    for rank in (0, 1):
+        a, b = (torch.load(folder / f"rank{rank}.pt", weights_only=True) for folder in (resumed, straight))
+        for name in b["weights"]:
+            torch.testing.assert_close(a["weights"][name], b["weights"][name], atol=1e-6, rtol=0, msg=f"rank {rank}: {name}")
+        assert a["metrics"] == pytest.approx(b["metrics"], abs=1e-6)
+
+
+def test_two_ranks_stop_together_at_a_sigterm_to_rank_0_and_resume_to_the_uninterrupted_weights(tmp_path, glue_dir, ddp_straight):
+    """Only rank 0 is signalled: the ranks agree at the step boundary, save one checkpoint together, exit 143."""
+    run, marker = tmp_path / "signalled", tmp_path / "at-step"
+    wait = ["+callbacks.wait._target_=tests.helpers.WaitForSignalAtStep", "+callbacks.wait.step=3", f"+callbacks.wait.marker={marker}"]
+    argv = [*RESUMABLE_DDP, f"data_dir={glue_dir}", f"hydra.run.dir={run}", f"+callbacks.dump.dirpath={run}", *wait]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="offline", HYDRA_FULL_ERROR="0", OMP_NUM_THREADS="1")
+    process = subprocess.Popen([sys.executable, "train.py", *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), process.communicate()[1][-3000:]
+    process.send_signal(signal.SIGTERM)  # rank 0 only (the launching process)
+    _, stderr = process.communicate(timeout=200)
+    assert process.returncode == 143, stderr[-3000:]
+    assert f"interrupted at step 3 by SIGTERM; resume with: python train.py resume={run.resolve()}" in stderr
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+    assert not (run / "summary.json").exists()
+    resumed = train_subprocess(f"resume={run}", timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_ddp_run(run, ddp_straight)
+
+
+def test_two_ranks_killed_mid_epoch_resume_to_the_uninterrupted_weights(tmp_path, glue_dir, ddp_straight):
+    def run(folder, *extra):
+        return ddp_run(glue_dir, folder, *extra)
+
+    straight = ddp_straight
     killed = tmp_path / "killed"
     kill = ["+callbacks.kill._target_=tests.helpers.KillAtStep", "+callbacks.kill.step=3", f"+callbacks.kill.marker={tmp_path / 'killed.marker'}"]
     assert run(killed, *kill).returncode == -9  # at step 3: its last.ckpt is from step 2, half-way through epoch 0

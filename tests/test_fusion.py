@@ -37,7 +37,9 @@ def test_sources_are_frozen_and_only_fusion_and_head_train(tmp_path):
     a, *_ = saved_source(tmp_path, "a", HoulsbyConfig(bottleneck=8))
     b, *_ = saved_source(tmp_path, "b", PfeifferConfig(bottleneck=4))
     model, _ = tiny_model("bert")
-    prunable = FusionConfig(sources=[str(a), str(b)]).attach(model)
+    with pytest.raises(ConfigError, match="the sources adapt different slots"):  # never silently: issue 26
+        FusionConfig(sources=[str(a), str(b)]).attach(tiny_model("bert")[0])
+    prunable = FusionConfig(sources=[str(a), str(b)], shared_slots_only=True).attach(model)
     assert len(prunable) == 3 * LAYERS  # after the FFN only: the slot both sources share
     report = parameter_report(model, prunable, None)
     assert report["trained_params_body"] == LAYERS * 3 * (H * H + H)

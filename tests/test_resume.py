@@ -159,3 +159,105 @@ def test_a_sweep_revisiting_an_interrupted_job_resumes_it(killed_run, tmp_path, 
     assert call_train(*RESUMABLE, f"data_dir={glue_dir}", f"hydra.run.dir={run}", "skip_finished=true") == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["resumed_from"].endswith("last.ckpt") and summary["global_steps"] == 18
+
+
+# ---- SIGTERM / SIGINT / SLURM preemption: a checkpoint at the signal, one line, exit 128 + signal ----------------
+
+SIGNAL_STEP = 9  # mid epoch 1, one step after the step-8 checkpoint: the signal's own checkpoint is the newer one
+
+
+def signal_at(root, glue_dir, signum, *, script="train.py", env=None):
+    """Start a real train.py process, send it ``signum`` once it reaches step SIGNAL_STEP; (exit code, run dir, stderr)."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    run, marker = root / "run", root / "at-step"
+    wait = ["+callbacks.wait._target_=tests.helpers.WaitForSignalAtStep", f"+callbacks.wait.step={SIGNAL_STEP}", f"+callbacks.wait.marker={marker}"]
+    argv = [*RESUMABLE, f"data_dir={glue_dir}", *wait, f"hydra.run.dir={run}"]
+    environment = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="offline", HYDRA_FULL_ERROR="0", OMP_NUM_THREADS="1", **(env or {}))
+    process = subprocess.Popen([sys.executable, script, *argv], cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), process.communicate()[1][-3000:]
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert not (run / "summary.json").exists() and not (run / "adapter.safetensors").exists()  # no summary
+    assert not list((run / "checkpoints").glob("*.tmp"))
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == SIGNAL_STEP  # saved at the signal
+    return process.returncode, run, stderr
+
+
+@pytest.mark.parametrize("signame, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signalled_run_checkpoints_says_how_to_resume_and_exits_non_zero(signame, code, straight, tmp_path, glue_dir):
+    import signal as signals
+
+    returncode, run, stderr = signal_at(tmp_path, glue_dir, getattr(signals, signame))
+    assert returncode == code, stderr[-3000:]
+    assert "Traceback" not in stderr and not error_lines(stderr)
+    [line] = [line for line in stderr.splitlines() if line.startswith("interrupted")]
+    assert line == f"interrupted at step {SIGNAL_STEP} by {signame}; resume with: python train.py resume={run.resolve()}"
+    assert call_train(f"resume={run}") == 0  # the command the line gives (in-process: same entry point)
+    assert_same_run(run, straight)
+    assert logged(run) == logged(straight)
+
+
+def test_a_preempted_slurm_job_requeues_itself_and_the_requeued_job_resumes(straight, tmp_path, glue_dir, monkeypatch):
+    """submitit's protocol (what hydra/launcher=submitit_slurm uses): USR2 → our checkpoint → submitit's handler
+    dumps the resubmission and runs `scontrol requeue <job>`; the requeued job (SLURM_RESTART_COUNT=1, same
+    overrides, same directory) resumes from last.ckpt by itself."""
+    import signal as signals
+
+    pytest.importorskip("submitit")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "scontrol.calls"
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    slurm = {"SLURM_JOB_ID": "4242", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NTASKS": "1",
+             "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "node1", "SLURM_JOB_NAME": "train",
+             "SUBMITIT_FOLDER": str(tmp_path / "submitit"), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    returncode, run, stderr = signal_at(tmp_path, glue_dir, signals.SIGUSR2, script="tests/slurm_job.py", env=slurm)
+    assert calls.read_text().split() == ["requeue", "4242"], stderr[-3000:]
+    assert (tmp_path / "submitit" / "4242_submitted.pkl").is_file()  # the resubmission submitit requeues
+    assert returncode == 255  # submitit's own exit after a requeue (sys.exit(-1))
+    assert f"interrupted at step {SIGNAL_STEP} by SIGUSR2" in stderr
+
+    for name, value in slurm.items():
+        if name.startswith("SLURM"):
+            monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # what SLURM sets in a requeued job
+    wait = ["+callbacks.wait._target_=tests.helpers.WaitForSignalAtStep", f"+callbacks.wait.step={SIGNAL_STEP}", f"+callbacks.wait.marker={tmp_path / 'at-step'}"]
+    assert run_requeued(run, [*RESUMABLE, f"data_dir={glue_dir}", *wait]) == 0
+    assert_same_run(run, straight)
+
+
+def run_requeued(run, argv) -> int:
+    """The requeued job: the same overrides in the same directory, entering as a sweep job does (no precheck)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from tasks.cli import compose_checked, run_checked
+
+    cfg = compose_checked([*argv, f"hydra.run.dir={run}"])
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        run_checked(cfg, run)
+        return 0
+    except SystemExit as exit_:
+        return exit_.code
+
+
+def test_skip_finished_treats_an_unreadable_summary_as_unfinished_and_resumes(killed_run, straight, tmp_path, glue_dir, caplog):
+    run = tmp_path / "job"
+    shutil.copytree(killed_run, run)
+    (run / "summary.json").write_text('{"status": "compl')  # cut while being copied, say
+    assert call_train(*RESUMABLE, f"data_dir={glue_dir}", f"hydra.run.dir={run}", "skip_finished=true") == 0
+    assert any("summary.json: not valid JSON" in r.getMessage() and "unfinished" in r.getMessage() for r in caplog.records)
+    assert (run / "summary.json.unreadable").read_text() == '{"status": "compl'  # kept, not destroyed
+    assert_same_run(run, straight)  # resumed from its checkpoint to the uninterrupted result

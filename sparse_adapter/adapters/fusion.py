@@ -73,6 +73,7 @@ class FusedAdapters(nn.Module):
 class FusionConfig(AdapterConfig):
     sources: list[str] = field(default_factory=list)  # adapter files or run dirs from stage 1 (globs matching one)
     init_std: float = 0.02
+    shared_slots_only: bool = False  # sources adapting different slots: fuse only the slots all of them adapt
 
     def validate(self) -> None:
         if not self.sources:
@@ -110,6 +111,13 @@ class FusionConfig(AdapterConfig):
     def insert(self, model: nn.Module) -> list[str]:
         sources = self._read_sources(model)
         slots = [s for s in ("after_attention", "after_ffn") if all(s in config.sublayers for _, config, _ in sources)]
+        if not self.shared_slots_only and any(set(config.sublayers) != set(slots) for _, config, _ in sources):
+            listed = "; ".join(f"{Path(file).name if Path(file).name != 'adapter.safetensors' else Path(file).parent.name}: "
+                               f"{', '.join(config.sublayers)}" for file, config, _ in sources)
+            raise ConfigError(
+                f"adapter.sources: the sources adapt different slots ({listed}); fusing would silently drop the slots not "
+                f"shared by all; set adapter.shared_slots_only=true to fuse only {', '.join(slots) or 'the shared ones'}"
+            )
         if not slots:
             raise ConfigError("adapter.sources: the adapters share no slot to fuse at (mix of houlsby and pfeiffer?)")
         freeze_backbone(model)

@@ -45,12 +45,18 @@ class SquadTask(TaskFamily):
 def _squad_rows(payload) -> list:
     """Flatten SQuAD JSON to (id, question, context, answers) rows; shape errors are raised by the caller."""
     rows = []
-    for article in payload["data"]:
-        for paragraph in article.get("paragraphs", []) if isinstance(article, dict) else [None]:
+    for i, article in enumerate(payload["data"]):
+        paragraphs = article.get("paragraphs", []) if isinstance(article, dict) else [None]
+        if not isinstance(paragraphs, list):
+            raise ValueError(f"data[{i}].paragraphs is {type(paragraphs).__name__}, expected a list")
+        for j, paragraph in enumerate(paragraphs):
             if not isinstance(paragraph, dict):
                 rows.append(None)
                 continue
-            for qa in paragraph.get("qas", []):
+            questions = paragraph.get("qas", [])
+            if not isinstance(questions, list):  # a string would be read character by character, a number not at all
+                raise ValueError(f"data[{i}].paragraphs[{j}].qas is {type(questions).__name__}, expected a list")
+            for qa in questions:
                 rows.append((qa, paragraph.get("context")))
     return rows
 

@@ -86,6 +86,8 @@ def read_jsonl(path: Path, skipped: SkippedRows) -> list:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError:
                     skipped.skip("file", "malformed JSON")
+    except EOFError as error:  # gzip: the stream stops before its end marker
+        raise ConfigError(f"task.file: '{path}' is truncated ({error}); copy the file again") from error
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"task.file: cannot read '{path}': {error}") from error
     return rows
