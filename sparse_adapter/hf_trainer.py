@@ -22,6 +22,7 @@ from transformers import TrainerCallback
 
 from sparse_adapter.errors import ConfigError
 from sparse_adapter.hold import MaskHold, hold_masks
+from sparse_adapter.io import atomic_path
 from sparse_adapter.peft import adapter_tensors, prune_parameters
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,8 @@ MASKS_FILE = "sparse_adapter_masks.safetensors"
 def save_masks(masks: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
     from safetensors.torch import save_file
 
-    save_file({name: mask.detach().cpu().to(torch.uint8).contiguous() for name, mask in masks.items()}, str(path))
+    with atomic_path(path) as temporary:
+        save_file({name: mask.detach().cpu().to(torch.uint8).contiguous() for name, mask in masks.items()}, str(temporary))
 
 
 def read_masks(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -29,6 +29,7 @@ from sparse_adapter.adapter_file import decode, encode
 from sparse_adapter.adapters.base import AdapterLayer
 from sparse_adapter.backbones import second_order_attention
 from sparse_adapter.errors import ConfigError
+from sparse_adapter.io import atomic_path
 from sparse_adapter.pruning import PrunerConfig, prune
 from sparse_adapter.pruning.allocation import top_k_mask
 from sparse_adapter.pruning.scorers import SCORERS
@@ -152,7 +153,8 @@ def save_sparse_peft(model: nn.Module, folder: str | os.PathLike, masks: Mapping
         if name not in encoded:
             shapes[name] = list(parameter.shape)
         tensors.update(encoded)
-    save_file(tensors, str(folder / SPARSE_FILE), metadata={"format": FORMAT, "adapter": adapter, "shapes": json.dumps(shapes)})
+    with atomic_path(folder / SPARSE_FILE) as temporary:  # no half-written file on a full disk
+        save_file(tensors, str(temporary), metadata={"format": FORMAT, "adapter": adapter, "shapes": json.dumps(shapes)})
     return folder
 
 

@@ -217,7 +217,7 @@ def test_bad_combinations_are_config_errors(config, sparsity, message):
 def test_a_row_name_with_two_pruner_settings_becomes_two_rows(tmp_path):
     def summary(folder, **pruner):
         run = {"status": "complete", "task": "mrpc", "row": "snip", "adapter": "houlsby", "pruner": "snip", "scope": "global",
-               "sparsity": 0.4, "seed": 42, "metrics": {"accuracy": 0.8}, "main_metric": "accuracy"}
+               "sparsity": 0.4, "seed": 42, "metrics": {"accuracy": 0.8}, "main_metric": "accuracy", "trained_params_pct": 1.0}
         if pruner:
             run["pruner_settings"] = {"scorer": "snip", "scope": "global", "iterations": 1, "control": "none", "min_density": 0.0, **pruner}
         (tmp_path / folder).mkdir()

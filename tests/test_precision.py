@@ -123,6 +123,6 @@ def test_compare_precision_pairs_jobs_by_row_task_and_seed(tmp_path):
             (run / "summary.json").write_text(json.dumps({
                 "status": "complete", "row": "dense", "task": "mrpc", "seed": seed, "adapter": "houlsby", "pruner": "none",
                 "sparsity": 0.0, "main_metric": "accuracy", "metrics": {"accuracy": 0.8 + offset + 0.001 * seed},
-                "wall_seconds": seconds}))
+                "wall_seconds": seconds, "trained_params_pct": 1.0}))
     text = table(jobs(tmp_path / "fp32"), jobs(tmp_path / "bf16"))
     assert text.count("| dense | mrpc |") == 3 and "+1.0" in text and "1.60" in text and "reproduced" in text
