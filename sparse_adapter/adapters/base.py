@@ -85,6 +85,15 @@ class AdapterLayer(nn.Module):
         """Fold training-time reparametrisations away (no-op unless a variant has one)."""
 
 
+class WrapperLayer(AdapterLayer):
+    """An adapter that wraps one backbone projection (``wrapped[0]``) and stands in its place:
+    code that reads the projection's ``weight`` (T5's FFN checks ``wo.weight.dtype``) still finds it."""
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return getattr(self, self.wrapped[0]).weight
+
+
 def adapter_parameter_names(model: nn.Module) -> set[str]:
     """Names of all parameters that adapters added to ``model`` (trained or frozen)."""
     names = set()

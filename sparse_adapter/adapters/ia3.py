@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from sparse_adapter.adapters.base import AdapterConfig, AdapterLayer, freeze_backbone
+from sparse_adapter.adapters.base import AdapterConfig, WrapperLayer, freeze_backbone
 from sparse_adapter.adapters.layouts import has_layout, layouts_for, replace_submodule
 from sparse_adapter.adapters.targets import in_features, merged, out_features, resolve
 from sparse_adapter.errors import ConfigError
 
 
-class IA3Scale(AdapterLayer):
+class IA3Scale(WrapperLayer):
     """inner(x) ⊙ scale, with ``scale`` a learned vector over the output features (or over
     ``channels`` of them: the keys and values of GPT-2's fused ``c_attn``)."""
 
@@ -45,7 +45,7 @@ class IA3Scale(AdapterLayer):
         return output * torch.ones(self.width, dtype=self.scale.dtype, device=self.scale.device).index_copy(0, self.channels, self.scale)
 
 
-class IA3InputScale(AdapterLayer):
+class IA3InputScale(WrapperLayer):
     """inner(x ⊙ scale): scales a Linear's input features (the FFN activation feeding BART's fc2, Llama's down_proj)."""
 
     wrapped = ("inner",)

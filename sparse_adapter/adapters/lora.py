@@ -8,13 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparse_adapter.adapters.base import AdapterConfig, AdapterLayer, freeze_backbone, kaiming_uniform
+from sparse_adapter.adapters.base import AdapterConfig, WrapperLayer, freeze_backbone, kaiming_uniform
 from sparse_adapter.adapters.layouts import replace_submodule
 from sparse_adapter.adapters.targets import in_features, merged, out_features, resolve
 from sparse_adapter.errors import ConfigError
 
 
-class LoRALinear(AdapterLayer):
+class LoRALinear(WrapperLayer):
     """base(x) + scaling · B(A(dropout(x))); A is (r, in), B is (out, r) as in PEFT.
 
     ``base`` is an ``nn.Linear`` or a GPT-2 ``Conv1D`` (weight stored in×out: the factors are the

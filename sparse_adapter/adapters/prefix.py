@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
 from sparse_adapter.adapters.base import AdapterConfig, AdapterLayer, freeze_backbone
-from sparse_adapter.adapters.layouts import replace_submodule, require_slot, transformer_blocks
+from sparse_adapter.adapters.layouts import Slice, replace_submodule, require_slot, target_path, transformer_blocks
+from sparse_adapter.adapters.targets import in_features, out_features
 from sparse_adapter.errors import ConfigError
 
 
@@ -45,24 +46,23 @@ class PrefixAttention(AdapterLayer):
         super().__init__()
         self.attention = attention
         self.length = length
-        query, key, value = self.projections(attention)
-        hidden = query.in_features
-        reference = query.weight
+        hidden, key_width, value_width, reference = self.dimensions(attention)
+        self.prefix_widths = (key_width, value_width)
         factory = dict(dtype=reference.dtype, device=reference.device)
         if mlp_hidden > 0:
             self.embedding = nn.Parameter(torch.empty(length, hidden, **factory).normal_(0.0, init_std))
-            self.mlp = nn.Sequential(nn.Linear(hidden, mlp_hidden), nn.Tanh(), nn.Linear(mlp_hidden, 2 * key.out_features))
+            self.mlp = nn.Sequential(nn.Linear(hidden, mlp_hidden), nn.Tanh(), nn.Linear(mlp_hidden, key_width + value_width))
             self.mlp.to(**factory)
             for layer in (self.mlp[0], self.mlp[2]):
                 nn.init.normal_(layer.weight, 0.0, init_std)
                 nn.init.zeros_(layer.bias)
         else:
-            self.prefix_key = nn.Parameter(torch.empty(length, key.out_features, **factory).normal_(0.0, init_std))
-            self.prefix_value = nn.Parameter(torch.empty(length, value.out_features, **factory).normal_(0.0, init_std))
+            self.prefix_key = nn.Parameter(torch.empty(length, key_width, **factory).normal_(0.0, init_std))
+            self.prefix_value = nn.Parameter(torch.empty(length, value_width, **factory).normal_(0.0, init_std))
 
-    @staticmethod
-    def projections(attention: nn.Module) -> tuple[nn.Linear, nn.Linear, nn.Linear]:
-        return attention.query, attention.key, attention.value
+    def dimensions(self, attention: nn.Module) -> tuple[int, int, int, torch.Tensor]:
+        """(hidden size, key width, value width, a weight giving dtype and device)."""
+        return attention.query.in_features, attention.key.out_features, attention.value.out_features, attention.query.weight
 
     @property
     def reparametrised(self) -> bool:
@@ -70,7 +70,7 @@ class PrefixAttention(AdapterLayer):
 
     def prefixes(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.reparametrised:
-            return self.mlp(self.embedding).chunk(2, dim=-1)
+            return self.mlp(self.embedding).split([self.prefix_widths[0], self.prefix_widths[1]], dim=-1)
         return self.prefix_key, self.prefix_value
 
     @torch.no_grad()
@@ -116,9 +116,8 @@ class BartPrefixAttention(PrefixAttention):
     The cache keeps the sequence's keys and values only; the prefix is put in front on every call.
     """
 
-    @staticmethod
-    def projections(attention: nn.Module) -> tuple[nn.Linear, nn.Linear, nn.Linear]:
-        return attention.q_proj, attention.k_proj, attention.v_proj
+    def dimensions(self, attention: nn.Module) -> tuple[int, int, int, torch.Tensor]:
+        return attention.q_proj.in_features, attention.k_proj.out_features, attention.v_proj.out_features, attention.q_proj.weight
 
     def forward(self, hidden_states: torch.Tensor, key_value_states: torch.Tensor | None = None, cache=None,
                 attention_mask: torch.Tensor | None = None, **kwargs):
@@ -159,7 +158,76 @@ def causal_mask(length: int, keys: int, batch: int, device, additive_dtype=None)
     return torch.zeros(allowed.shape, dtype=additive_dtype, device=device).masked_fill(~allowed, torch.finfo(additive_dtype).min)
 
 
-PREFIX_WRAPPERS: dict[str, type[PrefixAttention]] = {"bert": PrefixAttention, "bart": BartPrefixAttention}
+INTERFACE = "sparse_adapter_prefix"  # the attention implementation a prefixed attention module sees
+
+
+class PrefixedConfig:
+    """A prefixed attention module's view of the model config: its attention implementation is
+    ``INTERFACE``; everything else, the model's real implementation included, is read live from the
+    model config (so ``set_attn_implementation``, e.g. GraSP's switch to eager, still applies)."""
+
+    def __init__(self, config):
+        self.__dict__["base"] = config
+
+    def __getattr__(self, name):
+        base = self.__dict__.get("base")
+        if base is None:
+            raise AttributeError(name)
+        return INTERFACE if name == "_attn_implementation" else getattr(base, name)
+
+    def __setattr__(self, name, value):
+        setattr(self.__dict__["base"], name, value)
+
+
+class InterfacePrefixAttention(PrefixAttention):
+    """Any attention that calls transformers' attention interface (Llama, Mistral, Qwen, GPT-2, T5):
+    the model's own forward runs unchanged (projections, q/k norms, RoPE, the cache update) and
+    the prefix joins at the interface call: after RoPE, so it is not rotated; after the cache, so
+    the cache keeps the sequence's keys only; shaped like the keys (GQA: the key/value heads);
+    visible to every query under the causal mask; with zero position bias (T5: the sequence's
+    relative bias is untouched)."""
+
+    def __init__(self, attention: nn.Module, length: int, mlp_hidden: int, init_std: float, key: Slice | str):
+        self._key = key
+        super().__init__(attention, length, mlp_hidden, init_std)
+        attention.config = PrefixedConfig(attention.config)
+        attention.__dict__["prefix_owner"] = self  # outside the module tree: no cycle
+
+    def dimensions(self, attention: nn.Module) -> tuple[int, int, int, torch.Tensor]:
+        module = attention.get_submodule(target_path(self._key))  # values are as wide as keys in these models
+        width = out_features(module) // (self._key.parts if isinstance(self._key, Slice) else 1)
+        return in_features(module), width, width, module.weight
+
+    def forward(self, *args, **kwargs):
+        return self.attention(*args, **kwargs)
+
+    def join(self, module: nn.Module, query, key, value, attention_mask, **kwargs):
+        """The interface call with the prefix in front of the keys and values."""
+        batch, queries, head_size = query.shape[0], query.shape[2], query.shape[-1]
+        implementation = module.config.base._attn_implementation
+        if attention_mask is None and getattr(module, "is_causal", False) and queries > 1:
+            attention_mask = causal_mask(queries, key.shape[2], batch, query.device, query.dtype if implementation == "eager" else None)
+        prefix_key, prefix_value = self.prefixes()
+        as_heads = lambda t: t.reshape(1, self.length, -1, head_size).transpose(1, 2).expand(batch, -1, -1, -1)  # noqa: E731
+        key = torch.cat([as_heads(prefix_key).to(key.dtype), key], dim=2)
+        value = torch.cat([as_heads(prefix_value).to(value.dtype), value], dim=2)
+        bias = kwargs.get("position_bias")
+        if bias is not None:  # T5: the prefix's keys carry no relative position bias
+            kwargs["position_bias"] = torch.cat([bias.new_zeros((*bias.shape[:-1], self.length)), bias], dim=-1)
+        eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+        interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager)
+        return interface(module, query, key, value, extend_mask(attention_mask, self.length), **kwargs)
+
+
+def _prefixed_attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
+    return module.__dict__["prefix_owner"].join(module, query, key, value, attention_mask, **kwargs)
+
+
+AttentionInterface.register(INTERFACE, _prefixed_attention)
+
+PREFIX_WRAPPERS: dict[str, type[PrefixAttention]] = {
+    "bert": PrefixAttention, "bart": BartPrefixAttention, "interface": InterfacePrefixAttention,
+}
 
 
 def insert_prefix(model: nn.Module, length: int, mlp_hidden: int, init_std: float, adapter: str = "prefix") -> list[str]:
@@ -171,7 +239,8 @@ def insert_prefix(model: nn.Module, length: int, mlp_hidden: int, init_std: floa
         if not path:
             continue
         wrapper = PREFIX_WRAPPERS[layout.attention_style]
-        replace_submodule(block, path, wrapper(block.get_submodule(path), length, mlp_hidden, init_std))
+        extra = (layout.prefix_key,) if layout.prefix_key else ()
+        replace_submodule(block, path, wrapper(block.get_submodule(path), length, mlp_hidden, init_std, *extra))
         name = f"{block_name}.{path}"
         if mlp_hidden > 0:
             prunable += [f"{name}.embedding", f"{name}.mlp.0.weight", f"{name}.mlp.2.weight"]

@@ -5,19 +5,32 @@ A new architecture is one family file (its ``PARTS``) and one line in ``LAYOUTS`
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import nn
 
 from sparse_adapter.adapters.layouts.bart import PARTS as BART
-from sparse_adapter.adapters.layouts.bert import PARTS as BERT_LIKE
 from sparse_adapter.adapters.layouts.base import Layout
+from sparse_adapter.adapters.layouts.bert import PARTS as BERT_LIKE
+from sparse_adapter.adapters.layouts.gpt2 import PARTS as GPT2
+from sparse_adapter.adapters.layouts.llama import PARTS as LLAMA_LIKE
+from sparse_adapter.adapters.layouts.t5 import parts as t5_parts
 from sparse_adapter.errors import ConfigError
 
-LAYOUTS: dict[str, dict[str, Layout]] = {
+# model type -> its parts' layouts, or a function of the model config giving them (T5: gated FFN or not)
+LAYOUTS: dict[str, dict[str, Layout] | Callable[[object], dict[str, Layout]]] = {
     "bert": BERT_LIKE,
     "roberta": BERT_LIKE,
     "xlm-roberta": BERT_LIKE,
     "electra": BERT_LIKE,
     "bart": BART,
+    "llama": LLAMA_LIKE,
+    "mistral": LLAMA_LIKE,
+    "qwen2": LLAMA_LIKE,
+    "qwen3": LLAMA_LIKE,
+    "gpt2": GPT2,
+    "t5": t5_parts,
+    "mt5": t5_parts,
 }
 
 
@@ -36,6 +49,7 @@ def layouts_for(model: nn.Module) -> dict[str, Layout]:
             "module names, e.g. adapter.targets=[q_proj,v_proj])"
         )
     parts = LAYOUTS[model_type]
+    parts = parts(config) if callable(parts) else parts
     chosen = getattr(config, "adapter_parts", None) or list(parts)
     unknown = [p for p in chosen if p not in parts]
     if unknown:
@@ -65,11 +79,11 @@ def transformer_blocks(model: nn.Module) -> list[tuple[str, nn.Module, Layout]]:
     layout of that part, so a variant attaches to its self-attention and cross-attention alike.
     """
     base = model.base_model
-    prefix = model.base_model_prefix
+    prefix = f"{model.base_model_prefix}." if base is not model else ""  # T5ForConditionalGeneration is its own base
     found = []
     for layout in layouts_for(model).values():
         blocks = base.get_submodule(layout.blocks)
-        found += [(f"{prefix}.{layout.blocks}.{i}", block, layout) for i, block in enumerate(blocks)]
+        found += [(f"{prefix}{layout.blocks}.{i}", block, layout) for i, block in enumerate(blocks)]
     return found
 
 
