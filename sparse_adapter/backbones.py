@@ -88,6 +88,7 @@ class PretrainedBackbone:
                     location, config=config, local_files_only=offline, attn_implementation=self.attn_implementation
                 )
             tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=offline)
+            ensure_padding(model, tokenizer)
             choose_parts(model, self.adapter_parts)
         except ConfigError:
             raise
@@ -120,6 +121,12 @@ class RandomBackbone:
             special = {k: v for k, v in special_token_ids(tokenizer).items() if k not in self.config}
             for key, value in special.items():
                 setattr(config, key, value)
+        if getattr(config, "pad_token_id", None) is None:  # decoder-only heads find the last token by it
+            config.pad_token_id = tokenizer.pad_token_id
+        ids = special_token_ids(tokenizer)
+        for key in ("bos_token_id", "eos_token_id"):  # GPT-2's 50256 is outside a random model's vocabulary
+            if isinstance(getattr(config, key, None), int) and getattr(config, key) >= config.vocab_size:
+                setattr(config, key, ids[key])
         config._attn_implementation = self.attn_implementation
         with _seeded(self.seed):
             model = model_class(task).from_config(config, attn_implementation=self.attn_implementation)
@@ -128,6 +135,15 @@ class RandomBackbone:
                 setattr(model.generation_config, key, value)
         choose_parts(model, self.adapter_parts)
         return model, tokenizer
+
+
+def ensure_padding(model: nn.Module, tokenizer) -> None:
+    """Decoder-only tokenizers (Llama, GPT-2) often have no pad token: pad with EOS, as is usual, and
+    tell the model, whose classification head pools the last non-padding token by ``pad_token_id``."""
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
 
 
 def special_token_ids(tokenizer) -> dict[str, int]:
