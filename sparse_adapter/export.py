@@ -18,7 +18,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from sparse_adapter.adapters.layouts import LAYOUTS
+from sparse_adapter.adapters.layouts import sliced_names
 from sparse_adapter.errors import ConfigError
 from sparse_adapter.adapter_file import read_adapter
 
@@ -34,8 +34,12 @@ def export_peft(source: str | Path, out_dir: str | Path) -> Path:
     if metadata.get("adapter") != "lora":
         raise ConfigError(f"export --peft: '{path}' holds adapter={metadata.get('adapter')}; only LoRA maps to PEFT")
     config, backbone, head = metadata["adapter_config"], metadata["backbone"], metadata.get("head") or {}
-    if backbone["model_type"] not in LAYOUTS:
-        raise ConfigError(f"export --peft: no layout for backbone '{backbone['model_type']}'")
+    sliced = sorted(set(config.get("targets", [])) & sliced_names(backbone["model_type"]))
+    if sliced:
+        raise ConfigError(
+            f"export --peft: LoRA on {', '.join(sliced)} of '{backbone['model_type']}' updates a slice of a fused "
+            "projection, which PEFT's LoRA (whole modules) cannot express; target the fused module by its name (adapter.targets=[<module name>]) to export"
+        )
     # exactly the modules that hold LoRA factors (encoder-decoders: only the parts that got adapters)
     wrapped = sorted({name.rsplit(".", 1)[0] for name in tensors if name.endswith(".lora_A")})
     target_modules = "(" + "|".join(re.escape(name) for name in wrapped) + ")"

@@ -61,3 +61,28 @@ def test_export_from_a_train_py_run_dir(tmp_path, glue_dir):
     theirs = peft.PeftModel.from_pretrained(base, str(tmp_path / "peft")).eval()
     batch = tokenizer(["the cat sat on the mat", "a dog"], ["it was happy", "ran"], padding=True, return_tensors="pt")
     torch.testing.assert_close(theirs(**batch).logits, ours(**batch).logits, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("backbone, targets", [("tiny-llama", ["q_proj", "v_proj"]), ("tiny-gpt2", ["c_attn"])])
+def test_export_on_decoder_only_backbones(tmp_path, backbone, targets):
+    from tests.test_architectures_train import backbone_from
+
+    model, tokenizer = backbone_from(backbone).build("sequence-classification", num_labels=2)
+    LoRAConfig(r=2, targets=targets).attach(model)
+    save_adapter(model.eval(), tmp_path / "adapter.safetensors")
+    assert main([str(tmp_path), "--peft", str(tmp_path / "peft")]) == 0
+    base, _ = backbone_from(backbone).build("sequence-classification", num_labels=2)
+    theirs = peft.PeftModel.from_pretrained(base, str(tmp_path / "peft")).eval()
+    batch = dict(tokenizer(["the cat sat on the mat", "a dog"], padding=True, return_tensors="pt"))
+    batch.pop("token_type_ids")
+    torch.testing.assert_close(theirs(**batch).logits, model(**batch).logits, rtol=0, atol=1e-5)
+
+
+def test_export_refuses_a_slice_of_gpt2s_fused_projection(tmp_path):
+    from tests.test_architectures_train import backbone_from
+
+    model, _ = backbone_from("tiny-gpt2").build("sequence-classification", num_labels=2)
+    LoRAConfig(r=2, targets=["query", "value"]).attach(model)
+    save_adapter(model, tmp_path / "adapter.safetensors")
+    with pytest.raises(ConfigError, match="query, value of 'gpt2' updates a slice of a fused projection"):
+        export_peft(tmp_path, tmp_path / "peft")

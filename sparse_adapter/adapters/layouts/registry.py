@@ -10,7 +10,7 @@ from collections.abc import Callable
 from torch import nn
 
 from sparse_adapter.adapters.layouts.bart import PARTS as BART
-from sparse_adapter.adapters.layouts.base import Layout
+from sparse_adapter.adapters.layouts.base import Layout, Slice
 from sparse_adapter.adapters.layouts.bert import PARTS as BERT_LIKE
 from sparse_adapter.adapters.layouts.gpt2 import PARTS as GPT2
 from sparse_adapter.adapters.layouts.llama import PARTS as LLAMA_LIKE
@@ -55,6 +55,14 @@ def layouts_for(model: nn.Module) -> dict[str, Layout]:
     if unknown:
         raise ConfigError(f"backbone.adapter_parts={list(chosen)}: '{model_type}' has the parts {', '.join(parts)}")
     return {part: parts[part] for part in chosen}
+
+
+def sliced_names(model_type: str) -> set[str]:
+    """Abstract LoRA names that address a slice of a fused projection in ``model_type`` (GPT-2's
+    query/key/value thirds of ``c_attn``): PEFT's LoRA, whole modules only, cannot express them."""
+    parts = LAYOUTS.get(model_type, {})
+    parts = parts(None) if callable(parts) else parts
+    return {name for layout in parts.values() for name, target in layout.linears.items() if isinstance(target, Slice)}
 
 
 def layout_for(model: nn.Module) -> Layout:
