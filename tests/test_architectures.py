@@ -217,3 +217,21 @@ def test_unknown_targets_list_the_models_linears():
     model, _ = built("tiny-llama")
     with pytest.raises(ConfigError, match=r"'qq_proj' names no Linear .*query, key, value.* q_proj, k_proj, v_proj, o_proj"):
         LoRAConfig(targets=["query", "qq_proj"]).attach(model)
+
+
+@pytest.mark.parametrize("model_type", ["mistral", "qwen2"])
+def test_llama_like_relatives_take_every_variant(model_type):
+    """Mistral and Qwen2 share Llama's module names (Qwen2: q/k/v biases): one layout serves them."""
+    from sparse_adapter.adapters import MAMConfig, ParallelConfig, PfeifferConfig
+    from sparse_adapter.backbones import RandomBackbone
+
+    spec = RandomBackbone(model_type=model_type, tokenizer=backbone_from("tiny-llama").tokenizer,
+                          config=dict(backbone_from("tiny-llama").config))
+    for adapter in (HoulsbyConfig(bottleneck=4), PfeifferConfig(bottleneck=4), LoRAConfig(r=2), ParallelConfig(bottleneck=4),
+                    PrefixConfig(length=2), MAMConfig(size=4), IA3Config()):
+        model, tokenizer = spec.build("sequence-classification", num_labels=2)
+        torch.manual_seed(0)
+        prunable = adapter.attach(model)
+        model(**batch_of(tokenizer), labels=torch.tensor([0, 1])).loss.backward()
+        named = dict(model.named_parameters())
+        assert prunable and all(named[n].grad is not None and named[n].grad.abs().sum() > 0 for n in prunable), type(adapter).__name__
