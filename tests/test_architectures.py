@@ -235,3 +235,23 @@ def test_llama_like_relatives_take_every_variant(model_type):
         model(**batch_of(tokenizer), labels=torch.tensor([0, 1])).loss.backward()
         named = dict(model.named_parameters())
         assert prunable and all(named[n].grad is not None and named[n].grad.abs().sum() > 0 for n in prunable), type(adapter).__name__
+
+
+@pytest.mark.parametrize("name", ["llama-3.2-1b", "qwen2.5-0.5b", "gpt2", "t5-base", "flan-t5-base"])
+def test_hub_backbones_fail_offline_with_one_clear_message(monkeypatch, name):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match=r"backbone\.name_or_path: cannot load .*\(the hub is unreachable"):
+        backbone_from(name).build("sequence-classification", num_labels=2)
+
+
+def test_bad_targets_and_impossible_variants_are_one_error_line(tmp_path, glue_dir, capsys):
+    from tests.cli_support import FAST, call_train, error_lines
+
+    code = call_train(*FAST, f"data_dir={glue_dir}", "backbone=tiny-gpt2", "adapter=lora", "adapter.targets=[q_proj]",
+                      f"hydra.run.dir={tmp_path / 'a'}")
+    lines = error_lines(capsys.readouterr().err)
+    assert code == 2 and len(lines) == 1 and "'q_proj' names no Linear" in lines[0] and "c_attn" in lines[0]
+    code = call_train(*FAST, f"data_dir={glue_dir}", "backbone=tiny-llama", "task=xsum", f"hydra.run.dir={tmp_path / 'b'}")
+    lines = error_lines(capsys.readouterr().err)
+    assert code == 2 and len(lines) == 1 and "backbone 'llama' has no seq2seq-lm head" in lines[0]
+    assert not (tmp_path / "a" / "summary.json").exists() and not (tmp_path / "b" / "summary.json").exists()
