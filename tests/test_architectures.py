@@ -178,19 +178,22 @@ def test_t5_prefix_leaves_the_relative_position_bias_alone(monkeypatch):
 
 
 def test_gradient_checkpointing_gives_the_same_gradients_and_trains_with_masks(tmp_path, glue_dir):
-    grads = {}
-    for checkpointed in (False, True):
-        model, tokenizer = built("tiny-llama", gradient_checkpointing=checkpointed)
-        model.train()
-        torch.manual_seed(3)
-        prunable = HoulsbyConfig(bottleneck=4).attach(model)
-        assert model.is_gradient_checkpointing == checkpointed
-        batch = batch_of(tokenizer)
-        model(**batch, labels=torch.tensor([0, 1])).loss.backward()
-        named = dict(model.named_parameters())
-        grads[checkpointed] = {n: named[n].grad.clone() for n in prunable}
-    for name in grads[False]:
-        torch.testing.assert_close(grads[True][name], grads[False][name])
+    from sparse_adapter.adapters import MAMConfig, ParallelConfig, PfeifferConfig
+
+    for adapter in (HoulsbyConfig(bottleneck=4), PfeifferConfig(bottleneck=4), LoRAConfig(r=2), ParallelConfig(bottleneck=4),
+                    PrefixConfig(length=2), MAMConfig(size=4), IA3Config()):
+        grads = {}
+        for checkpointed in (False, True):
+            model, tokenizer = built("tiny-llama", gradient_checkpointing=checkpointed)
+            model.train()
+            torch.manual_seed(3)
+            prunable = adapter.attach(model)
+            assert model.is_gradient_checkpointing == checkpointed
+            model(**batch_of(tokenizer), labels=torch.tensor([0, 1])).loss.backward()
+            named = dict(model.named_parameters())
+            grads[checkpointed] = {n: named[n].grad.clone() for n in prunable}
+        for name in grads[False]:
+            torch.testing.assert_close(grads[True][name], grads[False][name])
     from tests.test_architectures_train import TINY_RUN, check_run
     from tests.test_cli import train_in_process
 

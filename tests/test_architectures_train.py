@@ -45,8 +45,15 @@ def check_run(run_dir, backbone: str, adapter: str) -> dict:
     return s
 
 
-@pytest.mark.parametrize("adapter", list(VARIANTS))
-@pytest.mark.parametrize("backbone", ARCHITECTURES)
+# the default run covers every variant and every architecture (prefix, the riskiest, on all four); the
+# rest of the matrix is marked slow (-m "not slow" leaves it out)
+COVER = {("tiny-llama", "houlsby"), ("tiny-llama", "mam"), ("tiny-llama", "prefix"), ("tiny-qwen3", "lora"),
+         ("tiny-qwen3", "prefix"), ("tiny-gpt2", "lora"), ("tiny-gpt2", "ia3"), ("tiny-gpt2", "prefix"),
+         ("tiny-gpt2", "parallel"), ("tiny-t5", "pfeiffer"), ("tiny-t5", "prefix"), ("tiny-t5", "ia3")}
+MATRIX = [pytest.param(b, a, marks=() if (b, a) in COVER else pytest.mark.slow) for b in ARCHITECTURES for a in VARIANTS]
+
+
+@pytest.mark.parametrize("backbone, adapter", MATRIX)
 def test_every_variant_trains_on_every_new_architecture(tmp_path, glue_dir, backbone, adapter):
     train_in_process(tmp_path, f"data_dir={glue_dir}", f"backbone={backbone}", f"adapter={adapter}", *TINY_RUN, *VARIANTS[adapter])
     s = check_run(tmp_path, backbone, adapter)
@@ -73,3 +80,16 @@ def test_fusion_and_full_fine_tuning_train_on_every_new_architecture(tmp_path, g
     train_in_process(full, f"data_dir={glue_dir}", f"backbone={backbone}", "adapter=none", "pruner=none", *TINY_RUN)
     s = summary(full)
     assert s["trained_params_body"] == s["backbone_params"]  # full fine-tuning trains every backbone weight
+
+
+@pytest.mark.parametrize(
+    "backbone, task, extra, metric",
+    [
+        ("tiny-gpt2", "squad", ["data.max_length=96", "data.doc_stride=32", "data.max_question_length=24", "data.eval_batch_size=4"], "f1"),
+        ("tiny-t5", "xsum", ["data.max_length=64", "data.max_target_length=8", "task.max_new_tokens=4", "data.eval_batch_size=4"], "rouge2"),
+    ],
+)
+def test_qa_on_a_decoder_only_model_and_summaries_from_t5(tmp_path, glue_dir, backbone, task, extra, metric):
+    train_in_process(tmp_path, f"data_dir={glue_dir}", f"backbone={backbone}", f"task={task}", "adapter=lora", *TINY_RUN, *extra)
+    s = check_run(tmp_path, backbone, "lora")
+    assert s["task"] == task and s["main_metric"] == metric and 0.0 <= s["metrics"][metric] <= 1.0
