@@ -25,6 +25,7 @@ TASK_MODEL_CLASSES = {
     "sequence-classification": "AutoModelForSequenceClassification",
     "question-answering": "AutoModelForQuestionAnswering",
     "seq2seq-lm": "AutoModelForSeq2SeqLM",
+    "causal-lm": "AutoModelForCausalLM",
 }
 
 

@@ -258,3 +258,28 @@ def test_bad_targets_and_impossible_variants_are_one_error_line(tmp_path, glue_d
     lines = error_lines(capsys.readouterr().err)
     assert code == 2 and len(lines) == 1 and "backbone 'llama' has no seq2seq-lm head" in lines[0]
     assert not (tmp_path / "a" / "summary.json").exists() and not (tmp_path / "b" / "summary.json").exists()
+
+
+def test_causal_summaries_put_the_loss_on_the_summary_and_generate_after_left_padded_prompts():
+    from tasks.seq2seq.causal import CausalCollator, CausalSummaryModule
+    from tasks.seq2seq.data import IGNORE
+
+    _, tokenizer = built("tiny-llama")
+    collator = CausalCollator(tokenizer, max_length=24, max_target_length=6)
+    rows = [{"document": "the cat sat on the mat " * 20, "summary": "a cat sat", "position": 0},
+            {"document": "dogs bark", "summary": "dogs are loud animals indeed today", "position": 1}]
+    encoded = collator.encode(rows)
+    for feature in encoded:
+        ids, labels = feature["input_ids"].tolist(), feature["labels"].tolist()
+        start = next(i for i, label in enumerate(labels) if label != IGNORE)
+        assert ids[start - len(collator.tail): start] == collator.tail  # the template's end precedes the summary
+        assert labels[start:] == ids[start:] and ids[-1] == collator.eos[0]  # loss on the summary and EOS only
+        assert start <= 24 and len(ids) - start <= 6  # document cut to the room left by the template, summary to its length
+    batch = collator.evaluation(rows)
+    assert (batch["prompt_mask"][:, -1] == 1).all() and batch["prompt_mask"][1, 0] == 0  # left padding
+    assert batch["prompt_ids"][1, -len(collator.tail):].tolist() == collator.tail
+    train = collator.train(encoded)
+    logits = torch.randn(2, train["input_ids"].shape[1] - 1, len(tokenizer))
+    labels = train["labels"][:, 1:]
+    expected = torch.nn.functional.cross_entropy(logits[labels != IGNORE], labels[labels != IGNORE])
+    torch.testing.assert_close(CausalSummaryModule.loss(None, logits, train["labels"]), expected)

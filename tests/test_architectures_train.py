@@ -87,9 +87,10 @@ def test_fusion_and_full_fine_tuning_train_on_every_new_architecture(tmp_path, g
     [
         ("tiny-gpt2", "squad", ["data.max_length=96", "data.doc_stride=32", "data.max_question_length=24", "data.eval_batch_size=4"], "f1"),
         ("tiny-t5", "xsum", ["data.max_length=64", "data.max_target_length=8", "task.max_new_tokens=4", "data.eval_batch_size=4"], "rouge2"),
+        ("tiny-qwen3", "xsum_lm", ["data.max_length=64", "data.max_target_length=8", "task.max_new_tokens=4", "data.eval_batch_size=4"], "rouge2"),
     ],
 )
-def test_qa_on_a_decoder_only_model_and_summaries_from_t5(tmp_path, glue_dir, backbone, task, extra, metric):
+def test_qa_and_summaries_on_the_new_architectures(tmp_path, glue_dir, backbone, task, extra, metric):
     train_in_process(tmp_path, f"data_dir={glue_dir}", f"backbone={backbone}", f"task={task}", "adapter=lora", *TINY_RUN, *extra)
     s = check_run(tmp_path, backbone, "lora")
-    assert s["task"] == task and s["main_metric"] == metric and 0.0 <= s["metrics"][metric] <= 1.0
+    assert s["task"] == task.removesuffix("_lm") and s["main_metric"] == metric and 0.0 <= s["metrics"][metric] <= 1.0
