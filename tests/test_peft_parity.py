@@ -88,7 +88,7 @@ def test_module_name_targets_work_on_a_model_without_a_layout():
     assert len(IA3Config(targets=["k_lin", "lin1"]).attach(model)) == 4
     with pytest.raises(ConfigError, match=r"adapter\.targets=\['query'\]: 'query' names no Linear .*q_lin, k_lin, v_lin"):
         LoRAConfig(targets=["query"]).attach(DistilBertForSequenceClassification(config))
-    with pytest.raises(ConfigError, match="adapters do not know the 'distilbert' architecture"):
+    with pytest.raises(ConfigError, match="adapter=houlsby on .distilbert.: backbone: adapters do not know the .distilbert. architecture"):
         from sparse_adapter.adapters import HoulsbyConfig
 
         HoulsbyConfig().attach(DistilBertForSequenceClassification(config))

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from sparse_adapter.adapters.layouts.registry import UnknownArchitecture
 from sparse_adapter.errors import ConfigError
 
 INITS = ("bert", "lora")
@@ -32,7 +33,11 @@ class AdapterConfig:
         describe itself and be attached again from the file alone.
         """
         self.validate()
-        prunable = self.insert(model)
+        try:
+            prunable = self.insert(model)
+        except UnknownArchitecture as error:  # serial, parallel, prefix need the block structure
+            variant = type(self).__name__.removesuffix("Config").lower()
+            raise ConfigError(f"adapter={variant} on '{model.config.model_type}': {error}") from error
         model.train(model.training)  # inserted modules take the model's train/eval mode
         model.adapter_config = self
         return prunable

@@ -17,6 +17,10 @@ from sparse_adapter.adapters.layouts.llama import PARTS as LLAMA_LIKE
 from sparse_adapter.adapters.layouts.t5 import parts as t5_parts
 from sparse_adapter.errors import ConfigError
 
+
+class UnknownArchitecture(ConfigError):
+    """No layout for this model type: the variant that needed one names itself (``AdapterConfig.attach``)."""
+
 # model type -> its parts' layouts, or a function of the model config giving them (T5: gated FFN or not)
 LAYOUTS: dict[str, dict[str, Layout] | Callable[[object], dict[str, Layout]]] = {
     "bert": BERT_LIKE,
@@ -43,7 +47,7 @@ def layouts_for(model: nn.Module) -> dict[str, Layout]:
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
     if model_type not in LAYOUTS:
-        raise ConfigError(
+        raise UnknownArchitecture(
             f"backbone: adapters do not know the '{model_type}' architecture yet "
             f"(supported: {', '.join(sorted(LAYOUTS))}; LoRA and IA³ attach to any model through "
             "module names, e.g. adapter.targets=[q_proj,v_proj])"
