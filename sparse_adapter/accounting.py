@@ -16,13 +16,14 @@ def parameter_report(model: nn.Module, prunable: list[str], masks: MaskSet | Non
     task head, which every method trains. Full fine-tuning counts the whole body.
     """
     named = dict(model.named_parameters())
-    base_prefix = model.base_model_prefix + "."
+    body = {id(p) for p in model.base_model.parameters()}  # structural: T5ForConditionalGeneration is its own base
+    in_body = {n for n, p in named.items() if id(p) in body}
     adapter_names = adapter_parameter_names(model)  # found through the adapter modules, not by name
-    backbone = sum(p.numel() for n, p in named.items() if n.startswith(base_prefix) and n not in adapter_names)
-    head = sum(p.numel() for n, p in named.items() if not n.startswith(base_prefix) and p.requires_grad)
+    backbone = sum(p.numel() for n, p in named.items() if n in in_body and n not in adapter_names)
+    head = sum(p.numel() for n, p in named.items() if n not in in_body and p.requires_grad)
     prunable_total = sum(named[n].numel() for n in prunable)
     prunable_kept = masks.kept() if masks is not None and len(masks) else prunable_total
-    trained_body = sum(p.numel() for n, p in named.items() if n.startswith(base_prefix) and p.requires_grad)
+    trained_body = sum(p.numel() for n, p in named.items() if n in in_body and p.requires_grad)
     trained_body += prunable_kept - prunable_total  # pruned entries are not trained
     return {
         "adapter_weights_total": prunable_total,

@@ -25,6 +25,7 @@ TASK_MODEL_CLASSES = {
     "sequence-classification": "AutoModelForSequenceClassification",
     "question-answering": "AutoModelForQuestionAnswering",
     "seq2seq-lm": "AutoModelForSeq2SeqLM",
+    "causal-lm": "AutoModelForCausalLM",
 }
 
 
@@ -76,6 +77,7 @@ class PretrainedBackbone:
     attn_implementation: str = "sdpa"
     config: dict = field(default_factory=dict)
     adapter_parts: list[str] | None = None  # encoder–decoder: which of encoder/decoder/cross get adapters (None: all)
+    gradient_checkpointing: bool = False  # recompute block activations in backward: large backbones in less memory
 
     def build(self, task: str, **head_config) -> tuple[nn.Module, object]:
         location, local = resolve_location(self.name_or_path, self.package)
@@ -88,7 +90,9 @@ class PretrainedBackbone:
                     location, config=config, local_files_only=offline, attn_implementation=self.attn_implementation
                 )
             tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=offline)
+            ensure_padding(model, tokenizer)
             choose_parts(model, self.adapter_parts)
+            checkpointing(model, self.gradient_checkpointing)
         except ConfigError:
             raise
         except (OSError, ValueError) as error:
@@ -107,6 +111,7 @@ class RandomBackbone:
     attn_implementation: str = "sdpa"
     seed: int = 0
     adapter_parts: list[str] | None = None  # encoder–decoder: which of encoder/decoder/cross get adapters (None: all)
+    gradient_checkpointing: bool = False
 
     def build(self, task: str, **head_config) -> tuple[nn.Module, object]:
         location, _ = resolve_location(self.tokenizer.name_or_path, self.tokenizer.package)
@@ -118,8 +123,15 @@ class RandomBackbone:
         check_head(config, task)
         if config.is_encoder_decoder:
             special = {k: v for k, v in special_token_ids(tokenizer).items() if k not in self.config}
-            for key, value in special.items():
-                setattr(config, key, value)
+            for key, value in special.items():  # generation-only keys the config lacks (T5: forced_eos) go to generation_config only
+                if hasattr(config, key) or key == "decoder_start_token_id":
+                    setattr(config, key, value)
+        if getattr(config, "pad_token_id", None) is None:  # decoder-only heads find the last token by it
+            config.pad_token_id = tokenizer.pad_token_id
+        ids = special_token_ids(tokenizer)
+        for key in ("bos_token_id", "eos_token_id"):  # GPT-2's 50256 is outside a random model's vocabulary
+            if isinstance(getattr(config, key, None), int) and getattr(config, key) >= config.vocab_size:
+                setattr(config, key, ids[key])
         config._attn_implementation = self.attn_implementation
         with _seeded(self.seed):
             model = model_class(task).from_config(config, attn_implementation=self.attn_implementation)
@@ -127,7 +139,26 @@ class RandomBackbone:
             for key, value in special.items():
                 setattr(model.generation_config, key, value)
         choose_parts(model, self.adapter_parts)
+        checkpointing(model, self.gradient_checkpointing)
         return model, tokenizer
+
+
+def checkpointing(model: nn.Module, enabled: bool) -> None:
+    """Non-reentrant checkpointing: with a frozen body, the reentrant kind would give adapters inside
+    a checkpointed block no gradient (its inputs need none)."""
+    if enabled:
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise ConfigError(f"backbone.gradient_checkpointing=true: '{model.config.model_type}' does not support it")
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def ensure_padding(model: nn.Module, tokenizer) -> None:
+    """Decoder-only tokenizers (Llama, GPT-2) often have no pad token: pad with EOS, as is usual, and
+    tell the model, whose classification head pools the last non-padding token by ``pad_token_id``."""
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
 
 
 def special_token_ids(tokenizer) -> dict[str, int]:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from sparse_adapter.adapters.layouts import LAYOUTS
+from sparse_adapter.adapters.layouts import LAYOUTS, sliced_names
 from sparse_adapter.errors import ConfigError
 from sparse_adapter.adapter_file import read_adapter
 from sparse_adapter.io import atomic_path, write_json_atomic
@@ -28,8 +28,20 @@ PEFT_TASK_TYPES = {"sequence-classification": "SEQ_CLS", "question-answering": "
 ADAPTER_FILE = "adapter.safetensors"
 
 
+def refuse_slices(metadata: dict, variant: str) -> None:
+    """A target that is a slice of a fused projection (GPT-2's query/key/value in c_attn) has no PEFT form."""
+    model_type = metadata["backbone"]["model_type"]
+    sliced = sorted(set(metadata["adapter_config"].get("targets", [])) & sliced_names(model_type))
+    if sliced:
+        raise ConfigError(
+            f"export --peft: {variant} on {', '.join(sliced)} of '{model_type}' updates a slice of a fused "
+            "projection, which PEFT (whole modules) cannot express; target the fused module by its name (adapter.targets=[<module name>]) to export"
+        )
+
+
 def lora_state(tensors: dict, metadata: dict) -> tuple[dict, dict]:
     """PEFT's LoRA: the factors copied as they are; target_modules = exactly the wrapped modules."""
+    refuse_slices(metadata, "LoRA")
     config = metadata["adapter_config"]
     state = {f"base_model.model.{name}.weight": t.contiguous() for name, t in tensors.items()}
     wrapped = sorted({name.rsplit(".", 1)[0] for name in tensors if name.endswith(".lora_A")})
@@ -39,14 +51,17 @@ def lora_state(tensors: dict, metadata: dict) -> tuple[dict, dict]:
     return state, fields
 
 
-def ia3_targets(name: str, model_type: str) -> tuple[str, bool]:
+def ia3_targets(name: str, model_type: str, by_layout: bool) -> tuple[str, bool]:
     """(the module PEFT's IA³ scales for our vector ``name``, whether it is a feedforward one).
 
-    Keys and values: the output of the same Linear, as ours. The FFN activation: PEFT scales the
-    input of a feedforward Linear, which is our scaled activation when it feeds that Linear (BART's
-    fc2 directly; BERT's intermediate module through the block's output Linear).
+    Module-name targets scale that module's output, as PEFT outside ``feedforward_modules``. Layout
+    names: keys and values, the output of the same Linear; the FFN activation, the input of the
+    Linear it feeds (PEFT's feedforward scaling): fc2 or down_proj directly, BERT's intermediate
+    module through the block's output Linear.
     """
     path = name.removesuffix(".scale")
+    if not by_layout:
+        return path, False
     for layout in LAYOUTS[model_type].values():
         head, marker, rest = path.partition(f"{layout.blocks}.")
         if not marker or "." not in rest:
@@ -63,10 +78,15 @@ def ia3_targets(name: str, model_type: str) -> tuple[str, bool]:
 
 def ia3_state(tensors: dict, metadata: dict) -> tuple[dict, dict]:
     """PEFT's IA³: ``ia3_l`` is (out, 1) for a scaled output and (1, in) for a scaled feedforward input."""
+    refuse_slices(metadata, "IA³")
     model_type = metadata["backbone"]["model_type"]
+    abstract = {n for layout in LAYOUTS.get(model_type, {}).values() for n in (*layout.scaled, *layout.scaled_input)}
+    targets_named = set(metadata["adapter_config"].get("targets", []))
+    if targets_named & abstract and targets_named - abstract:
+        raise ConfigError(f"export --peft: IA³ targets {sorted(targets_named)} mix layout names and module names; export one kind")
     state, targets, feedforward = {}, [], []
     for name, tensor in tensors.items():
-        module, is_feedforward = ia3_targets(name, model_type)
+        module, is_feedforward = ia3_targets(name, model_type, by_layout=bool(targets_named & abstract))
         state[f"base_model.model.{module}.ia3_l"] = (tensor.view(1, -1) if is_feedforward else tensor.view(-1, 1)).contiguous()
         targets.append(module)
         if is_feedforward:
@@ -118,8 +138,6 @@ def export_peft(source: str | Path, out_dir: str | Path, force: bool = False) ->
         why = f" ({NOT_EXPORTABLE[adapter]})" if adapter in NOT_EXPORTABLE else ""
         raise ConfigError(f"export --peft: '{path}' holds adapter={adapter}; only {' and '.join(EXPORTERS)} map to PEFT{why}")
     backbone, head = metadata["backbone"], metadata.get("head") or {}
-    if backbone["model_type"] not in LAYOUTS:
-        raise ConfigError(f"export --peft: no layout for backbone '{backbone['model_type']}'")
     is_adapter, convert = EXPORTERS[adapter]
     odd = [n for n in tensors if is_adapter(n) and adapter == "lora" and not n.endswith((".lora_A", ".lora_B"))]
     if odd:

@@ -36,7 +36,7 @@ class AdapterModule(L.LightningModule):
         """A family on the wrong kind of backbone (extractive QA on BART, summaries from BERT) is a config error."""
         is_encoder_decoder = bool(getattr(self.model.config, "is_encoder_decoder", False))
         if self.encoder_decoder is not None and is_encoder_decoder != self.encoder_decoder:
-            needed, found = ("an encoder–decoder", "an encoder only") if self.encoder_decoder else ("an encoder", "an encoder–decoder")
+            needed, found = ("an encoder–decoder", "not an encoder–decoder") if self.encoder_decoder else ("an encoder", "an encoder–decoder")
             raise ConfigError(
                 f"backbone: task family {type(self).__name__} needs {needed} backbone; "
                 f"'{self.model.config.model_type}' is {found} (see conf/backbone/)"

@@ -63,18 +63,16 @@ def test_export_from_a_train_py_run_dir(tmp_path, glue_dir):
     torch.testing.assert_close(theirs(**batch).logits, ours(**batch).logits, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("model_type, targets", [("bert", ["key", "value", "ffn"]), ("roberta", ["value", "ffn"]), ("bart", ["key", "value", "ffn"])])
-def test_peft_loads_our_sparse_ia3_with_equal_logits(tmp_path, model_type, targets):
+@pytest.mark.parametrize("name, targets", [
+    ("tiny-bert", ["key", "value", "ffn"]), ("tiny-roberta", ["value", "ffn"]), ("tiny-bart", ["key", "value", "ffn"]),
+    ("tiny-llama", ["key", "value", "ffn"]), ("tiny-gpt2", ["c_attn", "c_proj"]),  # layout names; module names
+])
+def test_peft_loads_our_sparse_ia3_with_equal_logits(tmp_path, name, targets):
     from sparse_adapter.adapters import IA3Config
-    from tests.conftest import tiny_backbone
+    from tests.test_architectures_train import backbone_from
 
-    if model_type == "bart":
-        from sparse_adapter.backbones import RandomBackbone
-
-        backbone = RandomBackbone(model_type="bart", config=dict(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-                                  decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64))
-    else:
-        backbone = tiny_backbone(model_type)
+    backbone = backbone_from(name)
+    model_type = name.removeprefix("tiny-")
     model, tokenizer = backbone.build("sequence-classification", num_labels=2)
     prunable = IA3Config(targets=targets).attach(model)
     named = dict(model.named_parameters())
@@ -92,8 +90,9 @@ def test_peft_loads_our_sparse_ia3_with_equal_logits(tmp_path, model_type, targe
     torch.manual_seed(0)
     base, _ = backbone.build("sequence-classification", num_labels=2)
     loaded = peft.PeftModel.from_pretrained(base, str(tmp_path / "peft")).eval()
-    batch = tokenizer(["the cat sat on the mat", "a dog"], ["it was happy", "ran"], padding=True, return_tensors="pt")
-    batch.pop("token_type_ids", None) if model_type == "bart" else None
+    batch = dict(tokenizer(["the cat sat on the mat", "a dog"], ["it was happy", "ran"], padding=True, return_tensors="pt"))
+    if model_type != "bert" and model_type != "roberta":
+        batch.pop("token_type_ids", None)
     torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits, rtol=0, atol=1e-5)
 
 
@@ -104,4 +103,29 @@ def test_prefix_export_is_refused_with_the_reason(tmp_path):
     PrefixConfig(length=4).attach(model)
     save_adapter(model, tmp_path / "adapter.safetensors")
     with pytest.raises(ConfigError, match="past key values"):
+        export_peft(tmp_path, tmp_path / "peft")
+
+
+@pytest.mark.parametrize("backbone, targets", [("tiny-llama", ["q_proj", "v_proj"]), ("tiny-gpt2", ["c_attn"])])
+def test_export_on_decoder_only_backbones(tmp_path, backbone, targets):
+    from tests.test_architectures_train import backbone_from
+
+    model, tokenizer = backbone_from(backbone).build("sequence-classification", num_labels=2)
+    LoRAConfig(r=2, targets=targets).attach(model)
+    save_adapter(model.eval(), tmp_path / "adapter.safetensors")
+    assert main([str(tmp_path), "--peft", str(tmp_path / "peft")]) == 0
+    base, _ = backbone_from(backbone).build("sequence-classification", num_labels=2)
+    theirs = peft.PeftModel.from_pretrained(base, str(tmp_path / "peft")).eval()
+    batch = dict(tokenizer(["the cat sat on the mat", "a dog"], padding=True, return_tensors="pt"))
+    batch.pop("token_type_ids")
+    torch.testing.assert_close(theirs(**batch).logits, model(**batch).logits, rtol=0, atol=1e-5)
+
+
+def test_export_refuses_a_slice_of_gpt2s_fused_projection(tmp_path):
+    from tests.test_architectures_train import backbone_from
+
+    model, _ = backbone_from("tiny-gpt2").build("sequence-classification", num_labels=2)
+    LoRAConfig(r=2, targets=["query", "value"]).attach(model)
+    save_adapter(model, tmp_path / "adapter.safetensors")
+    with pytest.raises(ConfigError, match="query, value of 'gpt2' updates a slice of a fused projection"):
         export_peft(tmp_path, tmp_path / "peft")

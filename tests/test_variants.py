@@ -127,7 +127,7 @@ def test_prefix_mlp_merges_into_the_same_prefix():
         (PrefixConfig(length=0), "adapter.length"),
         (PrefixConfig(length=-3), "adapter.length"),
         (MAMConfig(size=0), "adapter.size"),
-        (IA3Config(targets=["query"]), "adapter.targets"),
+        (IA3Config(targets=["nothing"]), "adapter.targets"),
         (IA3Config(targets=[]), "adapter.targets"),
         (ParallelConfig(activation="swish"), "adapter.activation"),
     ],
@@ -195,7 +195,7 @@ def load_adapter_for(backbone, path):
     [
         (["adapter=prefix", "adapter.length=0"], "adapter.length"),
         (["adapter=prefix", "adapter.length=-2"], "adapter.length"),
-        (["adapter=ia3", "adapter.targets=[key,query]"], "adapter.targets"),
+        (["adapter=ia3", "adapter.targets=[key,nothing]"], "adapter.targets"),
         (["adapter=fusion"], "adapter.sources"),
         (["adapter=ia3", "large_sparse=2"], "large_sparse"),
     ],

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from sparse_adapter.adapters.layouts.registry import UnknownArchitecture
 from sparse_adapter.errors import ConfigError
 
 INITS = ("bert", "lora")
@@ -32,7 +33,11 @@ class AdapterConfig:
         describe itself and be attached again from the file alone.
         """
         self.validate()
-        prunable = self.insert(model)
+        try:
+            prunable = self.insert(model)
+        except UnknownArchitecture as error:  # serial, parallel, prefix need the block structure
+            variant = type(self).__name__.removesuffix("Config").lower()
+            raise ConfigError(f"adapter={variant} on '{model.config.model_type}': {error}") from error
         model.train(model.training)  # inserted modules take the model's train/eval mode
         model.adapter_config = self
         return prunable
@@ -88,6 +93,15 @@ class AdapterLayer(nn.Module):
         """The width of the input SynFlow feeds this module (all ones); None: no input path to score
         data-free (a prefix, an IA³ scale, a fusion layer)."""
         return None
+
+
+class WrapperLayer(AdapterLayer):
+    """An adapter that wraps one backbone projection (``wrapped[0]``) and stands in its place:
+    code that reads the projection's ``weight`` (T5's FFN checks ``wo.weight.dtype``) still finds it."""
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return getattr(self, self.wrapped[0]).weight
 
 
 def adapter_parameter_names(model: nn.Module) -> set[str]:

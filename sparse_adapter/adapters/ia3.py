@@ -14,42 +14,46 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from sparse_adapter.adapters.base import AdapterConfig, AdapterLayer, freeze_backbone
-from sparse_adapter.adapters.layouts import layouts_for, replace_submodule, transformer_blocks
+from sparse_adapter.adapters.base import AdapterConfig, WrapperLayer, freeze_backbone
+from sparse_adapter.adapters.layouts import has_layout, layouts_for, replace_submodule
+from sparse_adapter.adapters.targets import in_features, merged, out_features, resolve
 from sparse_adapter.errors import ConfigError
 
 
-def output_features(module: nn.Module) -> int:
-    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ConfigError(f"adapter=ia3: cannot tell the output width of {type(module).__name__}")
-    return linears[-1].out_features
-
-
-class IA3Scale(AdapterLayer):
-    """inner(x) ⊙ scale, with ``scale`` a learned vector over the output features."""
+class IA3Scale(WrapperLayer):
+    """inner(x) ⊙ scale, with ``scale`` a learned vector over the output features (or over
+    ``channels`` of them: the keys and values of GPT-2's fused ``c_attn``)."""
 
     wrapped = ("inner",)
 
-    def __init__(self, inner: nn.Module):
+    def __init__(self, inner: nn.Module, channels: list[int] | None = None):
         super().__init__()
         self.inner = inner
         reference = next(inner.parameters())
-        self.scale = nn.Parameter(torch.ones(output_features(inner), dtype=reference.dtype, device=reference.device))
+        width = out_features(inner)
+        self.scale = nn.Parameter(torch.ones(len(channels) if channels else width, dtype=reference.dtype, device=reference.device))
+        if channels:
+            self.register_buffer("channels", torch.tensor(channels, device=reference.device), persistent=False)
+        else:
+            self.channels = None
+        self.width = width
 
     def forward(self, *args, **kwargs):
-        return self.inner(*args, **kwargs) * self.scale
+        output = self.inner(*args, **kwargs)
+        if self.channels is None:
+            return output * self.scale
+        return output * torch.ones(self.width, dtype=self.scale.dtype, device=self.scale.device).index_copy(0, self.channels, self.scale)
 
 
-class IA3InputScale(AdapterLayer):
-    """inner(x ⊙ scale): scales a Linear's input features (BART's FFN activation feeding fc2)."""
+class IA3InputScale(WrapperLayer):
+    """inner(x ⊙ scale): scales a Linear's input features (the FFN activation feeding BART's fc2, Llama's down_proj)."""
 
     wrapped = ("inner",)
 
     def __init__(self, inner: nn.Linear):
         super().__init__()
         self.inner = inner
-        self.scale = nn.Parameter(torch.ones(inner.in_features, dtype=inner.weight.dtype, device=inner.weight.device))
+        self.scale = nn.Parameter(torch.ones(in_features(inner), dtype=inner.weight.dtype, device=inner.weight.device))
 
     def forward(self, x, *args, **kwargs):
         return self.inner(x * self.scale, *args, **kwargs)
@@ -64,23 +68,15 @@ class IA3Config(AdapterConfig):
             raise ConfigError(f"adapter.targets={list(self.targets)}: name each IA³ target once (key, value, ffn)")
 
     def insert(self, model: nn.Module) -> list[str]:
-        layouts = layouts_for(model).values()
-        known = list(dict.fromkeys(name for layout in layouts for name in (*layout.scaled, *layout.scaled_input)))
-        unknown = [t for t in self.targets if t not in known]
-        if unknown:
-            raise ConfigError(
-                f"adapter.targets: unknown IA³ target {', '.join(map(repr, unknown))} (choose from {', '.join(known)})"
-            )
+        """Abstract names scale where the layout says (``ffn``: the down-projection's input); module
+        names (``k_proj``, ``c_attn``) scale that module's output, as PEFT's IA³ outside ``feedforward_modules``."""
+        found = resolve(model, list(self.targets), ("scaled", "scaled_input"))
+        input_names = {name for layout in layouts_for(model).values() for name in layout.scaled_input} if has_layout(model) else set()
+        inputs = {site.path for name, sites in found.items() if name in input_names for site in sites}
         freeze_backbone(model)
         prunable = []
-        for block_name, block, layout in transformer_blocks(model):
-            for target in self.targets:
-                if target in layout.scaled:
-                    path, wrapper = layout.scaled[target], IA3Scale
-                elif target in layout.scaled_input:
-                    path, wrapper = layout.scaled_input[target], IA3InputScale
-                else:  # e.g. ffn in BART's cross-attention part
-                    continue
-                replace_submodule(block, path, wrapper(block.get_submodule(path)))
-                prunable.append(f"{block_name}.{path}.scale")
+        for site in merged(model, [site for sites in found.values() for site in sites]):
+            wrapper = IA3InputScale(site.module) if site.path in inputs else IA3Scale(site.module, site.channels)
+            replace_submodule(model, site.path, wrapper)
+            prunable.append(f"{site.path}.scale")
         return prunable

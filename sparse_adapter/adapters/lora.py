@@ -8,21 +8,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparse_adapter.adapters.base import AdapterConfig, AdapterLayer, freeze_backbone, kaiming_uniform
-from sparse_adapter.adapters.layouts import layouts_for, replace_submodule, transformer_blocks
+from sparse_adapter.adapters.base import AdapterConfig, WrapperLayer, freeze_backbone, kaiming_uniform
+from sparse_adapter.adapters.layouts import replace_submodule
+from sparse_adapter.adapters.targets import in_features, merged, out_features, resolve
 from sparse_adapter.errors import ConfigError
 
 
-class LoRALinear(AdapterLayer):
-    """base(x) + scaling · B(A(dropout(x))); A is (r, in), B is (out, r) as in PEFT."""
+class LoRALinear(WrapperLayer):
+    """base(x) + scaling · B(A(dropout(x))); A is (r, in), B is (out, r) as in PEFT.
+
+    ``base`` is an ``nn.Linear`` or a GPT-2 ``Conv1D`` (weight stored in×out: the factors are the
+    same). ``channels`` restricts the update to some output features (query and value of GPT-2's
+    fused ``c_attn``, as loralib's MergedLinear): B is then (len(channels), r).
+    """
 
     wrapped = ("base_layer",)
 
-    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float, init: str, init_std: float):
+    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float, init: str, init_std: float,
+                 channels: list[int] | None = None):
         super().__init__()
         self.base_layer = base
-        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, dtype=base.weight.dtype, device=base.weight.device))
-        self.lora_B = nn.Parameter(torch.empty(base.out_features, r, dtype=base.weight.dtype, device=base.weight.device))
+        factory = dict(dtype=base.weight.dtype, device=base.weight.device)
+        self.lora_A = nn.Parameter(torch.empty(r, in_features(base), **factory))
+        self.lora_B = nn.Parameter(torch.empty(len(channels) if channels else out_features(base), r, **factory))
+        if channels:
+            self.register_buffer("channels", torch.tensor(channels, device=base.weight.device), persistent=False)
+        else:
+            self.channels = None
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.scaling = alpha / r
         with torch.no_grad():
@@ -35,7 +47,9 @@ class LoRALinear(AdapterLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         update = F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)
-        return self.base_layer(x) + update * self.scaling
+        if self.channels is None:
+            return self.base_layer(x) + update * self.scaling
+        return self.base_layer(x).index_add(-1, self.channels, update * self.scaling)
 
     def flow_input(self) -> int:
         return self.lora_A.shape[1]
@@ -53,20 +67,13 @@ class LoRAConfig(AdapterConfig):
     size_field = "r"
 
     def insert(self, model: nn.Module) -> list[str]:
-        known = list(dict.fromkeys(name for layout in layouts_for(model).values() for name in layout.linears))
-        unknown = [t for t in self.targets if t not in known]
-        if unknown or not self.targets:
-            raise ConfigError(
-                f"adapter.targets={list(self.targets)}: choose one or more of {', '.join(known)}"
-            )
+        if not self.targets:
+            raise ConfigError("adapter.targets=[]: name one or more projections (e.g. [query,value] or [q_proj,v_proj])")
+        sites = merged(model, [site for found in resolve(model, list(self.targets), ("linears",)).values() for site in found])
         freeze_backbone(model)
         prunable = []
-        for block_name, block, layout in transformer_blocks(model):
-            for target in self.targets:
-                if target not in layout.linears:  # e.g. fc1 in BART's cross-attention part
-                    continue
-                path = layout.linears[target]
-                base = block.get_submodule(path)
-                replace_submodule(block, path, LoRALinear(base, self.r, self.alpha, self.dropout, self.init, self.init_std))
-                prunable += [f"{block_name}.{path}.lora_A", f"{block_name}.{path}.lora_B"]
+        for site in sites:
+            wrapper = LoRALinear(site.module, self.r, self.alpha, self.dropout, self.init, self.init_std, site.channels)
+            replace_submodule(model, site.path, wrapper)
+            prunable += [f"{site.path}.lora_A", f"{site.path}.lora_B"]
         return prunable

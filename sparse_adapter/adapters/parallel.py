@@ -47,6 +47,20 @@ class ParallelLinears(nn.Module):
         return self.inner(hidden_states, *args, **kwargs) + self.scaling * self.adapter(ffn_input)
 
 
+class ParallelModule(nn.Module):
+    """For an FFN that is one module called with its input (Llama's mlp, GPT-2's mlp, T5's
+    DenseReluDense): FFN(x) + s·A(x), before the residual add; zero up-projection: unchanged."""
+
+    def __init__(self, inner: nn.Module, adapter: Bottleneck, scaling: float):
+        super().__init__()
+        self.inner = inner
+        self.adapter = adapter
+        self.scaling = scaling
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        return self.inner(hidden_states, *args, **kwargs) + self.scaling * self.adapter(hidden_states)
+
+
 class InputTap(nn.Module):
     """Wraps fc1 and passes its input to the block's ``ParallelLinears`` (held outside the module
     tree, so its parameters are not registered twice)."""
@@ -65,7 +79,7 @@ def insert_parallel(model: nn.Module, bottleneck: int, scaling: float, activatio
                     init_std: float, adapter: str = "parallel") -> list[str]:
     """Put a parallel adapter beside every block's FFN; return the prunable weight names."""
     layouts = layouts_for(model).values()
-    if not any(layout.ffn_output or layout.ffn_linears for layout in layouts):
+    if not any(layout.ffn_output or layout.ffn_linears or layout.ffn_module for layout in layouts):
         require_slot(model, "ffn_output", adapter)
     hidden = model.config.hidden_size
     prunable = []
@@ -74,6 +88,9 @@ def insert_parallel(model: nn.Module, bottleneck: int, scaling: float, activatio
         if layout.ffn_output:
             path = layout.ffn_output
             replace_submodule(block, path, ParallelFFN(block.get_submodule(path), module, scaling))
+        elif layout.ffn_module:
+            path = layout.ffn_module
+            replace_submodule(block, path, ParallelModule(block.get_submodule(path), module, scaling))
         elif layout.ffn_linears:
             first, path = layout.ffn_linears
             wrapper = ParallelLinears(block.get_submodule(path), module, scaling)

@@ -126,6 +126,10 @@ class GlueDataModule(TaskDataModule):
         super().__init__(task, tokenizer, data_dir, batch_size, eval_batch_size, max_train_samples, max_eval_samples, num_workers, seed,
                          group_by_length)
         self.max_length, self.max_positions = max_length, max_positions
+        # pad on the right whatever the tokenizer's default (Llama/Qwen ones may pad left): every row's
+        # tokens keep the positions they have unpadded (GPT-2's absolute positions, a prefix that RoPE
+        # does not rotate), and decoder-only heads pool the last non-padding token either way
+        tokenizer.padding_side = "right"
         self.collate = DataCollatorWithPadding(tokenizer)
 
     def setup(self, stage: str | None = None) -> None:

@@ -161,6 +161,8 @@ class Seq2SeqCollator:
 class XSumDataModule(TaskDataModule):
     """Tokenised XSum: sources cut to ``max_length`` tokens, summaries to ``max_target_length``."""
 
+    collator_class = Seq2SeqCollator  # how rows become model inputs (causal.py: one prompt + summary sequence)
+
     def __init__(
         self,
         task: XSumTask,
@@ -182,7 +184,7 @@ class XSumDataModule(TaskDataModule):
         task.validate()
         check_positions("data.max_length", max_length, max_positions)
         check_positions("data.max_target_length", max_target_length, max_positions)
-        self.collator = Seq2SeqCollator(tokenizer, max_length, max_target_length)
+        self.collator = self.collator_class(tokenizer, max_length, max_target_length)
         self.skipped = SkippedRows()
         self.examples: dict[str, list[dict]] | None = None
 

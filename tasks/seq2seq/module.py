@@ -40,13 +40,17 @@ class Seq2SeqModule(AdapterModule):
 
     def validation_step(self, batch, batch_idx):
         self.log("val/loss", self.loss(self(batch), batch["labels"]), batch_size=batch["input_ids"].shape[0], sync_dist=True)  # mean over ranks
+        summaries = self.generate(batch)
+        for position, summary, reference, document in zip(batch["positions"], summaries, batch["references"], batch["documents"]):
+            self._generated[position] = (summary, reference, document[:SAMPLE_CHARACTERS])
+
+    def generate(self, batch) -> list[str]:
+        """Summaries of the batch's documents (the decoder generates from the encoded source)."""
         generated = self.model.generate(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], num_beams=self.task.num_beams,
             length_penalty=self.task.length_penalty, max_new_tokens=self.task.max_new_tokens, do_sample=False,
         )
-        summaries = [text.strip() for text in self.tokenizer.batch_decode(generated, skip_special_tokens=True)]
-        for position, summary, reference, document in zip(batch["positions"], summaries, batch["references"], batch["documents"]):
-            self._generated[position] = (summary, reference, document[:SAMPLE_CHARACTERS])
+        return [text.strip() for text in self.tokenizer.batch_decode(generated, skip_special_tokens=True)]
 
     def on_validation_epoch_end(self):
         entries = self.gather_dev_outputs(self._generated)  # every document once, in dev order (under DDP: from every process)
