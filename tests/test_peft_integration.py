@@ -89,13 +89,19 @@ def test_include_and_exclude_select_by_name_and_bad_input_names_the_setting(rows
         hold_masks(None, dict(model.named_parameters()), {name: torch.ones(parameter.numel() + 1, dtype=torch.bool)})
 
 
-def test_snip_masks_equal_our_own_pipeline_on_the_same_lora(rows):
+@pytest.mark.parametrize("backbone, targets, head", [("tiny-bert", ["query", "value"], "classifier"),
+                                                    ("tiny-llama", ["q_proj", "v_proj"], "score")])
+def test_snip_masks_equal_our_own_pipeline_on_the_same_lora(rows, backbone, targets, head):
     """PEFT's LoRA and ours with the same weights and batches: the same SNIP masks, name for name."""
-    model, tokenizer = peft_model()
-    ours, _ = tiny_model()
+    from tests.test_architectures_train import backbone_from
+
+    torch.manual_seed(0)
+    base, tokenizer = backbone_from(backbone).build("sequence-classification", num_labels=2)
+    model = get_peft_model(base, LoraConfig(**{**LORA, "target_modules": targets, "modules_to_save": [head]}))
+    ours, _ = backbone_from(backbone).build("sequence-classification", num_labels=2)
     ours.load_state_dict(model.base_model.model.state_dict(), strict=False)
-    ours.classifier.load_state_dict(model.base_model.model.classifier.modules_to_save["default"].state_dict())
-    prunable = attach_adapter(ours, "lora", r=4, alpha=8, targets=["query", "value"])
+    getattr(ours, head).load_state_dict(getattr(model.base_model.model, head).modules_to_save["default"].state_dict())
+    prunable = attach_adapter(ours, "lora", r=4, alpha=8, targets=targets)
     theirs = dict(model.named_parameters())
     mapping = {}
     for name in prunable:  # ours: <path>.lora_A; PEFT: base_model.model.<path>.lora_A.default.weight
@@ -103,7 +109,8 @@ def test_snip_masks_equal_our_own_pipeline_on_the_same_lora(rows):
         mapping[name] = f"base_model.model.{path}.{factor}.default.weight"
         with torch.no_grad():
             dict(ours.named_parameters())[name].copy_(theirs[mapping[name]])
-    batches = batched(encode(tokenizer, rows[:16]))
+    batches = [{k: v for k, v in b.items() if backbone == "tiny-bert" or k != "token_type_ids"}
+               for b in batched(encode(tokenizer, rows[:16]))]
     peft_masks = prune_peft_model(model, sparsity=0.5, batches=batches, seed=3)
     ours.eval()
     params = {n: p for n, p in ours.named_parameters() if n in prunable}
@@ -114,6 +121,7 @@ def test_snip_masks_equal_our_own_pipeline_on_the_same_lora(rows):
         model.eval()
         logits_peft = model(**{k: v for k, v in batches[0].items() if k != "labels"}).logits
     torch.testing.assert_close(logits_ours, logits_peft)  # the same model, so the same scores
+    assert set(mapping.values()) == set(peft_masks)
     assert all(torch.equal(own[name], peft_masks[mapping[name]]) for name in prunable)
 
 
