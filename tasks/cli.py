@@ -8,9 +8,7 @@ reports ``ConfigError``/``NumericalError`` as one line, and ``expand_resume`` tu
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import re
 import sys
 from pathlib import Path
 
@@ -20,92 +18,17 @@ from omegaconf import DictConfig
 from callbacks.interrupt import Interrupted
 from sparse_adapter.errors import ConfigError, NumericalError, StorageError
 from tasks import rundir
+from tasks.compose import CONF, compose_checked, composing, one_line, rephrase  # noqa: F401 (public here too)
 from tasks.validation import validate_config
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 EXIT_CODE = 2
 FAILURES = (ConfigError, NumericalError, StorageError)
 RESUME = "resume="
 DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
-def one_line(text: str) -> str:
-    """Collapse a multi-line message (Hydra's, OmegaConf's) into one line, dropping type noise."""
-    lines = [line.strip() for line in str(text).splitlines()]
-    kept = [line for line in lines if line and not line.startswith(("object_type=", "Set the environment variable HYDRA_FULL_ERROR"))]
-    return re.sub(r"\s+", " ", "; ".join(kept)).strip()
-
-
-# Hydra's composition errors, rephrased to name the setting first (pattern on the one-line text → message).
-REPHRASE: list[tuple[re.Pattern, str]] = [
-    (re.compile(r"^.*?Could not override '([^']+)'.*?To append to your config use \+([^;\s]+).*$"),
-     r"\1: not a setting of the config (to add a key the config lacks, use +\2)"),
-    (re.compile(r"^.*?Could not find '([^'/]+)/([^']+)'; Available options in '[^']+':; (.*?); Config search path.*$"),
-     r"\1=\2: unknown option (choose from: \3)"),
-    (re.compile(r"^.*?Could not find '([^']+)'; Config search path.*$"), r"\1: no such config"),
-]
-
-
-def rephrase(message: str) -> str:
-    for pattern, replacement in REPHRASE:
-        if pattern.search(message):
-            return pattern.sub(replacement, message, count=1)
-    return message
-
-
-def _bad_override(overrides: list[str]) -> str | None:
-    """The first override Hydra's grammar rejects (its own message does not say which)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import OverrideParseException
-
-    parser = OverridesParser.create()
-    for override in overrides:
-        try:
-            parser.parse_overrides([override])
-        except OverrideParseException:
-            return override
-    return None
-
-
 def report(error: BaseException) -> None:
     print(f"error: {one_line(str(error))}", file=sys.stderr)  # once, on stderr (the console stays quiet)
-
-
-_composing = False
-
-
-@contextlib.contextmanager
-def composing():
-    """Initialise Hydra once for many ``compose_checked`` calls (a sweep's points: ~10x faster than one each)."""
-    global _composing
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        _composing = True
-        try:
-            yield
-        finally:
-            _composing = False
-
-
-def compose_checked(overrides: list[str]) -> DictConfig:
-    """Compose ``train`` with ``overrides`` (Hydra config included); any composition error becomes a ConfigError."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        if _composing:  # inside ``composing()``: Hydra is initialised once for many compositions
-            return compose("train", overrides=list(overrides), return_hydra_config=True)
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-            return compose("train", overrides=list(overrides), return_hydra_config=True)
-    except (HydraException, OmegaConfBaseException, ValueError) as error:
-        cause = error.__cause__ if isinstance(error.__cause__, (HydraException, OmegaConfBaseException)) else None
-        detail = f"{error}; {cause}" if cause and str(cause) not in str(error) else str(error)
-        bad = _bad_override(overrides)
-        if bad:
-            detail = f"{bad}: cannot parse this override ({detail})"
-        raise ConfigError(rephrase(one_line(detail).replace(".;", ";"))) from error
 
 
 def run_checked(cfg: DictConfig, output_dir: Path) -> float:

@@ -53,7 +53,7 @@ def sweep_points(overrides: list[str], compose) -> tuple[list[list[str]], set[st
 
 def check_points(overrides: list[str]) -> int:
     """ConfigError listing every invalid sweep point (nothing has run); returns the number of points."""
-    from tasks.cli import compose_checked, composing, one_line
+    from tasks.compose import compose_checked, composing, one_line
     from tasks.rundir import check_writable
     from tasks.validation import validate_config
 
