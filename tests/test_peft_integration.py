@@ -251,3 +251,22 @@ def test_shira_mask_fn_keeps_the_exact_budget_chosen_by_score(rows):
     assert float(scores[mask].min()) >= float(scores[~mask].max())
     with pytest.raises(ConfigError, match="no Linear module"):
         shira_mask_fn(model, batches, target_modules=["nothing"])
+
+
+def test_trainer_under_ddp_trains_rank_0_s_masks_on_every_rank(glue_dir, tmp_path):
+    """torchrun, 2 CPU processes (gloo): rank 0 scores and broadcasts, every rank holds the same masks."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+               str(ROOT / "tests" / "trainer_ddp_job.py"), str(tmp_path), f"{glue_dir}/glue/SST-2/train.tsv"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert all(r["world"] == 2 and r["pruned_zero"] for r in ranks)
+    assert set(ranks[0]["masks"]) == set(ranks[1]["masks"])
+    assert all(torch.equal(ranks[0]["masks"][n], ranks[1]["masks"][n]) for n in ranks[0]["masks"])
