@@ -23,7 +23,7 @@ from pathlib import Path
 from sparse_adapter.paired import paired_table
 from sparse_adapter.paper import PAPER_BERT_AVG, PAPER_ROBERTA_AVG_TABLE2, PAPER_ROBERTA_AVG_TABLE4, PAPER_TABLE2
 from sparse_adapter.runs import (  # noqa: F401 (public here too)
-    GLUE, TASKS, group_key, learning_curve, load_summaries, lr_of, one_lr_per_row, row_key, training_budget,
+    GLUE, TASKS, group_key, learning_curve, load_summaries, lr_of, one_lr_per_row, pruner_label, row_key, training_budget,
 )
 
 TABLE2_COLUMNS = [("GLUE Avg.", GLUE), ("XSum R2", {"xsum"}), ("SQuAD F1", {"squad"})]  # the paper's Table 2 layout
@@ -235,8 +235,7 @@ def plot(runs: list[dict], out: Path) -> list[Path]:
     by_pruner: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
         if run["adapter"] != "none" and not run.get("large_sparse"):
-            name = "dense" if run["pruner"] == "none" else ("er" if run.get("scope") == "er" else run["pruner"])
-            by_pruner[name][(run["task"], round(run["sparsity"], 3))].append(100 * run["metrics"][run["main_metric"]])
+            by_pruner[pruner_label(run)][(run["task"], round(run["sparsity"], 3))].append(100 * run["metrics"][run["main_metric"]])
     if any(name != "dense" for name in by_pruner):
         figure, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.4), squeeze=False)
         for axis, (task, title) in zip(axes[0], tasks):

@@ -36,6 +36,25 @@ def pruner_settings(summary: dict) -> dict:
     return {k: v for k, v in {**PRUNER_DEFAULTS, **recorded}.items() if k in ROW_IDENTITY}
 
 
+def pruner_label(run: dict) -> str:
+    """A pruner's name for plots: ``er`` for the ER topology, and the settings that make it another
+    pruner (``snip [control=shuffle]``, ``snip [scope=layer]``); one line never mixes two pruners."""
+    from sparse_adapter.pruning.scorers import SCORERS
+
+    if run["pruner"] == "none":
+        return "dense"
+    settings = pruner_settings(run)
+    defaults = {**PRUNER_DEFAULTS, "iterations": getattr(SCORERS.get(settings["scorer"]), "rounds", 1)}
+    if settings.get("scope") == "er" and settings["scorer"] == "random":
+        name, defaults = "er", {**defaults, "scope": "er"}
+    else:
+        name = settings["scorer"]
+    extra = {k: v for k, v in settings.items() if k in defaults and settings[k] != defaults[k]}
+    if settings.get("scope") == "nm":
+        extra["scope"] = f"nm {settings.get('n')}:{settings.get('m')}"
+    return name + (" [" + ", ".join(f"{k}={v}" for k, v in sorted(extra.items())) + "]" if extra else "")
+
+
 def qualify_rows(runs: list[dict]) -> None:
     """Keep apart runs that share a row name but not their pruner settings (a shuffled SNIP row is never
     averaged with plain SNIP): the variant with the fewest non-default settings keeps the plain name,

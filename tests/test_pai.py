@@ -276,3 +276,19 @@ def test_bad_pruner_settings_are_one_error_line(overrides, named, tmp_path, glue
     lines = error_lines(capsys.readouterr().err)
     assert code == 2 and len(lines) == 1 and named in lines[0], lines
     assert not (run / "summary.json").exists() and not (run / "adapter.safetensors").exists()
+
+
+def test_plots_never_put_two_pruners_on_one_line():
+    from sparse_adapter.runs import pruner_label
+
+    def run(**settings):
+        return {"pruner": settings.get("scorer", "snip"), "scope": settings.get("scope", "global"), "pruner_settings": settings}
+
+    assert pruner_label({"pruner": "none"}) == "dense"
+    assert pruner_label({"pruner": "snip", "scope": "global"}) == "snip"  # an older summary: the defaults
+    assert pruner_label({"pruner": "random", "scope": "er"}) == "er"
+    assert pruner_label(run(scorer="snip", control="shuffle")) == "snip [control=shuffle]"
+    assert pruner_label(run(scorer="snip", scope="layer")) == "snip [scope=layer]"
+    assert pruner_label(run(scorer="snip", scope="nm", n=2, m=4)) == "snip [scope=nm 2:4]"
+    assert pruner_label(run(scorer="synflow", iterations=100)) == "synflow"  # its own default
+    assert pruner_label(run(scorer="snip", iterations=10)) == "snip [iterations=10]"
