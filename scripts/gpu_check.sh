@@ -15,7 +15,7 @@ started=$(date +%s)
 $py -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 3)" || { echo "error: no CUDA device visible to $py" >&2; exit 3; }
 timeout 240 $py benchmarks/step_time.py --device cuda --steps 10 --warmup 3 --out "$work/step_time.json" > "$work/step_time.log" 2>&1
 bench=$?
-timeout 150 $py -m pytest -q -m gpu tests/test_gpu.py --junitxml="$work/gpu_tests.xml" > "$work/gpu_tests.log" 2>&1
+timeout 150 $py -m pytest -q -n 0 -m gpu tests/test_gpu.py --junitxml="$work/gpu_tests.xml" > "$work/gpu_tests.log" 2>&1
 tests=$?
 timeout 120 $py train.py task=mrpc trainer.max_epochs=1 data.max_train_samples=1024 trainer.accelerator=gpu \
   logger=csv "hydra.run.dir=$work/mrpc" > "$work/mrpc.log" 2>&1

@@ -200,13 +200,23 @@ def quiet_transformers():
 
 @contextlib.contextmanager
 def second_order_attention(model: nn.Module):
-    """Eager attention while the block runs: SDPA's CPU/flash kernels have no double backward."""
+    """Attention with a double backward while the block runs (GraSP's Hg pass).
+
+    SDPA's fused CPU/flash kernels have none, so an SDPA model takes SDPA's math kernel (a composite
+    of matmuls and softmax, differentiable twice, and faster than the eager modules); any other
+    fused implementation (flash_attention_2, flex) switches to eager for the block.
+    """
     previous = getattr(model.config, "_attn_implementation", None)
     if previous in (None, "eager"):
         yield
-        return
-    model.set_attn_implementation("eager")
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(previous)
+    elif previous == "sdpa":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    else:
+        model.set_attn_implementation("eager")
+        try:
+            yield
+        finally:
+            model.set_attn_implementation(previous)

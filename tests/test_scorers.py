@@ -1,9 +1,12 @@
 """Each scorer against values computed by hand (SNIP) or by finite differences (GraSP)."""
 
+from functools import partial
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from sparse_adapter.backbones import second_order_attention
 from sparse_adapter.pruning import SCORERS, PrunerConfig, prune
 from tests.conftest import tiny_model
 
@@ -106,8 +109,8 @@ def test_snip_pruning_keeps_the_most_sensitive():
     assert scores[masks["W"]].min() >= scores[~masks["W"]].max()
 
 
-def test_grasp_uses_eager_attention_only_for_the_double_backward_pass():
-    """SDPA has no double backward; the gradient pass keeps the fused kernel, the Hg pass goes eager."""
+def test_grasp_uses_sdpa_math_only_for_the_double_backward_pass():
+    """SDPA's fused kernels have no double backward; the gradient pass keeps them, the Hg pass takes SDPA's math kernel."""
     torch.set_default_dtype(torch.float32)
     model = tiny_model(attn="sdpa")[0].eval()
     params = {n: p for n, p in model.named_parameters() if n.endswith("attention.output.dense.weight")}
@@ -116,11 +119,34 @@ def test_grasp_uses_eager_attention_only_for_the_double_backward_pass():
     seen = []
 
     def loss_fn(batch, temperature=1.0):
-        seen.append(model.config._attn_implementation)
+        seen.append((model.config._attn_implementation, torch.backends.cuda.flash_sdp_enabled()))
         ids, labels = batch
         return F.cross_entropy(model(input_ids=ids).logits / temperature, labels)
 
     masks = prune(params, 0.5, PrunerConfig(scorer="grasp", batches=2), loss_fn, batches, model=model)
-    assert seen == ["sdpa", "sdpa", "eager", "eager"]
-    assert model.config._attn_implementation == "sdpa"
+    assert seen == [("sdpa", True)] * 2 + [("sdpa", False)] * 2
+    assert model.config._attn_implementation == "sdpa" and torch.backends.cuda.flash_sdp_enabled()
     assert sum(int(m.sum()) for m in masks.values()) == round(0.5 * sum(p.numel() for p in params.values()))
+
+
+def test_grasp_scores_through_sdpa_math_equal_those_through_eager_attention():
+    """The Hg pass's kernel choice is a speed choice only: SDPA's math path and eager modules score alike."""
+    torch.set_default_dtype(torch.float32)
+    scores = {}
+    for attn in ("sdpa", "eager"):
+        torch.manual_seed(0)
+        model = tiny_model(attn=attn)[0].eval()
+        params = {n: p for n, p in model.named_parameters() if n.endswith("attention.output.dense.weight")}
+        generator = torch.Generator().manual_seed(0)
+        batches = [(torch.randint(5, 90, (2, 7), generator=generator), torch.tensor([0, 1])) for _ in range(2)]
+        mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])
+
+        def loss_fn(batch, temperature=1.0):
+            ids, labels = batch
+            return F.cross_entropy(model(input_ids=ids, attention_mask=mask).logits / temperature, labels)
+
+        scores[attn] = SCORERS["grasp"](params=params, loss_fn=loss_fn, batches=batches, temperature=200.0,
+                                        double_backward=partial(second_order_attention, model))
+    for name in scores["sdpa"]:
+        torch.testing.assert_close(scores["sdpa"][name], scores["eager"][name], rtol=1e-4, atol=1e-12)
+        assert scores["sdpa"][name].abs().max() > 0
