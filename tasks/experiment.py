@@ -122,7 +122,7 @@ def _run(cfg: DictConfig, output_dir: Path, stop: SignalStop) -> float:
     log.info(
         "run: %s on %s | adapter=%s %s | pruner=%s sparsity=%.4f | seed=%s | precision=%s | %s",
         task.name, cfg.backbone_name, cfg.adapter_name, _compact(vars(adapter)), _compact(pruner.settings()),
-        sparsity if pruner.enabled else 0.0, cfg.seed, precision, _compact(budget),
+        sparsity if pruner.enabled else 0.0, cfg.seed, precision, _compact({k: v for k, v in budget.items() if k != "precision"}),
     )
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
