@@ -141,10 +141,14 @@ def test_xsum_trains_end_to_end_through_train_py(tmp_path, xsum_dir):
     assert len(s["samples"]) == 8 and set(s["samples"][0]) == {"document", "summary", "reference"}
 
 
-def test_wrong_family_for_the_backbone_is_one_clear_error(tmp_path):
-    result = train(tmp_path, "data_dir=/nonexistent", "task=squad", "backbone=tiny-bart")
+def test_wrong_family_for_the_backbone_is_one_clear_error(tmp_path, capsys):
+    """In-process: tests/test_bad_input.py proves the same error path through real processes."""
+    from tests.cli_support import FAST, call_train
+
+    code = call_train(*FAST, f"hydra.run.dir={tmp_path}", "data_dir=/nonexistent", "task=squad", "backbone=tiny-bart")
+    err = capsys.readouterr().err
     message = "error: backbone: task family QAModule needs an encoder backbone; 'bart' is an encoder–decoder"
-    assert result.returncode == 2 and result.stderr.strip().startswith(message), result.stderr[-2000:]
+    assert code == 2 and err.strip().startswith(message), err[-2000:]
     assert not (tmp_path / "summary.json").exists()
 
 
