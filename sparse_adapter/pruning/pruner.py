@@ -153,8 +153,8 @@ def prune(
 ) -> dict[str, torch.Tensor]:
     """Boolean masks (True = kept) over ``params`` with exactly round((1 - s) · N) kept.
 
-    Pass ``model`` for second-order scorers (GraSP) on Hugging Face models: attention is switched
-    to the eager kernel for their double-backward pass, since SDPA has none; SynFlow needs it for
+    Pass ``model`` for second-order scorers (GraSP) on Hugging Face models: attention takes SDPA's math
+    kernel (or eager modules) for their double-backward pass, since SDPA's fused kernels have none; SynFlow needs it for
     the adapter modules it feeds. With ``config.iterations`` > 1 each round re-scores only the
     surviving weights (pruned ones are zeroed while it scores and rank below every survivor, so under
     the global scope they never come back) and keeps exactly its round's count. ``config.control`` then acts on the final masks (``reinit`` also

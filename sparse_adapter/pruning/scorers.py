@@ -77,7 +77,7 @@ def grasp_scores(
 
     Pass 1 sums g over the batches without a graph; pass 2 backpropagates g_stop · ∇L, which yields
     the Hessian-gradient product Hg. Logits are divided by ``temperature`` (200 in GraSP) in both.
-    Only pass 2 runs inside ``double_backward()`` (eager attention on HF models), so pass 1 keeps
+    Only pass 2 runs inside ``double_backward()`` (SDPA's math kernel on HF models), so pass 1 keeps
     the fused attention kernels.
     """
     tensors = list(params.values())
