@@ -22,8 +22,6 @@ def check_sparsity(sparsity: float) -> None:
         raise ConfigError(f"sparsity={sparsity} must be in [0, 1) (the pruned fraction of adapter weights)")
 
 
-
-
 @dataclass
 class PrunerConfig:
     """Which scorer ranks the weights and how the keep budget is spread over matrices.
