@@ -46,6 +46,10 @@ ROW_LABELS = {
     "t4_lora": "LoRA", "t4_lora_snip": "LoRA + SNIP s=0.4",
     "t4_mam": "MAM", "t4_mam_snip": "MAM + SNIP s=0.4",
     "t4_fusion": "AdapterFusion", "t4_fusion_snip": "AdapterFusion + SNIP s=0.4",
+    "snip_shuffle": "SNIP, mask shuffled per matrix", "snip_invert": "SNIP, lowest scores kept",
+    "synflow": "SynFlow (data-free, 100 rounds)", "snip_s50": "SparseAdapter SNIP, s=0.5",
+    "snip_nm24": "SNIP 2:4 (s=0.5)", "snip_s80_iter10": "SNIP, s=0.8, 10 rounds",
+    "snip_s80_layer": "SNIP, s=0.8, per-matrix density",
 }
 @dataclass(frozen=True)
 class Table:
@@ -64,6 +68,9 @@ TABLES = {
         ["finetune", "dense", "large_sparse2", "large_sparse3", "large_sparse4"], {"large_sparse2", "large_sparse3", "large_sparse4"}),
     "Table 4: other adapters, dense and SNIP s=0.4": Table(
         list(PAPER_ROBERTA_AVG_TABLE4), set(PAPER_ROBERTA_AVG_TABLE4), ("paper RoBERTa Avg.", PAPER_ROBERTA_AVG_TABLE4)),
+    "Pruning-at-initialization checks: controls, iterative, N:M, SynFlow (not in the paper)": Table(
+        ["dense", "snip", "snip_shuffle", "snip_invert", "synflow", "snip_s50", "snip_nm24", "snip_s80", "snip_s80_iter10", "snip_s80_layer"],
+        {"snip_shuffle", "snip_invert", "synflow", "snip_nm24", "snip_s80_iter10", "snip_s80_layer"}, ("", {})),  # no reference column
 }
 
 
@@ -134,14 +141,15 @@ def markdown_table(runs: list[dict], rows: list[str], reference: tuple[str, dict
     tasks = [(t, name) for t, name in TASKS if any(task == t for *_, task in grouped)]
     glue = [t for t, _ in tasks if t in GLUE]
     reference_name, reference_values = reference
-    header = "| Method | lr | " + " | ".join(name for _, name in tasks) + f" | Avg. | #Param | seeds | {reference_name} |"
-    lines = [header, "|---" * (len(tasks) + 6) + "|"]
+    reference_cell = (lambda text: f" {text} |") if reference_name else (lambda text: "")  # no reference: no column
+    header = "| Method | lr | " + " | ".join(name for _, name in tasks) + " | Avg. | #Param | seeds |" + reference_cell(reference_name)
+    lines = [header, "|---" * (len(tasks) + 5 + bool(reference_name)) + "|"]
     if floors:
         values = [floors.get(t) for t in glue]
         average = f"{statistics.mean(values):.1f}" if values and None not in values else "–"
         values = [floors.get(t) for t, _ in tasks]
         shown = " | ".join("–" if v is None else f"{v:.1f}" for v in values)
-        lines.append(f"| Trivial baseline (best constant predictor) | – | {shown} | {average} | 0 | – | |")
+        lines.append(f"| Trivial baseline (best constant predictor) | – | {shown} | {average} | 0 | – |" + reference_cell(""))
     for row in rows:
         for lr in sorted({lr for (r, lr, _) in grouped if r == row}, key=lambda v: (v is None, v)):
             present = [grouped.get((row, lr, t), []) for t, _ in tasks]
@@ -151,7 +159,7 @@ def markdown_table(runs: list[dict], rows: list[str], reference: tuple[str, dict
             lines.append(
                 f"| {ROW_LABELS.get(row, row)} | {'–' if lr is None else f'{lr:g}'} | "
                 + " | ".join(mean_std(v, floors.get(t)) for v, (t, _) in zip(present, tasks))
-                + f" | {average} | {param_pct(runs, row)} | {max(len(v) for v in present)} | {paper} |"
+                + f" | {average} | {param_pct(runs, row)} | {max(len(v) for v in present)} |" + reference_cell(paper)
             )
     return "\n".join(lines)
 

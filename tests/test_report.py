@@ -75,6 +75,21 @@ def test_a_run_whose_table_is_not_shown_is_listed_under_other_runs(tmp_path):
     assert "| Adapter (dense) |" in text.split("### Other runs")[1]
 
 
+def test_pruning_checks_get_their_own_table_without_a_paper_column(tmp_path):
+    from sparse_adapter.report import report
+
+    write_run(tmp_path, "mrpc", "snip", 1, 0.81)
+    write_run(tmp_path, "mrpc", "snip_shuffle", 1, 0.79, pruner_settings={"scorer": "snip", "control": "shuffle"})
+    text = report(load_summaries([tmp_path]))
+    checks = text.split("### Pruning-at-initialization checks")[1].split("###")[0]
+    assert "| SNIP, mask shuffled per matrix | – |" in checks  # its own label (write_run records no lr)
+    header = next(line for line in checks.splitlines() if line.startswith("| Method"))
+    assert header.endswith("| seeds |")  # no reference column: the paper has no such rows
+    shuffled = next(line for line in checks.splitlines() if "shuffled" in line)
+    assert shuffled.count("|") == header.count("|") and "| 79.0 |" in shuffled
+    assert "Other runs" not in text
+
+
 def test_each_table_shows_the_papers_reference_for_its_backbone(tmp_path):
     write_run(tmp_path, "rte", "snip", 1, 0.6)
     write_run(tmp_path, "rte", "snip_s60", 1, 0.5, sparsity=0.6)
