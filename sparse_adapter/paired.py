@@ -13,6 +13,7 @@ that the row *matches* its reference (is no worse) is a non-inferiority claim wi
 ``MARGIN`` points: reproduced when the interval lies above −MARGIN, not reproduced when it lies
 below, within noise otherwise (a mean ≥ 0 alone proves nothing when the interval is wide). Tasks
 differ in spread, so pooling them widens the interval: the rule errs towards "within noise".
+``per_task_table`` applies the same rule to each task's seeds alone, so one task that moves shows.
 """
 
 from __future__ import annotations
@@ -165,3 +166,26 @@ def paired_table(runs: list[dict]) -> str | None:
         return None
     header = "| Claim | difference | " + " | ".join(name for _, name in tasks) + " | Avg. | all pairs: mean [95% CI] | verdict | paper |"
     return "\n".join([header, "|---" * (len(tasks) + 6) + "|", *lines])
+
+
+def per_task_table(runs: list[dict]) -> str | None:
+    """Each claim's verdict task by task (the pooled rule on one task's seeds): where a pooled "within
+    noise" hides one task that moves. Three seeds give wide intervals, so read it beside the pooled line."""
+    present = {r["task"] for r in runs}
+    tasks = [(t, name) for t, name in TASKS if t in present]
+    lines = []
+    for claim in CLAIMS + CHECKS:
+        per_task = differences(runs, claim)
+        if not per_task:
+            continue
+        cells = []
+        for task, _ in tasks:
+            values = list(per_task.get(task, {}).values())
+            bounds = interval(values)
+            cells.append(f"{bounds[0]:+.1f} [{bounds[1]:+.1f}, {bounds[2]:+.1f}] {verdict(values, claim.kind)}" if bounds
+                         else f"n={len(values)}")
+        lines.append(f"| {claim.text} | " + " | ".join(cells) + " |")
+    if not lines:
+        return None
+    header = "| Claim | " + " | ".join(f"{name}: mean [95% CI] verdict" for _, name in tasks) + " |"
+    return "\n".join([header, "|---" * (len(tasks) + 1) + "|", *lines])

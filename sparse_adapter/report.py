@@ -20,7 +20,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from sparse_adapter.paired import paired_table
+from sparse_adapter.paired import paired_table, per_task_table
 from sparse_adapter.paper import PAPER_BERT_AVG, PAPER_ROBERTA_AVG_TABLE2, PAPER_ROBERTA_AVG_TABLE4, PAPER_TABLE2
 from sparse_adapter.runs import (  # noqa: F401 (public here too)
     GLUE, TASKS, group_key, learning_curve, load_summaries, lr_of, one_lr_per_row, pruner_label, row_key, training_budget,
@@ -222,6 +222,7 @@ def report(runs: list[dict]) -> str:
             parts.append(f"### Other runs\n\n{markdown_table(group, other)}\n")
         if paired := paired_table(group):
             parts.append(f"### Paired differences (row − reference, same seed; dev metric ×100)\n\n{paired}\n")
+            parts.append(f"### The same claims task by task (each task's seeds alone)\n\n{per_task_table(group)}\n")
     parts.append("† not above the task's trivial baseline: the best constant predictor on dev (the majority class; for STS-B a constant score, correlation 0; "
                  "for XSum LEAD-1, the first sentence; SQuAD has none).\n")
     return "\n".join(parts)

@@ -4,7 +4,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from sparse_adapter.paired import (
-    CLAIMS, average_over_tasks, differences, early_score, interval, paired_table, paper_difference, verdict,
+    CLAIMS, average_over_tasks, differences, early_score, interval, paired_table, paper_difference, per_task_table, verdict,
 )
 from sparse_adapter.report import report
 from sparse_adapter.runs import load_summaries
@@ -45,6 +45,13 @@ def test_table_shows_mean_std_and_sign_count(tmp_path):
     # all five pairs (2, -1, 3, 1, 2): mean 1.4, std 1.517, t(0.975, 4) = 2.776 → ±1.88; a "matches" claim above −1
     assert line.endswith("| +1.4 [-0.5, +3.3] (n=5) | reproduced | +0.6 (BERT) |")
     assert "Paired differences" in report(load_summaries([tmp_path]))
+
+
+def test_per_task_table_applies_the_rule_to_each_tasks_seeds_alone(tmp_path):
+    line = next(line for line in per_task_table(grid(tmp_path)).splitlines() if line.startswith(f"| {SNIP_VS_DENSE.text} |"))
+    # MRPC (2, -1, 3): ±t(0.975, 2) · 2.082 / √3 = ±5.17; STS-B (1, 2): ±t(0.975, 1) · 0.707 / √2 = ±6.35
+    assert line.endswith("| +1.3 [-3.8, +6.5] within noise | +1.5 [-4.9, +7.9] within noise |")
+    assert "task by task" in report(load_summaries([tmp_path]))
 
 
 def test_interval_is_the_paired_t_interval():
