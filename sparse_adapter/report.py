@@ -141,7 +141,7 @@ def markdown_table(runs: list[dict], rows: list[str], reference: tuple[str, dict
     tasks = [(t, name) for t, name in TASKS if any(task == t for *_, task in grouped)]
     glue = [t for t, _ in tasks if t in GLUE]
     reference_name, reference_values = reference
-    reference_cell = (lambda text: f" {text} |") if reference_name else (lambda text: "")  # no reference: no column
+    reference_cell = (lambda text: f" {text} |" if text else " |") if reference_name else (lambda text: "")  # none: no column
     header = "| Method | lr | " + " | ".join(name for _, name in tasks) + " | Avg. | #Param | seeds |" + reference_cell(reference_name)
     lines = [header, "|---" * (len(tasks) + 5 + bool(reference_name)) + "|"]
     if floors:
