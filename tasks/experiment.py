@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -201,6 +202,7 @@ def _run(cfg: DictConfig, output_dir: Path, stop: SignalStop) -> float:
         "epochs": trainer.current_epoch,
         "wall_seconds": run_state.job_seconds(),  # all pieces of a resumed job
         "wall_seconds_this_process": time.perf_counter() - started,
+        "cpu_threads": torch.get_num_threads(),  # what the wall time ran on: two jobs side by side each take fewer
     }
     if trainer.is_global_zero:
         merge_adapters(module.model)  # after the summary's counts: e.g. a prefix MLP folds into its prefix

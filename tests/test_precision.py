@@ -48,6 +48,7 @@ def test_bf16_runs_pick_the_fp32_masks_and_hold_them_exactly(overrides, tmp_path
     run = tmp_path / "bf16"
     s = summary(run)
     assert s["precision"] == "bf16-mixed" and s["budget"]["precision"] == "bf16-mixed"
+    assert s["cpu_threads"] == torch.get_num_threads()  # the wall time's context
     assert s["adapter_weights_kept"] == kept_count(s["adapter_weights_total"], s["sparsity"])
     fp32, bf16 = masks_of(tmp_path / "fp32"), masks_of(run)
     assert set(fp32) == set(bf16) and all(torch.equal(fp32[n], bf16[n]) for n in fp32)  # scores were fp32
