@@ -145,16 +145,22 @@ def verdict(values: list[float], kind: str) -> str:
     return "not reproduced" if high < threshold else "within noise"
 
 
-def paired_table(runs: list[dict]) -> str | None:
-    """One line per claim with at least one pair; None when no claim has both of its rows."""
+def claims_with_pairs(runs: list[dict]) -> tuple[list[tuple[str, str]], list[tuple[Claim, dict[str, dict[int, float]]]]]:
+    """The tasks present (key, name) and every claim with at least one pair, with its differences."""
     present = {r["task"] for r in runs}
     tasks = [(t, name) for t, name in TASKS if t in present]
+    found = [(claim, per_task) for claim in CLAIMS + CHECKS if (per_task := differences(runs, claim))]
+    return tasks, found
+
+
+def paired_table(runs: list[dict]) -> str | None:
+    """One line per claim with at least one pair; None when no claim has both of its rows."""
+    tasks, found = claims_with_pairs(runs)
+    if not found:
+        return None
     glue = [t for t, _ in tasks if t in GLUE]
     lines = []
-    for claim in CLAIMS + CHECKS:
-        per_task = differences(runs, claim)
-        if not per_task:
-            continue
+    for claim, per_task in found:
         cells = [describe(list(per_task.get(t, {}).values())) for t, _ in tasks]
         average = describe(list(average_over_tasks(per_task, glue).values()))
         pooled = [value for seeds in per_task.values() for value in seeds.values()]
@@ -162,8 +168,6 @@ def paired_table(runs: list[dict]) -> str | None:
         ci = f"{bounds[0]:+.1f} [{bounds[1]:+.1f}, {bounds[2]:+.1f}] (n={len(pooled)})" if bounds else f"n={len(pooled)}"
         lines.append(f"| {claim.text} | {claim.row} − {claim.reference} | " + " | ".join(cells)
                      + f" | {average} | {ci} | {verdict(pooled, claim.kind)} | {paper_difference(claim)} |")
-    if not lines:
-        return None
     header = "| Claim | difference | " + " | ".join(name for _, name in tasks) + " | Avg. | all pairs: mean [95% CI] | verdict | paper |"
     return "\n".join([header, "|---" * (len(tasks) + 6) + "|", *lines])
 
@@ -171,13 +175,11 @@ def paired_table(runs: list[dict]) -> str | None:
 def per_task_table(runs: list[dict]) -> str | None:
     """Each claim's verdict task by task (the pooled rule on one task's seeds): where a pooled "within
     noise" hides one task that moves. Three seeds give wide intervals, so read it beside the pooled line."""
-    present = {r["task"] for r in runs}
-    tasks = [(t, name) for t, name in TASKS if t in present]
+    tasks, found = claims_with_pairs(runs)
+    if not found:
+        return None
     lines = []
-    for claim in CLAIMS + CHECKS:
-        per_task = differences(runs, claim)
-        if not per_task:
-            continue
+    for claim, per_task in found:
         cells = []
         for task, _ in tasks:
             values = list(per_task.get(task, {}).values())
@@ -185,7 +187,5 @@ def per_task_table(runs: list[dict]) -> str | None:
             cells.append(f"{bounds[0]:+.1f} [{bounds[1]:+.1f}, {bounds[2]:+.1f}] {verdict(values, claim.kind)}" if bounds
                          else f"n={len(values)}")
         lines.append(f"| {claim.text} | " + " | ".join(cells) + " |")
-    if not lines:
-        return None
     header = "| Claim | " + " | ".join(f"{name}: mean [95% CI] verdict" for _, name in tasks) + " |"
     return "\n".join([header, "|---" * (len(tasks) + 1) + "|", *lines])

@@ -51,6 +51,8 @@ ROW_LABELS = {
     "snip_nm24": "SNIP 2:4 (s=0.5)", "snip_s80_iter10": "SNIP, s=0.8, 10 rounds",
     "snip_s80_layer": "SNIP, s=0.8, per-matrix density",
 }
+
+
 @dataclass(frozen=True)
 class Table:
     rows: list[str]  # in the paper's order
