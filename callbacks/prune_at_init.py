@@ -5,14 +5,16 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+import warnings
 from collections.abc import Sequence
 
 import lightning as L
 import torch
 from tqdm.auto import tqdm
 
-from sparse_adapter.errors import NumericalError
+from sparse_adapter.errors import ConfigError, NumericalError
 from sparse_adapter.pruning import PrunerConfig, prune
+from sparse_adapter.pruning.zero_init import DegenerateScoresWarning
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,15 @@ class PruneAtInit(L.Callback):
         pruner.validate(sparsity)
         self.pruner, self.sparsity, self.seed = pruner, sparsity, seed
         self.seconds = 0.0
+        self.tied_score_tensors: list[str] = []  # what scoring found (kept in checkpoints: a resumed run reports it too)
+        self.lookahead_tensors: list[str] = []
+
+    def state_dict(self) -> dict:
+        return {"tied_score_tensors": self.tied_score_tensors, "lookahead_tensors": self.lookahead_tensors}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.tied_score_tensors = [str(n) for n in state_dict.get("tied_score_tensors", [])]
+        self.lookahead_tensors = [str(n) for n in state_dict.get("lookahead_tensors", [])]
 
     def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
         if not self.pruner.enabled:
@@ -48,18 +59,24 @@ class PruneAtInit(L.Callback):
             was_training = pl_module.training
             pl_module.eval()
             try:
-                with ScoringProgress(batches, self.pruner.scorer, enabled=trainer.progress_bar_callback is not None) as scored:
+                with ScoringProgress(batches, self.pruner.scorer, enabled=trainer.progress_bar_callback is not None) as scored, \
+                        warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DegenerateScoresWarning)  # logged below, once, with the run's log
                     masks = prune(
                         params, self.sparsity, self.pruner,
                         loss_fn=pl_module.scoring_loss, batches=scored, seed=self.seed, model=pl_module.model,
                     )
-            except NumericalError as error:
-                masks = str(error)  # broadcast the failure, so every rank stops instead of one waiting forever
+                masks = {"masks": dict(masks), "tied": masks.tied_score_tensors, "lookahead": masks.lookahead_tensors}
+            except (NumericalError, ConfigError) as error:
+                masks = (type(error).__name__, str(error))  # broadcast the failure: every rank stops, none waits forever
             finally:
                 pl_module.train(was_training)
         masks = trainer.strategy.broadcast(masks, src=0)
-        if isinstance(masks, str):
-            raise NumericalError(masks)
+        if isinstance(masks, tuple):
+            kind, message = masks
+            raise (NumericalError if kind == "NumericalError" else ConfigError)(message)
+        self.tied_score_tensors, self.lookahead_tensors = masks["tied"], masks["lookahead"]
+        masks = masks["masks"]
         for name, mask in masks.items():
             pl_module.masks[name] = mask.to(pl_module.device)
         pl_module.masks.apply_(params)
@@ -84,6 +101,15 @@ class PruneAtInit(L.Callback):
             "PruneAtInit: %s/%s kept %d of %d adapter weights (sparsity %.4f) in %.2fs",
             self.pruner.scorer, self.pruner.scope, masks.kept(), masks.total(), metrics["prune/actual_sparsity"], self.seconds,
         )
+        if self.lookahead_tensors:
+            log.info("PruneAtInit: %d all-zero tensors scored one Adam step ahead (pruner.zero_init=lookahead), e.g. %s",
+                     len(self.lookahead_tensors), self.lookahead_tensors[0])
+        if self.tied_score_tensors:
+            log.warning(
+                "PruneAtInit: %s could not rank %d tensor(s): every score equal (%s); their masks come from the seeded"
+                " tie-break (recorded as tied_score_tensors; pruner.on_degenerate=error refuses this)",
+                self.pruner.scorer, len(self.tied_score_tensors), ", ".join(self.tied_score_tensors[:4]),
+            )
         if empty := masks.empty():
             log.warning(
                 "PruneAtInit: %d adapter matrices kept no weight: %s; modules silenced by an empty factor: %s "

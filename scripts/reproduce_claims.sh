@@ -7,6 +7,8 @@
 #   bash scripts/reproduce_claims.sh variants  # Table 4 rows (seed 42) on all four tasks
 #   bash scripts/reproduce_claims.sh pai    # issue 24: PaI checks (SynFlow, shuffle/invert controls, iterative, layer, 2:4), 3 seeds
 #                                           # (LANES=2: two 1-thread sweeps side by side; PAI_ROWS=...: which rows)
+#   bash scripts/reproduce_claims.sh zero_init  # issue 34: LoRA at PEFT's default init (B = 0): dense, random-0.5, look-ahead SNIP-0.5
+#                                           # (MRPC, STS-B, seeds 42-44)
 #   bash scripts/reproduce_claims.sh bf16   # issue 25: dense and SNIP-0.4 in bf16-mixed (MRPC, STS-B, 3 seeds) against the fp32 grid
 #   bash scripts/reproduce_claims.sh all    # mrpc_variants, lr, reference, grid, variants, pai, bf16: what a fresh session restarts
 #   bash scripts/reproduce_claims.sh clean  # drop the checkpoints of finished grid jobs
@@ -73,6 +75,11 @@ case "$stage" in
     $py train.py -m "${table4[@]}" hydra.sweeper.params.task=mrpc "hydra.sweeper.params.row='t4_fusion,t4_fusion_snip'"
     $py -m sparse_adapter.report "$out/table4" "$out/variants" --out "$out/variants-report"
     ;;
+  zero_init)  # seed first: a grid stopped midway holds whole seeds
+    $py train.py -m seed=42,43,44 task=mrpc,stsb row=zi_lora_dense,zi_lora_random_s50,zi_lora_snip_s50 trainer.precision=32-true \
+      "${adapter_lr[@]}" "${budget[@]}" "hydra.sweep.dir=$out/zero_init"
+    $py -m sparse_adapter.report "$out/zero_init" --out "$out/zero_init-report"
+    ;;
   variants)
     lr_chosen || exit 0
     $py train.py -m experiment=table4 hydra.sweeper.params.seed=42 "${adapter_lr[@]}" "${budget[@]}" "hydra.sweep.dir=$out/table4"
@@ -102,8 +109,8 @@ case "$stage" in
     $py train.py -m experiment=claims_bf16 "hydra.sweep.dir=$out/bf16"
     $py benchmarks/compare_precision.py "$out/grid" "$out/bf16" | tee "$out/bf16/comparison.md"
     ;;
-  all) for step in mrpc_variants lr reference grid variants pai bf16; do bash "$0" "$step" "$out"; done ;;
+  all) for step in mrpc_variants lr reference grid variants pai bf16 zero_init; do bash "$0" "$step" "$out"; done ;;
   clean)  # finished jobs need no checkpoint (they are never committed: .gitignore)
     for summary in $(find "$out" -name summary.json); do rm -rf "$(dirname "$summary")/checkpoints"; done ;;
-  *) echo "usage: $0 lr|reference|grid|mrpc_variants|variants|pai|bf16|all|clean [out]" >&2; exit 2 ;;
+  *) echo "usage: $0 lr|reference|grid|mrpc_variants|variants|pai|bf16|zero_init|all|clean [out]" >&2; exit 2 ;;
 esac

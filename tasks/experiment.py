@@ -196,6 +196,8 @@ def _run(cfg: DictConfig, output_dir: Path, stop: SignalStop) -> float:
         "samples": module.sample_predictions,
         "empty_matrices": module.masks.empty(),
         "silenced_modules": module.masks.silenced_modules(),
+        "tied_score_tensors": pruning.tied_score_tensors,
+        "lookahead_tensors": pruning.lookahead_tensors,
         "layer_density": module.masks.densities(),
         "prune_seconds": pruning.seconds,
         "global_steps": trainer.global_step,

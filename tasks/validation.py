@@ -211,6 +211,7 @@ RULES: dict[str, Rule] = {
     "adapter.init_std": finite(above(0.0)),
     "pruner.batches": at_least(0),
     "pruner.temperature": finite(above(0.0)),
+    "pruner.lookahead_lr": finite(above(0.0)),
     "pruner.iterations": optional(at_least(1)),
     "pruner.n": at_least(1),
     "pruner.m": at_least(2),

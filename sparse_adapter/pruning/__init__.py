@@ -3,7 +3,7 @@
 from sparse_adapter.pruning.allocation import SCOPES, erdos_renyi_densities, kept_count, select, top_k_mask
 from sparse_adapter.pruning.controls import CONTROLS
 from sparse_adapter.pruning.masks import MaskSet, mask_gradients_, mask_parameters_and_state_
-from sparse_adapter.pruning.pruner import PrunerConfig, check_sparsity, prune, schedule
+from sparse_adapter.pruning.pruner import Masks, PrunerConfig, check_sparsity, prune, schedule
 from sparse_adapter.pruning.scorers import SCORERS
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "SCOPES",
     "SCORERS",
     "MaskSet",
+    "Masks",
     "PrunerConfig",
     "check_sparsity",
     "erdos_renyi_densities",

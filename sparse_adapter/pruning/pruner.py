@@ -15,6 +15,9 @@ from sparse_adapter.errors import ConfigError, NumericalError
 from sparse_adapter.pruning.allocation import SCOPES, select
 from sparse_adapter.pruning.controls import CONTROLS, apply_control
 from sparse_adapter.pruning.scorers import SCORERS, LossFn
+from sparse_adapter.pruning.zero_init import (
+    DEGENERATE_MODES, ZERO_INIT_MODES, lookahead, report_degenerate, tied_tensors, zero_tensors,
+)
 
 
 def check_sparsity(sparsity: float) -> None:
@@ -36,6 +39,11 @@ class PrunerConfig:
     (1, SynFlow 100). ``control``: a sanity check of Frankle et al. (2021) applied to the final
     masks: ``shuffle`` each matrix's mask, ``reinit`` the kept weights, or ``invert`` the ranking
     (keep each matrix's lowest-scored weights at the same per-matrix counts).
+    ``zero_init``: how data-dependent scorers (SNIP, GraSP) treat a tensor that is zero everywhere
+    (LoRA's B under PEFT's default init): ``lookahead`` scores it, and the partner it silences, one
+    Adam step of ``lookahead_lr`` ahead (``sparse_adapter.pruning.zero_init``); ``none`` scores it as
+    it is (every score ties). ``on_degenerate``: what a tensor whose scores all tie does: ``warn``
+    (the default: a ``DegenerateScoresWarning`` naming it, recorded as ``tied_score_tensors``) or ``error``.
     """
 
     scorer: str | None = "snip"
@@ -47,6 +55,9 @@ class PrunerConfig:
     control: str = "none"
     n: int = 2  # scope=nm: keep n ...
     m: int = 4  # ... of every m consecutive weights
+    zero_init: str = "lookahead"
+    lookahead_lr: float = 1e-3
+    on_degenerate: str = "warn"
 
     @property
     def enabled(self) -> bool:
@@ -72,6 +83,10 @@ class PrunerConfig:
             settings["batches"] = self.batches
         if self.scorer == "grasp":
             settings["temperature"] = self.temperature
+        if self.needs_batches and (self.zero_init, self.lookahead_lr) != ("lookahead", 1e-3):  # non-defaults only:
+            settings["zero_init"] = self.zero_init  # older records (no key) ran the defaults' masks on non-zero inits
+            if self.zero_init == "lookahead":
+                settings["lookahead_lr"] = self.lookahead_lr
         return settings
 
     def check_model(self, model: nn.Module, params: dict[str, nn.Parameter]) -> None:
@@ -83,6 +98,12 @@ class PrunerConfig:
         check_sparsity(sparsity)
         if self.control not in CONTROLS:
             raise ConfigError(f"pruner.control='{self.control}' is unknown (choose from {', '.join(CONTROLS)})")
+        if self.zero_init not in ZERO_INIT_MODES:
+            raise ConfigError(f"pruner.zero_init='{self.zero_init}' is unknown (choose from {', '.join(ZERO_INIT_MODES)})")
+        if self.on_degenerate not in DEGENERATE_MODES:
+            raise ConfigError(f"pruner.on_degenerate='{self.on_degenerate}' is unknown (choose from {', '.join(DEGENERATE_MODES)})")
+        if isinstance(self.lookahead_lr, bool) or not isinstance(self.lookahead_lr, (int, float)) or not self.lookahead_lr > 0:
+            raise ConfigError(f"pruner.lookahead_lr={self.lookahead_lr} must be a positive number (the look-ahead's Adam step)")
         if not self.enabled:
             if self.control != "none":
                 raise ConfigError(f"pruner.control={self.control} needs a pruner: pruner=none trains the dense adapter, it has no mask to {self.control}")
@@ -140,6 +161,19 @@ def pruned_temporarily(params: dict[str, nn.Parameter], masks: dict[str, torch.T
                 params[name].copy_(value)
 
 
+class Masks(dict):
+    """Parameter name → bool mask (True = kept), with what scoring found on the way:
+    ``tied_score_tensors`` (tensors the scorer could not rank: every score equal) and
+    ``lookahead_tensors`` (all-zero tensors scored one Adam step ahead)."""
+
+    tied_score_tensors: list[str]
+    lookahead_tensors: list[str]
+
+    def __init__(self, masks: dict, tied_score_tensors: list[str] = (), lookahead_tensors: list[str] = ()):
+        super().__init__(masks)
+        self.tied_score_tensors, self.lookahead_tensors = list(tied_score_tensors), list(lookahead_tensors)
+
+
 def prune(
     params: dict[str, nn.Parameter],
     sparsity: float,
@@ -148,7 +182,7 @@ def prune(
     batches: Sequence = (),
     seed: int = 0,
     model: nn.Module | None = None,
-) -> dict[str, torch.Tensor]:
+) -> Masks:
     """Boolean masks (True = kept) over ``params`` with exactly round((1 - s) · N) kept.
 
     Pass ``model`` for second-order scorers (GraSP) on Hugging Face models: attention takes SDPA's math
@@ -156,7 +190,8 @@ def prune(
     the adapter modules it feeds. With ``config.iterations`` > 1 each round re-scores only the
     surviving weights (pruned ones are zeroed while it scores and rank below every survivor, so under
     the global scope they never come back) and keeps exactly its round's count. ``config.control`` then acts on the final masks (``reinit`` also
-    rewrites the kept values of ``params`` in place).
+    rewrites the kept values of ``params`` in place). All-zero tensors are scored one Adam step ahead
+    (``config.zero_init``); tensors whose scores all tie are reported (``config.on_degenerate``).
     """
     config.validate(sparsity)
     if not config.enabled:
@@ -167,9 +202,11 @@ def prune(
         raise ConfigError(f"pruner.batches: pruner '{config.scorer}' needs scoring batches and a loss")
     generator = torch.Generator().manual_seed(seed)
     double_backward = partial(second_order_attention, model) if model is not None else nullcontext
+    ahead = zero_tensors(params) if config.needs_batches and config.zero_init == "lookahead" else []
     masks: dict[str, torch.Tensor] | None = None
+    tied: list[str] = []
     for round_sparsity in schedule(sparsity, config.rounds):
-        with pruned_temporarily(params, masks):
+        with pruned_temporarily(params, masks), lookahead(params, ahead, loss_fn, batches, config.lookahead_lr, masks):
             scores = SCORERS[config.scorer](
                 params=params, loss_fn=loss_fn, batches=batches, generator=generator,
                 temperature=config.temperature, double_backward=double_backward, model=model,
@@ -180,7 +217,9 @@ def prune(
                     f"pruner.scorer={config.scorer}: the scores of {name} hold NaN/Inf; check adapter.init_std, the data"
                     " and the scoring loss (pruner=random needs no scores)"
                 )
+        tied += [name for name in tied_tensors(scores, masks) if name not in tied]
         if masks is not None:  # survivors only: what an earlier round pruned ranks below everything
             scores = {name: score.float().masked_fill(~masks[name].to(score.device), float("-inf")) for name, score in scores.items()}
         masks = select(scores, round_sparsity, config.scope, generator, config.min_density, n=config.n, m=config.m)
-    return apply_control(config.control, masks, scores, params, generator)
+    report_degenerate(tied, config.scorer, config.on_degenerate)
+    return Masks(apply_control(config.control, masks, scores, params, generator), tied, ahead)
