@@ -12,9 +12,8 @@ import lightning as L
 import torch
 from tqdm.auto import tqdm
 
-from sparse_adapter.errors import ConfigError, NumericalError
+from sparse_adapter.errors import ConfigError, DegenerateScoresWarning, NumericalError
 from sparse_adapter.pruning import PrunerConfig, prune
-from sparse_adapter.pruning.zero_init import DegenerateScoresWarning
 
 log = logging.getLogger(__name__)
 

@@ -65,7 +65,7 @@ def main(argv=None) -> dict:
 
     model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"],
                                             modules_to_save=["classifier"], init_lora_weights="gaussian"))
-    sparse = SparseAdapterCallback(sparsity=args.sparsity, pruner="snip", batches=10)  # SNIP on 10 training batches
+    sparse = SparseAdapterCallback(sparsity=args.sparsity, pruner="snip", num_batches=10)  # SNIP on 10 training batches
     trainer = Trainer(
         model=model,
         args=TrainingArguments(output_dir=args.out, per_device_train_batch_size=8 if args.tiny else 32, learning_rate=1e-3,

@@ -11,3 +11,11 @@ class NumericalError(RuntimeError):
 
 class StorageError(RuntimeError):
     """A file could not be written (disk full, read-only, no permission); the message names the file."""
+
+
+class DegenerateScoresWarning(UserWarning):
+    """Some adapter tensors got the same score for every weight: their masks come from the tie-break."""
+
+
+class EmptyMatricesWarning(UserWarning):
+    """Pruning left adapter matrices with no weight: a product with an empty factor silences its module."""

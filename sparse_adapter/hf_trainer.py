@@ -15,15 +15,17 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
 
 from sparse_adapter.errors import ConfigError
-from sparse_adapter.hold import MaskHold, hold_masks
+from sparse_adapter.hold import MaskHold, check_bool_masks, hold_masks
 from sparse_adapter.io import atomic_path
-from sparse_adapter.peft import adapter_tensors, prune_parameters
+from sparse_adapter.peft import adapter_tensors, compiled, prune_parameters, pruner_config
 
 log = logging.getLogger(__name__)
 MASKS_FILE = "sparse_adapter_masks.safetensors"
@@ -56,17 +58,41 @@ def broadcast(masks):
 class SparseAdapterCallback(TrainerCallback):
     """Prune the model's adapter tensors at ``on_train_begin`` and hold the masks for the whole run.
 
-    ``pruner``: any scorer (snip, grasp, synflow, magnitude, random); ``options``: ``PrunerConfig``
-    settings (scope, iterations, control, n, m, min_density, temperature). ``include``/``exclude``:
-    regular expressions on parameter names. ``seed``: the tie-break and random-score seed (default:
-    ``args.seed``). After training, ``masks`` holds the masks and ``kept_fraction`` their density.
+    ``pruner``: any scorer (snip, grasp, synflow, magnitude, random), scored on the first ``num_batches``
+    batches of the Trainer's training dataloader; ``options``: ``PrunerConfig`` settings (scope,
+    iterations, control, n, m, min_density, temperature, zero_init, lookahead_lr, on_degenerate).
+    ``include``/``exclude``: regular expressions on parameter names. ``seed``: the tie-break and
+    random-score seed (default: ``args.seed``). ``masks``: precomputed masks (e.g. from
+    ``prune_peft_model``) to hold instead of pruning; they must be bool tensors named as the model's
+    parameters. Every keyword is checked here, so a mistake fails before the Trainer starts. After
+    training, ``masks`` holds the masks and ``kept_fraction`` their density.
     """
 
-    def __init__(self, sparsity: float = 0.4, pruner: str = "snip", batches: int = 10, seed: int | None = None,
-                 include: str | None = None, exclude: str | None = None, **options):
-        self.sparsity, self.pruner, self.batches, self.seed = sparsity, pruner, batches, seed
+    def __init__(self, sparsity: float = 0.4, pruner: str = "snip", num_batches: int = 10, seed: int | None = None,
+                 include: str | None = None, exclude: str | None = None, masks: Mapping[str, torch.Tensor] | None = None,
+                 **options):
+        if "batches" in options:  # the old name of the count; prune_peft_model's `batches` are the batches themselves
+            batches = options.pop("batches")
+            if isinstance(batches, bool) or not isinstance(batches, int):
+                raise ConfigError("batches=: the callback scores the Trainer's own first batches; their number is"
+                                  " num_batches= (prune_peft_model(batches=...) takes a list of batches)")
+            warnings.warn("SparseAdapterCallback(batches=N) is now num_batches=N", FutureWarning, stacklevel=2)
+            num_batches = batches
+        if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
+            raise ConfigError(f"num_batches={num_batches!r} must be an integer ≥ 1 (how many training batches are scored)")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ConfigError(f"seed={seed!r} must be an integer or None (None: the Trainer's args.seed)")
+        compiled("include", include), compiled("exclude", exclude)
+        if masks is not None:
+            check_bool_masks(masks)
+            self.config = None  # held as given: nothing is scored
+        else:
+            self.config = pruner_config(pruner, sparsity, num_batches, options)
+        self.sparsity, self.pruner, self.num_batches, self.seed = sparsity, pruner, num_batches, seed
         self.include, self.exclude, self.options = include, exclude, options
+        self.given_masks = dict(masks) if masks is not None else None
         self.masks: dict[str, torch.Tensor] = {}
+        self.tied_score_tensors: list[str] = []
         self.hold: MaskHold | None = None
 
     @property
@@ -75,22 +101,27 @@ class SparseAdapterCallback(TrainerCallback):
         return sum(int(mask.sum()) for mask in self.masks.values()) / total if total else float("nan")
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kwargs):
-        params = adapter_tensors(model, self.include, self.exclude)
+        named = dict(model.named_parameters())  # masks may name any tensor (given masks, an explicit include)
         if state.global_step > 0:  # resumed from a checkpoint: its masks, never a new pruning of trained weights
             self.masks = read_masks(Path(args.output_dir) / f"checkpoint-{state.global_step}" / MASKS_FILE)
             log.info("SparseAdapterCallback: masks restored from checkpoint-%d", state.global_step)
+        elif self.given_masks is not None:
+            self.masks = self.given_masks
         else:
-            masks = None
+            found = None
             if state.is_world_process_zero:
+                params = adapter_tensors(model, self.include, self.exclude)
                 with torch.random.fork_rng(devices=[]):  # drawing batches must not move the training order
-                    batches = list(itertools.islice(iter(train_dataloader), self.batches))
+                    batches = list(itertools.islice(iter(train_dataloader), self.num_batches))
                 masks = prune_parameters(model, params, self.sparsity, self.pruner, batches,
                                          seed=args.seed if self.seed is None else self.seed, **self.options)
-            self.masks = broadcast(masks)
+                found = (dict(masks), masks.tied_score_tensors)
+            self.masks, self.tied_score_tensors = broadcast(found)
         if self.hold is not None:
             self.hold.remove()
-        self.hold = hold_masks(optimizer, params, self.masks)
-        state.log_history.append({"sparse_adapter/kept_fraction": self.kept_fraction, "step": state.global_step})
+        self.hold = hold_masks(optimizer, named, self.masks)
+        state.log_history.append({"sparse_adapter/kept_fraction": self.kept_fraction, "step": state.global_step,
+                                  "sparse_adapter/tied_score_tensors": self.tied_score_tensors})
         log.info("SparseAdapterCallback: %s kept %d of %d adapter weights (%.4f)", self.pruner, self.hold.kept(),
                  self.hold.total(), self.kept_fraction)
 

@@ -13,6 +13,7 @@ same-shaped state tensor (Adam's moments), which also undoes decoupled weight de
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 
 import torch
@@ -22,8 +23,35 @@ from sparse_adapter.errors import ConfigError
 from sparse_adapter.pruning.masks import mask_gradients_, mask_parameters_and_state_
 
 
+# each held parameter carries a weak reference to its MaskHold: a second hold would stack two masks (the union of
+# their zeros), so it is refused while the first is on
+HOLD_ATTRIBUTE = "_sparse_adapter_hold"
+
+
+def holder(parameter: nn.Parameter) -> "MaskHold | None":
+    reference = getattr(parameter, HOLD_ATTRIBUTE, None)
+    hold = reference() if reference is not None else None
+    return hold if hold is not None and hold.handles else None
+
+
+def check_bool_masks(masks: Mapping[str, torch.Tensor]) -> None:
+    """ConfigError unless ``masks`` maps names to bool tensors with values (not scores, not on the meta device)."""
+    if not isinstance(masks, Mapping):
+        raise ConfigError(f"masks: expected a dict of parameter name → bool tensor, got {type(masks).__name__}")
+    for name, mask in masks.items():
+        if not torch.is_tensor(mask) or mask.dtype != torch.bool:
+            kind = f"a {mask.dtype} tensor" if torch.is_tensor(mask) else type(mask).__name__
+            raise ConfigError(
+                f"masks: '{name}' is {kind}, not a bool tensor (True = kept); scores are not masks: select them first"
+                " (prune_peft_model returns bool masks)"
+            )
+        if mask.device.type == "meta":
+            raise ConfigError(f"masks: '{name}' is on the meta device (it holds no values)")
+
+
 def check_masks(params: Mapping[str, nn.Parameter], masks: Mapping[str, torch.Tensor]) -> None:
-    """ConfigError when a mask names no parameter or has another shape (masks from another model)."""
+    """ConfigError when a mask is not boolean, names no parameter or has another shape (masks from another model)."""
+    check_bool_masks(masks)
     for name, mask in masks.items():
         if name not in params:
             some = ", ".join(list(params)[:3])
@@ -45,6 +73,10 @@ class MaskHold:
 
     def __init__(self, optimizer, params: Mapping[str, nn.Parameter], masks: Mapping[str, torch.Tensor]):
         check_masks(params, masks)
+        for name in masks:
+            if holder(params[name]) is not None:
+                raise ConfigError(f"masks: '{name}' is held already; remove() the first hold (or hold one combined mask)"
+                                  " before holding another: two holds would keep the union of their zeros")
         self.pairs = [(params[name], mask.to(device=params[name].device, dtype=torch.bool)) for name, mask in masks.items()]
         self.optimizer = torch_optimizer(optimizer) if optimizer is not None else None
         self.handles = []
@@ -52,6 +84,8 @@ class MaskHold:
             mask_parameters_and_state_(self.pairs, self.optimizer)  # from the first step on, pruned means zero
         for parameter, mask in self.pairs:
             self.handles.append(parameter.register_post_accumulate_grad_hook(_masking(mask)))
+        for parameter, _ in self.pairs:
+            setattr(parameter, HOLD_ATTRIBUTE, weakref.ref(self))
         if self.optimizer is not None:
             self.handles.append(self.optimizer.register_step_pre_hook(lambda *_: mask_gradients_(self.pairs)))
             self.handles.append(self.optimizer.register_step_post_hook(lambda *_: mask_parameters_and_state_(self.pairs, self.optimizer)))
@@ -78,5 +112,6 @@ def _masking(mask: torch.Tensor):
 def hold_masks(optimizer, params: Mapping[str, nn.Parameter], masks: Mapping[str, torch.Tensor]) -> MaskHold:
     """Zero the pruned entries of ``params`` now and keep them (and their gradients and ``optimizer``
     state) zero through every later backward and step; returns the handle whose ``remove()`` stops it.
-    ``optimizer`` may be None (gradients only), a torch optimizer or a wrapper around one."""
+    ``optimizer`` may be None (gradients only), a torch optimizer or a wrapper around one. Masks must be
+    bool tensors; a parameter can be held once at a time (``remove()`` the first hold before another)."""
     return MaskHold(optimizer, params, masks)

@@ -9,14 +9,18 @@ sparse adapter folders, and SHiRA masks chosen by SNIP/GraSP/magnitude instead o
 The loss is the model's own (``model(**batch).loss``), so batches carry their labels. Every
 PEFT tuner layer lists its tensors in ``adapter_layer_names`` (LoRA's A/B and DoRA's magnitude,
 IA³'s vectors, LoHa/LoKr factors, ...); prompt-learning methods train ``prompt_encoder``. Heads in
-``modules_to_save`` are trained but are not adapter weights, so they are never pruned.
+``modules_to_save`` are trained but are not adapter weights, so they are never pruned. DoRA's magnitude
+vectors scale whole output channels of the frozen weight (pruning one entry switches a channel off), so
+they are left out unless ``include`` names them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -28,13 +32,16 @@ from torch import nn
 from sparse_adapter.adapter_file import decode, encode
 from sparse_adapter.adapters.base import AdapterLayer
 from sparse_adapter.backbones import second_order_attention
-from sparse_adapter.errors import ConfigError
+from sparse_adapter.errors import ConfigError, EmptyMatricesWarning
 from sparse_adapter.io import atomic_path
-from sparse_adapter.pruning import PrunerConfig, prune
+from sparse_adapter.pruning import Masks, PrunerConfig, prune
+from sparse_adapter.pruning.masks import owning_module
 from sparse_adapter.pruning.allocation import top_k_mask
 from sparse_adapter.pruning.scorers import SCORERS
 
 SPARSE_FILE = "sparse_adapter_model.safetensors"
+# adapter tensors left out of pruning unless an explicit ``include`` matches them: DoRA's per-channel magnitudes
+GATING_TENSORS = re.compile(r"lora_magnitude_vector")
 FORMAT = "sparse-peft/1"
 
 
@@ -50,8 +57,10 @@ def adapter_tensors(model: nn.Module, include: str | None = None, exclude: str |
     """The trainable adapter tensors of a PEFT model (any tuner) or of our own adapters, by parameter name.
 
     ``include``/``exclude``: regular expressions searched in the names (e.g. ``include="lora_B"``,
-    ``exclude="magnitude"``). Biases and task heads are not adapter weights.
+    ``exclude="lora_A"``). Biases and task heads (``modules_to_save``) are not adapter weights; DoRA's
+    magnitude vectors are left out unless ``include`` matches them.
     """
+    include_pattern, exclude_pattern = compiled("include", include), compiled("exclude", exclude)
     owners: set[int] = set()
     tuner_layer = _tuner_layer_class()
     for module in model.modules():
@@ -68,7 +77,8 @@ def adapter_tensors(model: nn.Module, include: str | None = None, exclude: str |
     selected = {
         name: p for name, p in model.named_parameters()
         if p.requires_grad and id(p) in owners
-        and (include is None or re.search(include, name)) and (exclude is None or not re.search(exclude, name))
+        and (include_pattern.search(name) if include_pattern else not GATING_TENSORS.search(name))
+        and not (exclude_pattern and exclude_pattern.search(name))
     }
     if not selected:
         trainable = [n for n, p in model.named_parameters() if p.requires_grad][:3]
@@ -76,6 +86,17 @@ def adapter_tensors(model: nn.Module, include: str | None = None, exclude: str |
             raise ConfigError(f"include={include!r}, exclude={exclude!r} select no trainable adapter tensor (trainable: {', '.join(trainable) or 'none'})")
         raise ConfigError(f"the model has no trainable adapter tensors to prune (trainable: {', '.join(trainable) or 'none'}); wrap it with peft.get_peft_model first")
     return selected
+
+
+def compiled(argument: str, pattern: str | None) -> re.Pattern | None:
+    if pattern is None:
+        return None
+    if not isinstance(pattern, str):
+        raise ConfigError(f"{argument}={pattern!r} must be a regular expression (a string) or None")
+    try:
+        return re.compile(pattern)
+    except re.error as error:
+        raise ConfigError(f"{argument}={pattern!r} is not a valid regular expression: {error}") from None
 
 
 def model_loss(model: nn.Module):
@@ -98,14 +119,63 @@ def to_device(batch: Mapping, device: torch.device) -> dict:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
+def pruner_config(pruner: str, sparsity: float, num_batches: int, options: Mapping) -> PrunerConfig:
+    """``PrunerConfig`` from the library's keywords, every one checked now: an unknown keyword or a bad
+    value is one ConfigError naming it, before any model is touched."""
+    fields = {f.name for f in dataclasses.fields(PrunerConfig)} - {"scorer", "batches"}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}=: not a pruner setting (known: sparsity, pruner, seed, include, exclude, "
+                          f"{', '.join(sorted(fields))})")
+    if not isinstance(pruner, str) or (pruner not in SCORERS and pruner != "none"):
+        raise ConfigError(f"pruner={pruner!r} is unknown (choose from {', '.join(SCORERS)})")
+    if pruner == "none":
+        raise ConfigError("pruner='none' prunes nothing: train the dense adapter without this call")
+    config = PrunerConfig(scorer=pruner, batches=num_batches, **options)
+    config.validate(sparsity)
+    return config
+
+
+def module_owners(model: nn.Module) -> dict[str, str]:
+    """Parameter name → the adapter module it belongs to (a PEFT tuner layer or one of ours): a module
+    with an empty factor (LoRA's A or B, an IA³ vector) contributes nothing, so it is reported silenced."""
+    owners = {}
+    tuner_layer = _tuner_layer_class()
+    for module_name, module in model.named_modules():
+        if isinstance(module, AdapterLayer) or (tuner_layer is not None and isinstance(module, tuner_layer)):
+            for name, _ in module.named_parameters(prefix=module_name):
+                owners.setdefault(name, module_name)
+    return owners
+
+
+def report_empty(model: nn.Module, masks: Masks) -> None:
+    """Warn, as the CLI logs, about matrices a global ranking emptied and the modules they silence."""
+    empty = masks.empty_matrices
+    if not empty:
+        return
+    owners = module_owners(model)
+    silenced = sorted({owners.get(name, owning_module(name)) for name in empty})
+    warnings.warn(
+        f"{len(empty)} adapter matrices kept no weight ({', '.join(empty[:3])}{' ...' if len(empty) > 3 else ''}); modules"
+        f" silenced by an empty factor: {', '.join(silenced)} (min_density=0.05, say, keeps a floor in every matrix)",
+        EmptyMatricesWarning, stacklevel=3,
+    )
+
+
 def prune_parameters(model: nn.Module, params: dict[str, nn.Parameter], sparsity: float, pruner: str = "snip",
-                     batches: Sequence[Mapping] = (), seed: int = 0, loss_fn=None, **options) -> dict[str, torch.Tensor]:
+                     batches: Sequence[Mapping] = (), seed: int = 0, loss_fn=None, **options) -> Masks:
     """Score ``params`` in eval mode (dropout off) on ``batches`` and return exact-k masks; the model's
     train/eval mode and the global RNG are as they were before."""
-    config = PrunerConfig(scorer=pruner, batches=max(len(batches), 1), **options)
-    config.validate(sparsity)
+    if isinstance(batches, (int, torch.Tensor, Mapping)):
+        raise ConfigError(f"batches: pass a list of batches (dicts of tensors with labels), not {type(batches).__name__}")
+    batches = list(batches)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed={seed!r} must be an integer (the tie-break and random-score seed)")
+    config = pruner_config(pruner, sparsity, max(len(batches), 1), options)
     if config.needs_batches and not batches:
         raise ConfigError(f"batches: pruner '{pruner}' scores on training batches; pass some (with labels)")
+    if any(not isinstance(b, Mapping) for b in batches):
+        raise ConfigError("batches: every batch must be a dict of tensors (the model's keyword inputs and labels)")
     device = next(iter(params.values())).device
     batches = [to_device(b, device) for b in batches]
     config.check_model(model, params)
@@ -113,16 +183,22 @@ def prune_parameters(model: nn.Module, params: dict[str, nn.Parameter], sparsity
     model.eval()
     try:
         with torch.random.fork_rng(devices=[]):
-            return prune(params, sparsity, config, loss_fn=loss_fn or model_loss(model), batches=batches, seed=seed, model=model)
+            masks = prune(params, sparsity, config, loss_fn=loss_fn or model_loss(model), batches=batches, seed=seed, model=model)
     finally:
         model.train(was_training)
+    report_empty(model, masks)
+    return masks
 
 
 def prune_peft_model(model: nn.Module, sparsity: float = 0.4, pruner: str = "snip", batches: Sequence[Mapping] = (),
-                     include: str | None = None, exclude: str | None = None, seed: int = 0, **options) -> dict[str, torch.Tensor]:
+                     include: str | None = None, exclude: str | None = None, seed: int = 0, **options) -> Masks:
     """Masks (parameter name → bool, True = kept) over the model's adapter tensors keeping exactly
-    round((1 - sparsity) · N); ``options`` are ``PrunerConfig``'s (scope, iterations, control, ...).
-    The weights are not touched: hold the masks with ``hold_masks`` (or ``SparseAdapterCallback``)."""
+    round((1 - sparsity) · N); ``batches`` is the list of scoring batches (dicts with labels);
+    ``options`` are ``PrunerConfig``'s (scope, iterations, control, zero_init, on_degenerate, ...).
+    The weights are not touched: hold the masks with ``hold_masks`` (or ``SparseAdapterCallback``).
+    The masks also say what scoring found: ``tied_score_tensors``, ``lookahead_tensors``, ``empty_matrices``."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model: expected a torch module (a PEFT model), got {type(model).__name__}")
     params = adapter_tensors(model, include, exclude)
     return prune_parameters(model, params, sparsity, pruner, batches, seed, **options)
 

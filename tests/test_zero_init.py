@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from sparse_adapter.adapters.lora import LoRALinear
-from sparse_adapter.errors import ConfigError
+from sparse_adapter.errors import ConfigError, DegenerateScoresWarning
 from sparse_adapter.pruning import PrunerConfig, prune, top_k_mask
 from sparse_adapter.pruning.scorers import grasp_scores, snip_scores
-from sparse_adapter.pruning.zero_init import DegenerateScoresWarning, lookahead, tied_tensors
+from sparse_adapter.pruning.zero_init import lookahead, tied_tensors
 
 
 def toy(seed=0):

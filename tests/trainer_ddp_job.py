@@ -26,7 +26,7 @@ def main(out: str, rows: str) -> None:
     texts = [line.split("\t") for line in Path(rows).read_text().splitlines()[1:33]]
     data = [{**{k: torch.tensor(v) for k, v in tokenizer(t, truncation=True, max_length=32, padding="max_length").items()},
              "labels": torch.tensor(int(label))} for t, label in texts]
-    callback = SparseAdapterCallback(sparsity=0.5, batches=2)
+    callback = SparseAdapterCallback(sparsity=0.5, num_batches=2)
     args = TrainingArguments(output_dir=out, per_device_train_batch_size=4, max_steps=6, learning_rate=5e-3, weight_decay=0.1,
                              report_to=[], save_strategy="no", use_cpu=True, seed=0, disable_tqdm=True, ddp_backend="gloo")
     trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[callback])

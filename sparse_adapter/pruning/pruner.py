@@ -12,7 +12,7 @@ from torch import nn
 
 from sparse_adapter.backbones import second_order_attention
 from sparse_adapter.errors import ConfigError, NumericalError
-from sparse_adapter.pruning.allocation import SCOPES, select
+from sparse_adapter.pruning.allocation import SCOPES, kept_count, select
 from sparse_adapter.pruning.controls import CONTROLS, apply_control
 from sparse_adapter.pruning.scorers import SCORERS, LossFn
 from sparse_adapter.pruning.zero_init import (
@@ -173,6 +173,11 @@ class Masks(dict):
         super().__init__(masks)
         self.tied_score_tensors, self.lookahead_tensors = list(tied_score_tensors), list(lookahead_tensors)
 
+    @property
+    def empty_matrices(self) -> list[str]:
+        """Tensors left with no weight (a global ranking can empty whole matrices)."""
+        return [name for name, mask in self.items() if not bool(mask.any())]
+
 
 def prune(
     params: dict[str, nn.Parameter],
@@ -200,6 +205,9 @@ def prune(
         raise ConfigError("pruner: the adapter has no prunable weights (adapter=none is full fine-tuning)")
     if config.needs_batches and (loss_fn is None or len(batches) == 0):
         raise ConfigError(f"pruner.batches: pruner '{config.scorer}' needs scoring batches and a loss")
+    total = sum(p.numel() for p in params.values())
+    if kept_count(total, sparsity) == 0:
+        raise ConfigError(f"sparsity={sparsity} keeps no weight of the {total} adapter weights (round((1 - s) · N) = 0); lower it")
     generator = torch.Generator().manual_seed(seed)
     double_backward = partial(second_order_attention, model) if model is not None else nullcontext
     ahead = zero_tensors(params) if config.needs_batches and config.zero_init == "lookahead" else []

@@ -29,14 +29,10 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from sparse_adapter.errors import ConfigError
+from sparse_adapter.errors import ConfigError, DegenerateScoresWarning
 
 ZERO_INIT_MODES = ("lookahead", "none")
 DEGENERATE_MODES = ("warn", "error")
-
-
-class DegenerateScoresWarning(UserWarning):
-    """Some adapter tensors got the same score for every weight: their masks come from the tie-break."""
 
 
 def zero_tensors(params: Mapping[str, nn.Parameter]) -> list[str]:
