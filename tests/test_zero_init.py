@@ -162,3 +162,49 @@ def test_peft_default_lora_masks_follow_the_calibration_data(glue_dir):
         old_first = prune_peft_model(model, sparsity=0.5, batches=first, seed=3, zero_init="none")
         old_second = prune_peft_model(model, sparsity=0.5, batches=second, seed=3, zero_init="none")
     assert agreement(old_first, old_second) == 1.0
+
+
+# ---- every path reports ties: the CLI (log, summary.json, on_degenerate=error) and the Trainer callback -------------
+
+def test_cli_records_ties_in_the_summary_and_refuses_them_on_request(glue_dir, tmp_path, capsys):
+    import json
+
+    from tests.cli_support import FAST, call_train, error_lines
+
+    common = [*FAST, "adapter=lora", "adapter.init=lora", f"data_dir={glue_dir}"]
+    assert call_train(*common, "pruner=magnitude", f"hydra.run.dir={tmp_path / 'warn'}") == 0
+    summary = json.loads((tmp_path / "warn" / "summary.json").read_text())
+    assert summary["tied_score_tensors"] and all(n.endswith("lora_B") for n in summary["tied_score_tensors"])
+    assert call_train(*common, f"hydra.run.dir={tmp_path / 'ahead'}") == 0  # snip: the look-ahead, no ties
+    summary = json.loads((tmp_path / "ahead" / "summary.json").read_text())
+    assert summary["tied_score_tensors"] == [] and all(n.endswith("lora_B") for n in summary["lookahead_tensors"])
+    capsys.readouterr()
+    assert call_train(*common, "pruner=magnitude", "pruner.on_degenerate=error", f"hydra.run.dir={tmp_path / 'error'}") == 2
+    lines = error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and "pruner.scorer=magnitude" in lines[0] and "lora_B" in lines[0]
+    assert not (tmp_path / "error" / "summary.json").exists()
+
+
+def test_the_trainer_callback_reports_ties(tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import Trainer, TrainingArguments
+
+    from sparse_adapter.hf_trainer import SparseAdapterCallback
+    from tests.conftest import tiny_model
+
+    generator = torch.Generator().manual_seed(0)
+    rows = [{"input_ids": torch.randint(5, 1000, (16,), generator=generator), "labels": torch.tensor(i % 2)} for i in range(8)]
+
+    def train(callback):
+        torch.manual_seed(0)
+        model = get_peft_model(tiny_model()[0], LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"]))
+        args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=1, report_to=[],
+                                 save_strategy="no", use_cpu=True, disable_tqdm=True)
+        Trainer(model=model, args=args, train_dataset=rows, callbacks=[callback]).train()
+
+    callback = SparseAdapterCallback(sparsity=0.5, pruner="magnitude", num_batches=1)
+    with pytest.warns(DegenerateScoresWarning, match="lora_B"):
+        train(callback)
+    assert callback.tied_score_tensors and all("lora_B" in n for n in callback.tied_score_tensors)
+    with pytest.raises(ConfigError, match="on_degenerate=warn"):
+        train(SparseAdapterCallback(sparsity=0.5, pruner="magnitude", num_batches=1, on_degenerate="error"))
