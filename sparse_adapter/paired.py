@@ -62,6 +62,9 @@ CHECKS = [
     Claim("per-matrix budgets (scope=layer) beat one global ranking at s=0.8", "snip_s80_layer", "snip_s80"),
     Claim("SNIP beats data-free SynFlow (s=0.4)", "snip", "synflow"),
     Claim("2:4 SNIP matches unstructured SNIP at s=0.5", "snip_nm24", "snip_s50", "matches"),
+    # issue 34: LoRA at PEFT's default init (B = 0), SNIP scoring B and A one Adam step ahead
+    Claim("look-ahead SNIP beats random pruning on a zero-init LoRA (s=0.5)", "zi_lora_snip_s50", "zi_lora_random_s50"),
+    Claim("look-ahead SNIP stays close to the dense zero-init LoRA (s=0.5)", "zi_lora_snip_s50", "zi_lora_dense", "matches"),
 ]
 
 

@@ -165,7 +165,10 @@ def test_every_pai_check_has_its_rows_in_the_pai_grid_or_the_claims_grid():
     script = (ROOT / "scripts" / "reproduce_claims.sh").read_text()
     pai_rows = set(re.search(r"PAI_ROWS:-([^}]*)\}", script).group(1).split())
     three_seed_references = {"dense", "snip", "snip_s80"}
+    zero_init_rows = set(re.search(r"row=(zi_\S*)", script).group(1).split(","))  # issue 34's own 3-seed grid
     for check in CHECKS:
+        if {check.row, check.reference} <= zero_init_rows:
+            continue
         assert {check.row, check.reference} & pai_rows, check.text
         assert {check.row, check.reference} <= pai_rows | three_seed_references, check.text
     from hydra import compose, initialize_config_dir
