@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sparse_adapter.errors import ConfigError, DegenerateScoresWarning, NumericalError
-from sparse_adapter.pruning import PrunerConfig, prune
+from sparse_adapter.pruning import PrunerConfig, prune_with_report
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class PruneAtInit(L.Callback):
             return
         start = time.perf_counter()
         params = pl_module.prunable_parameters()
-        masks: dict | str | None = None
+        masks: dict | tuple | None = None
         if trainer.is_global_zero:  # only rank 0's masks are used: other ranks wait for the broadcast
             batches = self._scoring_batches(trainer) if self.pruner.needs_batches else []
             if batches:
@@ -61,11 +61,11 @@ class PruneAtInit(L.Callback):
                 with ScoringProgress(batches, self.pruner.scorer, enabled=trainer.progress_bar_callback is not None) as scored, \
                         warnings.catch_warnings():
                     warnings.simplefilter("ignore", DegenerateScoresWarning)  # logged below, once, with the run's log
-                    masks = prune(
+                    result = prune_with_report(
                         params, self.sparsity, self.pruner,
                         loss_fn=pl_module.scoring_loss, batches=scored, seed=self.seed, model=pl_module.model,
                     )
-                masks = {"masks": dict(masks), "tied": masks.tied_score_tensors, "lookahead": masks.lookahead_tensors}
+                masks = {"masks": result.masks, "tied": result.tied_score_tensors, "lookahead": result.lookahead_tensors}
             except (NumericalError, ConfigError) as error:
                 masks = (type(error).__name__, str(error))  # broadcast the failure: every rank stops, none waits forever
             finally:

@@ -113,9 +113,9 @@ class SparseAdapterCallback(TrainerCallback):
                 params = adapter_tensors(model, self.include, self.exclude)
                 with torch.random.fork_rng(devices=[]):  # drawing batches must not move the training order
                     batches = list(itertools.islice(iter(train_dataloader), self.num_batches))
-                masks = prune_parameters(model, params, self.sparsity, self.pruner, batches,
-                                         seed=args.seed if self.seed is None else self.seed, **self.options)
-                found = (dict(masks), masks.tied_score_tensors)
+                result = prune_parameters(model, params, self.sparsity, self.pruner, batches,
+                                          seed=args.seed if self.seed is None else self.seed, **self.options)
+                found = (result.masks, result.tied_score_tensors)
             self.masks, self.tied_score_tensors = broadcast(found)
         if self.hold is not None:
             self.hold.remove()

@@ -34,7 +34,7 @@ from sparse_adapter.adapters.base import AdapterLayer
 from sparse_adapter.backbones import second_order_attention
 from sparse_adapter.errors import ConfigError, EmptyMatricesWarning
 from sparse_adapter.io import atomic_path
-from sparse_adapter.pruning import Masks, PrunerConfig, prune
+from sparse_adapter.pruning import PrunerConfig, PruneResult, prune_with_report
 from sparse_adapter.pruning.masks import owning_module
 from sparse_adapter.pruning.allocation import top_k_mask
 from sparse_adapter.pruning.scorers import SCORERS
@@ -148,9 +148,9 @@ def module_owners(model: nn.Module) -> dict[str, str]:
     return owners
 
 
-def report_empty(model: nn.Module, masks: Masks) -> None:
+def report_empty(model: nn.Module, result: PruneResult) -> None:
     """Warn, as the CLI logs, about matrices a global ranking emptied and the modules they silence."""
-    empty = masks.empty_matrices
+    empty = result.empty_matrices
     if not empty:
         return
     owners = module_owners(model)
@@ -163,9 +163,9 @@ def report_empty(model: nn.Module, masks: Masks) -> None:
 
 
 def prune_parameters(model: nn.Module, params: dict[str, nn.Parameter], sparsity: float, pruner: str = "snip",
-                     batches: Sequence[Mapping] = (), seed: int = 0, loss_fn=None, **options) -> Masks:
-    """Score ``params`` in eval mode (dropout off) on ``batches`` and return exact-k masks; the model's
-    train/eval mode and the global RNG are as they were before."""
+                     batches: Sequence[Mapping] = (), seed: int = 0, loss_fn=None, **options) -> PruneResult:
+    """Score ``params`` in eval mode (dropout off) on ``batches`` for exact-k masks (and what scoring found);
+    the model's train/eval mode and the global RNG are as they were before."""
     if isinstance(batches, (int, torch.Tensor, Mapping)):
         raise ConfigError(f"batches: pass a list of batches (dicts of tensors with labels), not {type(batches).__name__}")
     batches = list(batches)
@@ -183,24 +183,27 @@ def prune_parameters(model: nn.Module, params: dict[str, nn.Parameter], sparsity
     model.eval()
     try:
         with torch.random.fork_rng(devices=[]):
-            masks = prune(params, sparsity, config, loss_fn=loss_fn or model_loss(model), batches=batches, seed=seed, model=model)
+            result = prune_with_report(params, sparsity, config, loss_fn=loss_fn or model_loss(model), batches=batches,
+                                       seed=seed, model=model)
     finally:
         model.train(was_training)
-    report_empty(model, masks)
-    return masks
+    report_empty(model, result)
+    return result
 
 
 def prune_peft_model(model: nn.Module, sparsity: float = 0.4, pruner: str = "snip", batches: Sequence[Mapping] = (),
-                     include: str | None = None, exclude: str | None = None, seed: int = 0, **options) -> Masks:
+                     include: str | None = None, exclude: str | None = None, seed: int = 0,
+                     **options) -> dict[str, torch.Tensor]:
     """Masks (parameter name → bool, True = kept) over the model's adapter tensors keeping exactly
     round((1 - sparsity) · N); ``batches`` is the list of scoring batches (dicts with labels);
     ``options`` are ``PrunerConfig``'s (scope, iterations, control, zero_init, on_degenerate, ...).
     The weights are not touched: hold the masks with ``hold_masks`` (or ``SparseAdapterCallback``).
-    The masks also say what scoring found: ``tied_score_tensors``, ``lookahead_tensors``, ``empty_matrices``."""
+    Tensors the scorer could not rank and matrices left empty are named in a ``DegenerateScoresWarning``
+    and an ``EmptyMatricesWarning``."""
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model: expected a torch module (a PEFT model), got {type(model).__name__}")
     params = adapter_tensors(model, include, exclude)
-    return prune_parameters(model, params, sparsity, pruner, batches, seed, **options)
+    return prune_parameters(model, params, sparsity, pruner, batches, seed, **options).masks
 
 
 # ---- files -------------------------------------------------------------------------------------

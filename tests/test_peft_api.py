@@ -56,9 +56,20 @@ def test_a_sparsity_that_keeps_nothing_is_refused():
 
 def test_emptied_matrices_and_silenced_modules_are_reported():
     model, batches = model_and_batches()
-    with pytest.warns(EmptyMatricesWarning, match="silenced by an empty factor: base_model.model.bert.encoder"):
+    with pytest.warns(EmptyMatricesWarning, match="silenced by an empty factor: base_model.model.bert.encoder") as caught:
         masks = prune_peft_model(model, sparsity=0.9, pruner="magnitude", batches=batches, on_degenerate="warn")
-    assert masks.empty_matrices and all("lora_B" in n for n in masks.empty_matrices)  # B = 0 ranks last: the collapse
+    empty = [name for name, mask in masks.items() if not mask.any()]
+    assert empty and all("lora_B" in n for n in empty)  # B = 0 ranks last under magnitude: the collapse
+    message = str(next(w.message for w in caught if w.category is EmptyMatricesWarning))
+    assert f"{len(empty)} adapter matrices kept no weight" in message
+
+
+def test_masks_save_and_load_with_torch_weights_only(tmp_path):
+    model, batches = model_and_batches()
+    masks = prune_peft_model(model, sparsity=0.5, batches=batches)
+    torch.save(masks, tmp_path / "masks.pt")
+    loaded = torch.load(tmp_path / "masks.pt", weights_only=True)
+    assert loaded.keys() == masks.keys() and all(torch.equal(loaded[n], masks[n]) for n in masks)
 
 
 @pytest.mark.parametrize("keywords, argument", [

@@ -11,7 +11,7 @@ from torch import nn
 
 from sparse_adapter.adapters.lora import LoRALinear
 from sparse_adapter.errors import ConfigError, DegenerateScoresWarning
-from sparse_adapter.pruning import PrunerConfig, prune, top_k_mask
+from sparse_adapter.pruning import PrunerConfig, prune, prune_with_report, top_k_mask
 from sparse_adapter.pruning.scorers import grasp_scores, snip_scores
 from sparse_adapter.pruning.zero_init import lookahead, tied_tensors
 
@@ -61,8 +61,11 @@ def test_lookahead_snip_equals_the_hand_computation_and_puts_zeros_back():
         torch.testing.assert_close(scores[name], expected[name], rtol=1e-5, atol=1e-9)
         assert scores[name].min() < scores[name].max()  # informative: no ties
     # prune() uses it by default: its masks are the hand scores' global top-k
-    masks = prune(params, 0.5, PrunerConfig("snip", batches=3), loss_fn=loss_fn, batches=batches, seed=1)
-    assert masks.lookahead_tensors == ["B"] and masks.tied_score_tensors == []
+    result = prune_with_report(params, 0.5, PrunerConfig("snip", batches=3), loss_fn=loss_fn, batches=batches, seed=1)
+    assert result.lookahead_tensors == ["B"] and result.tied_score_tensors == []
+    masks = result.masks
+    assert type(masks) is dict and masks.keys() == prune(params, 0.5, PrunerConfig("snip", batches=3), loss_fn=loss_fn,
+                                                          batches=batches).keys()
     flat = torch.cat([expected["A"].reshape(-1), expected["B"].reshape(-1)])
     keep = top_k_mask(flat, 7, torch.Generator().manual_seed(0))
     assert torch.equal(torch.cat([masks["A"].reshape(-1), masks["B"].reshape(-1)]), keep)
@@ -81,8 +84,8 @@ def test_grasp_scores_through_the_lookahead_too():
     _, params, loss_fn, batches = toy()
     with warnings.catch_warnings():
         warnings.simplefilter("error", DegenerateScoresWarning)
-        masks = prune(params, 0.5, PrunerConfig("grasp", batches=3), loss_fn=loss_fn, batches=batches)
-    assert masks.tied_score_tensors == [] and masks.lookahead_tensors == ["B"]
+        result = prune_with_report(params, 0.5, PrunerConfig("grasp", batches=3), loss_fn=loss_fn, batches=batches)
+    assert result.tied_score_tensors == [] and result.lookahead_tensors == ["B"]
     with lookahead(params, ["B"], loss_fn, batches, lr=1e-3):
         scores = grasp_scores(params, loss_fn, batches, temperature=1.0)
     assert tied_tensors(scores) == []
@@ -96,8 +99,8 @@ def test_degenerate_scores_warn_by_default_and_error_on_request(scorer, options,
     _, params, loss_fn, batches = toy()
     config = PrunerConfig(scorer, batches=3, **options)
     with pytest.warns(DegenerateScoresWarning, match=", ".join(tied)):
-        masks = prune(params, 0.5, config, loss_fn=loss_fn, batches=batches)
-    assert masks.tied_score_tensors == tied
+        result = prune_with_report(params, 0.5, config, loss_fn=loss_fn, batches=batches)
+    assert result.tied_score_tensors == tied
     with pytest.raises(ConfigError, match="on_degenerate=warn"):
         prune(params, 0.5, PrunerConfig(scorer, batches=3, on_degenerate="error", **options), loss_fn=loss_fn, batches=batches)
 
@@ -117,9 +120,9 @@ def test_settings_record_only_non_default_zero_init_handling():
 
 def test_iterative_rounds_keep_pruned_entries_of_a_zero_factor_at_zero():
     _, params, loss_fn, batches = toy()
-    masks = prune(params, 0.8, PrunerConfig("snip", batches=3, iterations=3), loss_fn=loss_fn, batches=batches)
-    assert sum(int(m.sum()) for m in masks.values()) == round(0.2 * 14)
-    assert masks.tied_score_tensors == []
+    result = prune_with_report(params, 0.8, PrunerConfig("snip", batches=3, iterations=3), loss_fn=loss_fn, batches=batches)
+    assert sum(int(m.sum()) for m in result.masks.values()) == round(0.2 * 14)
+    assert result.tied_score_tensors == []
 
 
 # ---- PEFT's default LoRA (B = 0): masks must follow the data -------------------------------------------------------

@@ -3,7 +3,7 @@
 from sparse_adapter.pruning.allocation import SCOPES, erdos_renyi_densities, kept_count, select, top_k_mask
 from sparse_adapter.pruning.controls import CONTROLS
 from sparse_adapter.pruning.masks import MaskSet, mask_gradients_, mask_parameters_and_state_
-from sparse_adapter.pruning.pruner import Masks, PrunerConfig, check_sparsity, prune, schedule
+from sparse_adapter.pruning.pruner import PrunerConfig, PruneResult, check_sparsity, prune, prune_with_report, schedule
 from sparse_adapter.pruning.scorers import SCORERS
 
 __all__ = [
@@ -11,7 +11,7 @@ __all__ = [
     "SCOPES",
     "SCORERS",
     "MaskSet",
-    "Masks",
+    "PruneResult",
     "PrunerConfig",
     "check_sparsity",
     "erdos_renyi_densities",
@@ -19,6 +19,7 @@ __all__ = [
     "mask_gradients_",
     "mask_parameters_and_state_",
     "prune",
+    "prune_with_report",
     "schedule",
     "select",
     "top_k_mask",

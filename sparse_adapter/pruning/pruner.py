@@ -161,22 +161,20 @@ def pruned_temporarily(params: dict[str, nn.Parameter], masks: dict[str, torch.T
                 params[name].copy_(value)
 
 
-class Masks(dict):
-    """Parameter name → bool mask (True = kept), with what scoring found on the way:
-    ``tied_score_tensors`` (tensors the scorer could not rank: every score equal) and
-    ``lookahead_tensors`` (all-zero tensors scored one Adam step ahead)."""
+@dataclass
+class PruneResult:
+    """The masks (parameter name → bool, True = kept) and what scoring found on the way: tensors the
+    scorer could not rank (every score equal) and all-zero tensors scored one Adam step ahead. The
+    masks stay a plain dict, so ``torch.save``/``torch.load(weights_only=True)`` take them as they are."""
 
+    masks: dict[str, torch.Tensor]
     tied_score_tensors: list[str]
     lookahead_tensors: list[str]
-
-    def __init__(self, masks: dict, tied_score_tensors: list[str] = (), lookahead_tensors: list[str] = ()):
-        super().__init__(masks)
-        self.tied_score_tensors, self.lookahead_tensors = list(tied_score_tensors), list(lookahead_tensors)
 
     @property
     def empty_matrices(self) -> list[str]:
         """Tensors left with no weight (a global ranking can empty whole matrices)."""
-        return [name for name, mask in self.items() if not bool(mask.any())]
+        return [name for name, mask in self.masks.items() if not bool(mask.any())]
 
 
 def prune(
@@ -187,7 +185,21 @@ def prune(
     batches: Sequence = (),
     seed: int = 0,
     model: nn.Module | None = None,
-) -> Masks:
+) -> dict[str, torch.Tensor]:
+    """Boolean masks (True = kept) over ``params`` with exactly round((1 - s) · N) kept: the masks of
+    ``prune_with_report``, whose docstring says how."""
+    return prune_with_report(params, sparsity, config, loss_fn, batches, seed, model).masks
+
+
+def prune_with_report(
+    params: dict[str, nn.Parameter],
+    sparsity: float,
+    config: PrunerConfig,
+    loss_fn: LossFn | None = None,
+    batches: Sequence = (),
+    seed: int = 0,
+    model: nn.Module | None = None,
+) -> PruneResult:
     """Boolean masks (True = kept) over ``params`` with exactly round((1 - s) · N) kept.
 
     Pass ``model`` for second-order scorers (GraSP) on Hugging Face models: attention takes SDPA's math
@@ -230,4 +242,4 @@ def prune(
             scores = {name: score.float().masked_fill(~masks[name].to(score.device), float("-inf")) for name, score in scores.items()}
         masks = select(scores, round_sparsity, config.scope, generator, config.min_density, n=config.n, m=config.m)
     report_degenerate(tied, config.scorer, config.on_degenerate)
-    return Masks(apply_control(config.control, masks, scores, params, generator), tied, ahead)
+    return PruneResult(apply_control(config.control, masks, scores, params, generator), tied, ahead)
