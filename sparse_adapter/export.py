@@ -108,15 +108,17 @@ def ia3_state(tensors: dict, metadata: dict) -> tuple[dict, dict]:
 
 # why a prefix has no PEFT form, by what the model is (PEFT 0.21, transformers 5)
 PREFIX_REFUSALS = {
-    "encoder": "it is an encoder: PEFT 0.21 prefix tuning hands the prefix to the model as past key values, which "
-               "transformers 5's encoders do not take (PEFT raises 'Model does not support past key values')",
-    "encoder-decoder": "it is an encoder-decoder: PEFT 0.21 prefix tuning prefixes the decoder's self-attention only (no "
-                       "encoder, no cross-attention prefix) and gives the prefix the first decoder positions, while ours "
-                       "prefixes every chosen part position-free, so the folder would compute another function",
+    "encoder": "it is an encoder: PEFT 0.21 prefix tuning hands the prefix to the model as past key values, "
+               "which transformers 5's encoders do not take (PEFT raises 'Model does not support past key values')",
+    "encoder-decoder": "it is an encoder-decoder: PEFT 0.21 prefix tuning prefixes the decoder's self-attention "
+                       "only (no encoder, no cross-attention prefix) and gives the prefix the first decoder "
+                       "positions, while ours prefixes every chosen part position-free, so the folder would compute "
+                       "another function",
     "head": "PEFT 0.21 prefix tuning for {task} heads looks for a forward argument named past_key_values, which "
-            "transformers 5 renamed cache, so PeftModel raises for every architecture; causal-LM runs (task=xsum_lm) export",
-    "reparametrised": "its prefix is still reparametrised through an MLP (ours: one per layer, PEFT's: shared); merge it "
-                      "first with sparse_adapter.adapters.base.merge_adapters, as train.py does before saving",
+            "transformers 5 renamed cache, so PeftModel raises for every architecture; causal-LM runs "
+            "(task=xsum_lm) export",
+    "reparametrised": "its prefix is still reparametrised through an MLP (ours: one per layer, PEFT's: shared); "
+                      "merge it first with sparse_adapter.adapters.base.merge_adapters, as train.py does before saving",
 }
 
 
@@ -141,7 +143,8 @@ def prefix_state(tensors: dict, metadata: dict) -> tuple[dict, dict]:
     if why:
         raise ConfigError(f"export --peft: a prefix on '{model_type}' has no PEFT form: {why}")
     layout = layouts_of_type(model_type)["decoder"]
-    pattern = re.compile(rf"(?:^|\.){re.escape(layout.blocks)}\.(\d+)\.{re.escape(layout.self_attention)}\.prefix_(key|value)$")
+    blocks, attention = re.escape(layout.blocks), re.escape(layout.self_attention)
+    pattern = re.compile(rf"(?:^|\.){blocks}\.(\d+)\.{attention}\.prefix_(key|value)$")
     by_layer: dict[int, dict[str, torch.Tensor]] = {}
     for name, tensor in tensors.items():
         found = pattern.search(name)
@@ -150,10 +153,12 @@ def prefix_state(tensors: dict, metadata: dict) -> tuple[dict, dict]:
         by_layer.setdefault(int(found.group(1)), {})[found.group(2)] = tensor
     layers = metadata["backbone"].get("num_hidden_layers")
     if sorted(by_layer) != list(range(layers or 0)) or any(set(kv) != {"key", "value"} for kv in by_layer.values()):
-        raise ConfigError(f"export --peft: PEFT prefixes every layer; the file's prefixes cover layers {sorted(by_layer)} of {layers}")
+        raise ConfigError(f"export --peft: PEFT prefixes every layer; the file's prefixes cover layers "
+                          f"{sorted(by_layer)} of {layers}")
     shapes = {tuple(t.shape) for kv in by_layer.values() for t in kv.values()}
     if len(shapes) != 1:
-        raise ConfigError(f"export --peft: PEFT needs one prefix shape for every layer, keys and values; the file has {sorted(shapes)}")
+        raise ConfigError(f"export --peft: PEFT needs one prefix shape for every layer, keys and values; "
+                          f"the file has {sorted(shapes)}")
     length, width = shapes.pop()
     rows = torch.cat([torch.cat([by_layer[i]["key"], by_layer[i]["value"]], dim=1) for i in range(layers)], dim=1)
     fields = {"peft_type": "PREFIX_TUNING", "num_virtual_tokens": length, "num_layers": layers, "token_dim": width,

@@ -18,7 +18,8 @@ peft = pytest.importorskip("peft")
 
 # every model type with a layout: the tiny backbones, and "<tiny backbone>:<model type>" for the types sharing a layout
 ARCHITECTURES = ["tiny-bert", "tiny-roberta", "tiny-bart", "tiny-llama", "tiny-qwen3", "tiny-gpt2", "tiny-t5",
-                 "tiny-bert:electra", "tiny-roberta:xlm-roberta", "tiny-llama:mistral", "tiny-llama:qwen2", "tiny-t5:mt5"]
+                 "tiny-bert:electra", "tiny-roberta:xlm-roberta", "tiny-llama:mistral", "tiny-llama:qwen2",
+                 "tiny-t5:mt5"]
 ENCODERS = {"bert", "roberta", "electra", "xlm-roberta"}
 GATED = {"llama", "qwen3", "mistral", "qwen2", "t5", "mt5"}  # a gate projection (Llama's gate_proj, T5's wi_0)
 # LoRA: every layout name that is a whole module (GPT-2's query/key/value are thirds of c_attn: its module name instead)
@@ -50,7 +51,8 @@ def fresh(name: str, head: str = "sequence-classification"):
 
 
 def batch_for(name: str, tokenizer, pairs: bool = True) -> dict:
-    texts = (["the cat sat on the mat", "a dog"], ["it was happy", "ran"]) if pairs else (["the cat sat on the mat", "a dog"],)
+    first = ["the cat sat on the mat", "a dog"]
+    texts = (first, ["it was happy", "ran"]) if pairs else (first,)
     batch = dict(tokenizer(*texts, padding=True, return_tensors="pt"))
     if model_type(name) not in ENCODERS:
         batch.pop("token_type_ids", None)
@@ -135,7 +137,8 @@ def test_a_prefix_is_refused_where_peft_has_no_equal_form_naming_the_architectur
     model, _ = fresh(name)
     PrefixConfig(length=3).attach(model)
     save_adapter(model, tmp_path / "adapter.safetensors")
-    why = PREFIX_REFUSED.get(model_type(name), ".* past_key_values, which transformers 5 renamed cache")  # decoder-only: the head
+    head = ".* past_key_values, which transformers 5 renamed cache"  # decoder-only: the classification head is why
+    why = PREFIX_REFUSED.get(model_type(name), head)
     with pytest.raises(ConfigError, match=f"prefix on '{model_type(name)}' has no PEFT form: {why}"):
         export_peft(tmp_path, tmp_path / "peft")
     assert not (tmp_path / "peft").exists()

@@ -1,4 +1,4 @@
-"""Masks come back from every file for every pruned tensor, and a sparse PEFT folder given to PEFT says how to load it."""
+"""Masks come back from every file for every pruned tensor; a sparse PEFT folder given to PEFT says how to load it."""
 
 import json
 
