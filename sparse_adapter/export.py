@@ -111,8 +111,8 @@ PREFIX_REFUSALS = {
     "encoder": "it is an encoder: PEFT 0.21 prefix tuning hands the prefix to the model as past key values, "
                "which transformers 5's encoders do not take (PEFT raises 'Model does not support past key values')",
     "encoder-decoder": "it is an encoder-decoder: PEFT 0.21 prefix tuning prefixes the decoder's self-attention "
-                       "only (no encoder, no cross-attention prefix) and gives the prefix the first decoder "
-                       "positions, while ours prefixes every chosen part position-free, so the folder would compute "
+                       "only (no encoder, no cross-attention prefix) and moves the decoder's positions past the "
+                       "prefix, while ours prefixes every chosen part position-free, so the folder would compute "
                        "another function",
     "head": "PEFT 0.21 prefix tuning for {task} heads looks for a forward argument named past_key_values, which "
             "transformers 5 renamed cache, so PeftModel raises for every architecture; causal-LM runs "
