@@ -48,14 +48,16 @@ def test_export_refuses_other_adapters(tmp_path):
 
 def test_export_from_a_train_py_run_dir(tmp_path, glue_dir):
     """A sparse LoRA trained by train.py (RoBERTa, STS-B regression head) opens in PEFT with our logits."""
-    from sparse_adapter import load_adapter
+    from sparse_adapter import load_adapter, read_adapter
     from tests.conftest import tiny_backbone
-    from tests.test_cli import train_in_process
+    from tests.test_cli import summary, train_in_process
 
     run_dir = tmp_path / "run"
     train_in_process(run_dir, f"data_dir={glue_dir}", "backbone=tiny-roberta", "task=stsb", "adapter=lora",
                      "adapter.targets=[query,value,intermediate]", "sparsity=0.75")
     assert main([str(run_dir), "--peft", str(tmp_path / "peft")]) == 0
+    _, masks, _ = read_adapter(run_dir / "adapter.safetensors")
+    assert set(masks) == set(summary(run_dir)["layer_density"])  # every pruned tensor's mask comes back
     ours = load_adapter(tiny_backbone("roberta"), run_dir / "adapter.safetensors").eval()
     base, tokenizer = tiny_backbone("roberta").build("sequence-classification", num_labels=1, problem_type="regression")
     theirs = peft.PeftModel.from_pretrained(base, str(tmp_path / "peft")).eval()
