@@ -7,11 +7,12 @@ The library needs torch and transformers only; Lightning and Hydra live in ``tas
 from sparse_adapter.adapters import ADAPTERS, AdapterConfig, attach_adapter
 from sparse_adapter.errors import ConfigError
 from sparse_adapter.io import load_adapter, read_adapter, save_adapter
+from sparse_adapter.merging import merge_lora
 from sparse_adapter.pruning import MaskSet, PrunerConfig, prune
 
 __all__ = [
     "ADAPTERS", "AdapterConfig", "ConfigError", "MaskSet", "PrunerConfig", "SparseAdapterCallback", "attach_adapter",
-    "hold_masks", "load_adapter", "prune", "prune_peft_model", "read_adapter", "save_adapter",
+    "hold_masks", "load_adapter", "merge_lora", "prune", "prune_peft_model", "read_adapter", "save_adapter",
 ]
 
 # the PEFT and Trainer entry points import on first use: `import sparse_adapter` need not load peft or the Trainer

@@ -6,7 +6,9 @@ Layout of a file (format ``sparse-adapter/2``):
 - a dense tensor is stored under its parameter name;
 - a sparse one as ``<name>::values`` (the kept entries, row-major) plus either ``<name>::bits``
   (the mask, 8 entries per byte) or ``<name>::indices`` (flat positions of the kept entries,
-  int16 or int32), whichever is smaller; the shape is in the metadata;
+  int16 or int32), whichever is smaller; the shape is in the metadata. Every pruned tensor (one saved with
+  a mask) is stored this way, so its mask comes back; files written before that stored a pruned tensor
+  densely where that was smaller, and such a tensor comes back without a mask;
 - metadata (JSON strings): ``adapter`` (registry name), ``adapter_config``, ``backbone``
   (model_type, hidden_size, num_hidden_layers, name), ``head`` (task head and its config),
   ``shapes`` of the sparse tensors, plus whatever the caller adds;
@@ -49,8 +51,10 @@ def unpack_bits(bits: torch.Tensor, numel: int) -> torch.Tensor:
     return ((bits.view(-1, 1) & _BITS) > 0).reshape(-1)[:numel]
 
 
-def encode(name: str, tensor: torch.Tensor, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    """Dense, or kept values + mask (bits or indices), whichever takes fewer bytes."""
+def encode(name: str, tensor: torch.Tensor, mask: torch.Tensor | None, inferred: bool = False) -> dict[str, torch.Tensor]:
+    """Kept values + mask (bits or indices, whichever is smaller). A pruning mask is state, so it is always
+    stored, even where the dense tensor alone would be a few bytes smaller; an ``inferred`` mask (a frozen
+    tensor's non-zero pattern) only when that makes the file smaller."""
     tensor = tensor.detach().cpu().contiguous()
     if mask is None:
         return {name: tensor}
@@ -61,7 +65,7 @@ def encode(name: str, tensor: torch.Tensor, mask: torch.Tensor | None) -> dict[s
     index_bytes = kept * torch.tensor([], dtype=index_dtype).element_size()
     bits_bytes = (tensor.numel() + 7) // 8
     dense_bytes = tensor.numel() * tensor.element_size()
-    if values.numel() * values.element_size() + min(index_bytes, bits_bytes) >= dense_bytes:
+    if inferred and values.numel() * values.element_size() + min(index_bytes, bits_bytes) >= dense_bytes:
         return {name: tensor}
     if index_bytes < bits_bytes:
         positions = torch.nonzero(mask).reshape(-1)
@@ -189,7 +193,7 @@ def head_identity(model: nn.Module) -> dict:
 
 
 def read_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
-    """(dense tensors, masks of the sparsely stored ones, metadata with JSON fields decoded)."""
+    """(dense tensors, masks of the sparsely stored ones: every pruned tensor, metadata with JSON fields decoded)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"adapter file '{path}' does not exist")

@@ -53,10 +53,10 @@ def save_adapter(model: nn.Module, path: str | Path, metadata: dict | None = Non
     frozen_adapters = {n for n, p in model.named_parameters() if not p.requires_grad} & adapter_parameter_names(model)
     tensors, shapes = {}, {}
     for name, tensor in trained_state_dict(model).items():
-        mask = masks.get(name)
+        mask, inferred = masks.get(name), False
         if mask is None and name in frozen_adapters and tensor.dim() >= 2:
-            mask = tensor != 0
-        encoded = encode(name, tensor, mask)
+            mask, inferred = tensor != 0, True
+        encoded = encode(name, tensor, mask, inferred)
         if name not in encoded:
             shapes[name] = list(tensor.shape)
         tensors.update(encoded)

@@ -33,7 +33,7 @@ from sparse_adapter.adapter_file import decode, encode
 from sparse_adapter.adapters.base import AdapterLayer
 from sparse_adapter.backbones import second_order_attention
 from sparse_adapter.errors import ConfigError, EmptyMatricesWarning
-from sparse_adapter.io import atomic_path
+from sparse_adapter.io import atomic_path, write_json_atomic
 from sparse_adapter.pruning import PrunerConfig, PruneResult, prune_with_report
 from sparse_adapter.pruning.masks import owning_module
 from sparse_adapter.pruning.allocation import top_k_mask
@@ -43,6 +43,12 @@ SPARSE_FILE = "sparse_adapter_model.safetensors"
 # adapter tensors left out of pruning unless an explicit ``include`` matches them: DoRA's per-channel magnitudes
 GATING_TENSORS = re.compile(r"lora_magnitude_vector")
 FORMAT = "sparse-peft/1"
+# a sparse folder's adapter_config.json keeps PEFT's fields, its peft_type under PEFT_TYPE_KEY; "peft_type" itself is
+# this sentence, so PeftModel.from_pretrained (which would find no adapter_model.safetensors) stops at its config lookup
+# with a KeyError that says how to load the folder
+PEFT_TYPE_KEY = "sparse_adapter_peft_type"
+NOT_FOR_PEFT = ("a sparse_adapter folder (kept values + masks): load it with "
+                "sparse_adapter.peft.load_sparse_peft(base_model, folder); PeftModel.from_pretrained cannot read it")
 
 
 def _tuner_layer_class():
@@ -224,6 +230,9 @@ def save_sparse_peft(model: nn.Module, folder: str | os.PathLike, masks: Mapping
     folder.mkdir(parents=True, exist_ok=True)
     adapter = getattr(model, "active_adapter", "default")
     model.peft_config[adapter].save_pretrained(str(folder))
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config.update({"peft_type": NOT_FOR_PEFT, PEFT_TYPE_KEY: config["peft_type"]})
+    write_json_atomic(config, folder / "adapter_config.json")
     tensors, shapes = {}, {}
     for name, parameter in named.items():
         if not parameter.requires_grad:
@@ -239,7 +248,8 @@ def save_sparse_peft(model: nn.Module, folder: str | os.PathLike, masks: Mapping
 
 def load_sparse_peft(base_model: nn.Module, folder: str | os.PathLike):
     """(PEFT model, masks) from a ``save_sparse_peft`` folder: ``get_peft_model`` with its config, then
-    its tensors (pruned entries exact zeros); a tensor the model lacks, or of another shape, is an error."""
+    its tensors (pruned entries exact zeros); a tensor the model lacks, or of another shape, is an error.
+    Folders written before ``PEFT_TYPE_KEY`` (a plain ``peft_type``) load the same way."""
     from peft import PeftConfig, get_peft_model
     from safetensors import safe_open
 
@@ -253,7 +263,13 @@ def load_sparse_peft(base_model: nn.Module, folder: str | os.PathLike):
     if metadata.get("format") != FORMAT:
         raise ConfigError(f"{path}: not a sparse PEFT file (format {metadata.get('format')!r})")
     tensors, masks = decode(raw, json.loads(metadata.get("shapes", "{}")))
-    model = get_peft_model(base_model, PeftConfig.from_pretrained(str(folder)), adapter_name=metadata.get("adapter", "default"))
+    try:
+        attributes = json.loads((folder / "adapter_config.json").read_text())
+        attributes["peft_type"] = attributes.pop(PEFT_TYPE_KEY, attributes.get("peft_type"))
+        config = PeftConfig.from_peft_type(**attributes)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ConfigError(f"{folder}: adapter_config.json is not a readable PEFT config ({error!r})") from error
+    model = get_peft_model(base_model, config, adapter_name=metadata.get("adapter", "default"))
     named = dict(model.named_parameters())
     for name, tensor in tensors.items():
         if name not in named:

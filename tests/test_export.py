@@ -42,20 +42,22 @@ def test_export_refuses_other_adapters(tmp_path):
     model, _ = tiny_model("bert")
     PfeifferConfig(bottleneck=4).attach(model)
     save_adapter(model, tmp_path / "adapter.safetensors")
-    with pytest.raises(ConfigError, match="only lora and ia3 map to PEFT"):
+    with pytest.raises(ConfigError, match=r"only lora, ia3, prefix map to PEFT \(PEFT 0.21 has no bottleneck"):
         export_peft(tmp_path, tmp_path / "peft")
 
 
 def test_export_from_a_train_py_run_dir(tmp_path, glue_dir):
     """A sparse LoRA trained by train.py (RoBERTa, STS-B regression head) opens in PEFT with our logits."""
-    from sparse_adapter import load_adapter
+    from sparse_adapter import load_adapter, read_adapter
     from tests.conftest import tiny_backbone
-    from tests.test_cli import train_in_process
+    from tests.test_cli import summary, train_in_process
 
     run_dir = tmp_path / "run"
     train_in_process(run_dir, f"data_dir={glue_dir}", "backbone=tiny-roberta", "task=stsb", "adapter=lora",
                      "adapter.targets=[query,value,intermediate]", "sparsity=0.75")
     assert main([str(run_dir), "--peft", str(tmp_path / "peft")]) == 0
+    _, masks, _ = read_adapter(run_dir / "adapter.safetensors")
+    assert set(masks) == set(summary(run_dir)["layer_density"])  # every pruned tensor's mask comes back
     ours = load_adapter(tiny_backbone("roberta"), run_dir / "adapter.safetensors").eval()
     base, tokenizer = tiny_backbone("roberta").build("sequence-classification", num_labels=1, problem_type="regression")
     theirs = peft.PeftModel.from_pretrained(base, str(tmp_path / "peft")).eval()
@@ -102,7 +104,7 @@ def test_prefix_export_is_refused_with_the_reason(tmp_path):
     model, _ = tiny_model("bert")
     PrefixConfig(length=4).attach(model)
     save_adapter(model, tmp_path / "adapter.safetensors")
-    with pytest.raises(ConfigError, match="past key values"):
+    with pytest.raises(ConfigError, match="prefix on 'bert' has no PEFT form: it is an encoder.*past key values"):
         export_peft(tmp_path, tmp_path / "peft")
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from sparse_adapter.adapters.base import AdapterConfig, WrapperLayer, freeze_backbone, kaiming_uniform
 from sparse_adapter.adapters.layouts import replace_submodule
@@ -53,6 +54,16 @@ class LoRALinear(WrapperLayer):
 
     def flow_input(self) -> int:
         return self.lora_A.shape[1]
+
+    @torch.no_grad()
+    def delta_weight(self) -> torch.Tensor:
+        """ΔW = scaling · B·A in the wrapped weight's own layout (Linear: out×in; Conv1D: in×out), zero outside
+        ``channels``: what merging adds to the frozen weight."""
+        update = (self.lora_B.float() @ self.lora_A.float()) * self.scaling
+        if self.channels is not None:
+            full = update.new_zeros(out_features(self.base_layer), update.shape[1])
+            update = full.index_copy(0, self.channels, update)
+        return update.T if isinstance(self.base_layer, Conv1D) else update
 
 
 @dataclass

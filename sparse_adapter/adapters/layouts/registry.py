@@ -61,11 +61,17 @@ def layouts_for(model: nn.Module) -> dict[str, Layout]:
     return {part: parts[part] for part in chosen}
 
 
+def layouts_of_type(model_type: str) -> dict[str, Layout]:
+    """Every part's layout of ``model_type`` without a model (an adapter file records the type only); {} if none.
+    A family whose layouts depend on the config (T5: gated FFN or not) gives its default, whose paths are the same."""
+    parts = LAYOUTS.get(model_type, {})
+    return parts(None) if callable(parts) else parts
+
+
 def sliced_names(model_type: str) -> set[str]:
     """Abstract LoRA names that address a slice of a fused projection in ``model_type`` (GPT-2's
     query/key/value thirds of ``c_attn``): PEFT's LoRA, whole modules only, cannot express them."""
-    parts = LAYOUTS.get(model_type, {})
-    parts = parts(None) if callable(parts) else parts
+    parts = layouts_of_type(model_type)
     return {name for layout in parts.values() for name, target in layout.linears.items() if isinstance(target, Slice)}
 
 
