@@ -24,7 +24,8 @@ from sparse_adapter.errors import ConfigError
 from sparse_adapter.adapter_file import read_adapter
 from sparse_adapter.io import atomic_path, write_json_atomic
 
-PEFT_TASK_TYPES = {"sequence-classification": "SEQ_CLS", "question-answering": "QUESTION_ANS", "seq2seq-lm": "SEQ_2_SEQ_LM"}
+PEFT_TASK_TYPES = {"sequence-classification": "SEQ_CLS", "question-answering": "QUESTION_ANS", "seq2seq-lm": "SEQ_2_SEQ_LM",
+                   "causal-lm": "CAUSAL_LM"}
 ADAPTER_FILE = "adapter.safetensors"
 
 
