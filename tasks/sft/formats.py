@@ -81,6 +81,22 @@ def turns(value, what: str) -> list[dict]:
     return out
 
 
+def formatted(prompt: str, fields: dict) -> dict:
+    """The user turn ``prompt.format(**fields)``; ``cut`` marks the longest field's characters in it, the part that
+    truncation shortens (the document, never the instruction around it)."""
+    try:
+        content = text(prompt.format(**fields), "prompt")
+        longest = max((k for k, v in fields.items() if isinstance(v, str) and "{" + str(k) + "}" in prompt),
+                      key=lambda k: len(fields[k]), default=None)
+        if longest is None or prompt.count("{" + str(longest) + "}") != 1:
+            return {"role": "user", "content": content}
+        begin = prompt.format(**{**fields, longest: "\0"}).index("\0")
+    except (KeyError, IndexError) as error:
+        raise ConfigError(f"task.prompt: '{prompt}' names the field {error}, which rows lack (fields: "
+                          f"{', '.join(sorted(map(str, fields)))})") from error
+    return {"role": "user", "content": content, "cut": [begin, begin + len(fields[longest])]}
+
+
 def to_messages(row: dict, form: str, columns: dict, prompt: str | None, system: str | None) -> list[dict]:
     """The row as chat turns; raises BadRow (a counted skip) for a row that has no usable response."""
     if not isinstance(row, dict):
@@ -97,11 +113,7 @@ def to_messages(row: dict, form: str, columns: dict, prompt: str | None, system:
         messages = turns(fields.get("messages", fields.get("conversations")), "messages")
     elif form == "prompt_completion":
         if prompt is not None:
-            try:
-                user = [{"role": "user", "content": text(prompt.format(**fields), "prompt")}]
-            except (KeyError, IndexError) as error:
-                raise ConfigError(f"task.prompt: '{prompt}' names the field {error}, which rows lack (fields: "
-                                  f"{', '.join(sorted(map(str, fields)))})") from error
+            user = [formatted(prompt, fields)]
         else:
             user = turns(fields.get("prompt"), "prompt")
         answer = fields.get("completion")

@@ -112,12 +112,18 @@ class ChatTemplate:
 
     def shorten(self, messages: list[dict], index: int, excess: int) -> list[dict] | None:
         """``messages`` with turn ``index``'s content cut by about ``excess`` tokens at its end (one token kept)."""
-        content = messages[index]["content"]
-        _, offsets = self.tokens(content)
+        message = messages[index]
+        begin, end = message.get("cut", (0, len(message["content"])))  # the part that may shrink (formats.formatted)
+        content = message["content"]
+        _, offsets = self.tokens(content[begin:end])
         keep = max(1, len(offsets) - excess)
         if keep >= len(offsets):
             return None
-        return [dict(m, content=content[: offsets[keep - 1][1]]) if i == index else m for i, m in enumerate(messages)]
+        stop = begin + offsets[keep - 1][1]
+        shorter = dict(message, content=content[:stop] + content[end:])
+        if "cut" in message:
+            shorter["cut"] = [begin, stop]
+        return [shorter if i == index else m for i, m in enumerate(messages)]
 
     def encode(self, messages: list[dict], max_length: int, max_target_length: int, train_on_prompt: bool = False) -> Encoded:
         last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
