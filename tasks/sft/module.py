@@ -55,7 +55,9 @@ class SFTModule(AdapterModule):
         return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
 
     def loss(self, logits, labels, temperature: float = 1.0, smoothing: float = 0.0) -> torch.Tensor:
-        return F.cross_entropy((logits / temperature).flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE,
+        """Mean cross-entropy over the response tokens, in fp32 at least (fp64 logits stay fp64)."""
+        logits = (logits / temperature).flatten(0, 1)
+        return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), labels[:, 1:].flatten(), ignore_index=IGNORE,
                                label_smoothing=smoothing)
 
     def scoring_loss(self, batch, temperature: float = 1.0) -> torch.Tensor:
