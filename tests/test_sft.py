@@ -228,3 +228,15 @@ def test_each_format_trains_on_llama_qwen3_and_gpt2(tmp_path, name, form):
 
     tensors, _, _ = read_adapter(run / "adapter.safetensors")
     assert all(".lora_" in n for n in tensors)  # the file holds the adapter only
+
+
+@pytest.mark.parametrize("name, kind", [("tiny-bert", "encoder-only"), ("tiny-t5", "encoder–decoder"), ("tiny-bart", "encoder–decoder")])
+def test_causal_lm_tasks_refuse_other_architectures_with_one_error_line(tmp_path, capsys, name, kind):
+    from tests.cli_support import call_train, error_lines
+
+    rows = write_jsonl(tmp_path / "rows.jsonl", ROWS["prompt_completion"])
+    code = call_train(*RUN, f"backbone={name}", "task=sft", f"task.path={rows}", f"hydra.run.dir={tmp_path / 'run'}")
+    lines = error_lines(capsys.readouterr().err)
+    assert code == 2 and len(lines) == 1 and f"'{name[5:]}' is an {kind}" in lines[0] and "takes " in lines[0]
+    assert "task sft is a causal LM and needs a decoder-only backbone (tiny-llama" in lines[0]
+    assert not (tmp_path / "run" / "summary.json").exists()

@@ -9,6 +9,7 @@ left-padded prompts.
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +31,14 @@ class SFTModule(AdapterModule):
     encoder_decoder = False
 
     def __init__(self, backbone, adapter, optimizer, task: SFTTask):
-        super().__init__(backbone, adapter, optimizer, task.head_config)
+        self.task_label = task.name
+        try:
+            super().__init__(backbone, adapter, optimizer, task.head_config)
+        except ConfigError as error:  # T5 and kin have no causal-LM head at all: say which tasks they take
+            found = re.search(r"backbone '([^']+)' has no causal-lm head", str(error))
+            if found is None:
+                raise
+            raise ConfigError(self.refusal(found.group(1), "an encoder–decoder", "task=xsum and the classification tasks")) from error
         self.task = task
         self._generated: dict[int, tuple[str, str, str]] = {}  # dev position -> (output, reference, prompt's start)
         self._sums = torch.zeros(3, dtype=torch.float64)  # response loss sum, correct next tokens, response tokens
@@ -44,11 +52,11 @@ class SFTModule(AdapterModule):
             kind, takes = "an encoder-only (bidirectional) model", "the classification tasks (sst2, mrpc, cola, stsb, rte) and squad"
         else:
             return
-        raise ConfigError(f"backbone: task {self.task_name()} is a causal LM and needs a decoder-only backbone ({DECODER_ONLY}); "
-                          f"'{model_type}' is {kind}, which takes {takes}")
+        raise ConfigError(self.refusal(model_type, kind, takes))
 
-    def task_name(self) -> str:
-        return getattr(getattr(self, "task", None), "name", "sft")
+    def refusal(self, model_type: str, kind: str, takes: str) -> str:
+        return (f"backbone: task {self.task_label} is a causal LM and needs a decoder-only backbone ({DECODER_ONLY}); "
+                f"'{model_type}' is {kind}, which takes {takes}")
 
     def forward(self, batch) -> torch.Tensor:
         """Next-token logits aligned with ``labels[:, 1:]``."""
