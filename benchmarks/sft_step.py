@@ -34,11 +34,14 @@ def main() -> None:
         cfg = compose("train", overrides=list(args.overrides))
     task = instantiate(cfg.task, _convert_="object")
     torch.manual_seed(0)
-    module = task.module_class()(backbone=instantiate(cfg.backbone, _convert_="object"), adapter=instantiate(cfg.adapter, _convert_="object"),
+    module = task.module_class()(backbone=instantiate(cfg.backbone, _convert_="object"),
+                                 adapter=instantiate(cfg.adapter, _convert_="object"),
                                  optimizer=instantiate(cfg.optimizer, _convert_="object"), task=task)
-    data = task.datamodule_class()(task=task, tokenizer=module.tokenizer, data_dir=cfg.data_dir, seed=0, max_positions=None, **cfg.data)
+    data = task.datamodule_class()(task=task, tokenizer=module.tokenizer, data_dir=cfg.data_dir, seed=0,
+                                   max_positions=None, **cfg.data)
     data.setup("fit")
-    batches = [data.collator.train(data.datasets["train"][i * cfg.data.batch_size:(i + 1) * cfg.data.batch_size]) for i in range(4)]
+    size = cfg.data.batch_size
+    batches = [data.collator.train(data.datasets["train"][i * size:(i + 1) * size]) for i in range(4)]
     trained = [p for p in module.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=1e-3)
     times = []

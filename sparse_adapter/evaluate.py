@@ -55,7 +55,7 @@ def load_run(run_dir: str | Path, backbone: str | None = None):
             raise ConfigError(f"run: {summary} does not name its backbone; pass --backbone")
     model, tokenizer = backbone_spec(backbone).build("causal-lm")
     if tokenizer.eos_token is None and tokenizer.sep_token is not None:
-        tokenizer.eos_token = tokenizer.sep_token  # the end token SFT trained after each response (a BERT vocabulary's [SEP])
+        tokenizer.eos_token = tokenizer.sep_token  # the end token SFT trained after each response (BERT vocabulary)
     load_adapter(model, adapter)
     return model.eval(), tokenizer
 
@@ -88,12 +88,14 @@ def evaluate(run_dir: str | Path, tasks: list[str], limit: int | None = None, ba
         from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
     except ImportError as error:
-        raise ConfigError("evaluate: lm-evaluation-harness is not installed (pip install 'sparse-adapter[eval]')") from error
+        raise ConfigError("evaluate: lm-evaluation-harness is not installed "
+                          "(pip install 'sparse-adapter[eval]')") from error
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit={limit} must be ≥ 1")
     names, folders = task_names(tasks)
     only_files = len(folders) > 0 and all(item.endswith((".yaml", ".yml")) for item in tasks)
-    manager = TaskManager(include_path=folders or None, include_defaults=not only_files)  # lm-eval's index of all tasks takes ~10 s
+    # lm-eval's index of all its own tasks takes ~10 s: skipped when every task is a local file
+    manager = TaskManager(include_path=folders or None, include_defaults=not only_files)
     unknown = [n for n in names if n not in manager.all_tasks]
     if unknown:
         raise ConfigError(f"--tasks: lm-eval knows no task {', '.join(unknown)} (a local task: pass its .yaml file)")
@@ -108,11 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", required=True, help="comma-separated lm-eval task names and/or task .yaml files")
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N documents of each task")
     parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--backbone", default=None, help="a conf/backbone name or a local model folder (default: the run's)")
+    parser.add_argument("--backbone", default=None,
+                        help="a conf/backbone name or a local model folder (default: the run's)")
     parser.add_argument("--output", default=None, help="where to write the results JSON (default: <run>/lm_eval.json)")
     args = parser.parse_args(argv)
     try:
-        results = evaluate(args.run, [t for t in args.tasks.split(",") if t], args.limit, args.batch_size, args.backbone)
+        tasks = [t for t in args.tasks.split(",") if t]
+        results = evaluate(args.run, tasks, args.limit, args.batch_size, args.backbone)
         from sparse_adapter.io import write_json_atomic
 
         out = Path(args.output) if args.output else Path(args.run) / "lm_eval.json"

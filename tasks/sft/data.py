@@ -71,7 +71,8 @@ class SFTTask(TaskFamily):
 
     def validate(self) -> None:
         if not self.path:
-            raise ConfigError("task.path: name a .jsonl/.json/.parquet file or a hub dataset (task=sft task.path=my_data.jsonl)")
+            raise ConfigError("task.path: name a .jsonl/.json/.parquet file or a hub dataset "
+                              "(task=sft task.path=my_data.jsonl)")
         if self.format not in ("auto", *FORMATS):
             raise ConfigError(f"task.format={self.format}: choose from auto, {', '.join(FORMATS)}")
         if self.generation not in GENERATION:
@@ -81,16 +82,19 @@ class SFTTask(TaskFamily):
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"task.label_smoothing={self.label_smoothing} must be in [0, 1)")
         if self.num_beams < 1 or self.max_new_tokens < 1:
-            raise ConfigError(f"task.num_beams={self.num_beams} and task.max_new_tokens={self.max_new_tokens} must be ≥ 1")
+            raise ConfigError(f"task.num_beams={self.num_beams} and task.max_new_tokens={self.max_new_tokens} "
+                              "must be ≥ 1")
         if not isinstance(self.columns, dict):
-            raise ConfigError(f"task.columns={self.columns!r}: a mapping of our field names to yours, e.g. {{prompt: question}}")
+            raise ConfigError(f"task.columns={self.columns!r}: a mapping of our field names to yours, "
+                              "e.g. {prompt: question}")
 
 
 def resolve(path: str, data_dir: str | None) -> Path | None:
     """The local file ``path`` names (under ``data_dir`` first), or None for a hub name."""
     from hydra.utils import to_absolute_path
 
-    candidates = ([Path(data_dir) / path] if data_dir and not Path(path).is_absolute() else []) + [Path(to_absolute_path(path))]
+    under_data = [Path(data_dir) / path] if data_dir and not Path(path).is_absolute() else []
+    candidates = under_data + [Path(to_absolute_path(path))]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
@@ -139,13 +143,15 @@ def read_source(path: str, data_dir: str | None, split: str, skipped: SkippedRow
     if local is not None:
         return read_rows(local, skipped)
     if not hub_reachable():
-        raise ConfigError(f"task.path: '{path}' is no local file and the hub is unreachable (offline); give a .jsonl/.json/.parquet path")
+        raise ConfigError(f"task.path: '{path}' is no local file and the hub is unreachable (offline); "
+                          "give a .jsonl/.json/.parquet path")
     from datasets import load_dataset
 
     try:
         return list(load_dataset(path, split=split))
     except Exception as error:  # datasets raises many types for a missing name or split
-        raise ConfigError(f"task.path: cannot load the hub dataset '{path}' (split {split}): {str(error).splitlines()[0]}") from error
+        reason = str(error).splitlines()[0]
+        raise ConfigError(f"task.path: cannot load the hub dataset '{path}' (split {split}): {reason}") from error
 
 
 def load_examples(task: SFTTask, data_dir: str | None, skipped: SkippedRows) -> dict[str, list[dict]]:
@@ -156,10 +162,12 @@ def load_examples(task: SFTTask, data_dir: str | None, skipped: SkippedRows) -> 
     else:
         order = list(range(len(rows)))
         random.Random(task.split_seed).shuffle(order)
-        size = task.validation_size if task.validation_size is not None else math.ceil(task.validation_fraction * len(rows))
+        size = task.validation_size
+        if size is None:
+            size = math.ceil(task.validation_fraction * len(rows))
         if not 0 < size < len(rows):
-            raise ConfigError(f"task.validation_size={size} must be between 1 and {len(rows) - 1} (rows in {task.path}); "
-                              "or give task.eval_path")
+            raise ConfigError(f"task.validation_size={size} must be between 1 and {len(rows) - 1} "
+                              f"(rows in {task.path}); or give task.eval_path")
         raw = {"validation": [rows[i] for i in order[:size]], "train": [rows[i] for i in order[size:]]}
     skipped.report(task.name, "file", len(rows))
     first = next((r for r in raw["train"] if r is not None), None)
@@ -177,8 +185,9 @@ def load_examples(task: SFTTask, data_dir: str | None, skipped: SkippedRows) -> 
         skipped.report(task.name, split, len(clean[split]))
         if not clean[split]:
             reasons = ", ".join(f"{r}: {n}" for r, n in sorted(skipped.as_dict().get(split, {}).items()))
-            raise ConfigError(f"task.path: the {split} rows of {task.eval_path if split == 'validation' and task.eval_path else task.path} "
-                              f"({form}) have no usable row ({reasons or 'none'})")
+            source = task.eval_path if split == "validation" and task.eval_path else task.path
+            raise ConfigError(f"task.path: the {split} rows of {source} ({form}) have no usable row "
+                              f"({reasons or 'none'})")
     return clean
 
 
@@ -194,9 +203,10 @@ class SFTCollator:
     def encode(self, examples: list[dict]) -> list[dict]:
         out = []
         for example in examples:
-            encoded = self.template.encode(example["messages"], self.max_length, self.max_target_length, self.train_on_prompt)
-            out.append({"input_ids": np.asarray(encoded.input_ids, dtype=np.int32), "labels": np.asarray(encoded.labels, dtype=np.int32),
-                        "prompt_length": encoded.prompt_length})
+            encoded = self.template.encode(example["messages"], self.max_length, self.max_target_length,
+                                           self.train_on_prompt)
+            out.append({"input_ids": np.asarray(encoded.input_ids, dtype=np.int32),
+                        "labels": np.asarray(encoded.labels, dtype=np.int32), "prompt_length": encoded.prompt_length})
         return out
 
     @staticmethod
@@ -220,7 +230,8 @@ class SFTCollator:
         features = self.encode(rows)
         prompts = [f["input_ids"][: f["prompt_length"]] for f in features]
         return self.train(features) | {
-            "prompt_ids": self.pad(prompts, self.pad_id, left=True), "prompt_mask": (self.pad(prompts, -1, left=True) != -1).long(),
+            "prompt_ids": self.pad(prompts, self.pad_id, left=True),
+            "prompt_mask": (self.pad(prompts, -1, left=True) != -1).long(),
             "references": [r["messages"][-1]["content"] if r["messages"][-1]["role"] == "assistant" else
                            [m for m in r["messages"] if m["role"] == "assistant"][-1]["content"] for r in rows],
             "prompts": [next((m["content"] for m in reversed(r["messages"]) if m["role"] == "user"), "") for r in rows],
@@ -229,20 +240,23 @@ class SFTCollator:
 
 
 class SFTDataModule(TaskDataModule):
-    """Prompts cut to ``max_length`` tokens and responses to ``max_target_length`` (tasks/sft/templates.py says where)."""
+    """Prompts cut to ``max_length`` tokens, responses to ``max_target_length`` (tasks/sft/templates.py says where)."""
 
-    def __init__(self, task: SFTTask, tokenizer, data_dir: str | None = None, max_length: int = 512, max_target_length: int = 256,
-                 batch_size: int = 8, eval_batch_size: int = 16, max_train_samples: int | None = None,
-                 max_eval_samples: int | None = None, num_workers: int = 0, seed: int = 0, max_positions: int | None = None,
-                 group_by_length: bool = False):
-        super().__init__(task, tokenizer, data_dir, batch_size, eval_batch_size, max_train_samples, max_eval_samples, num_workers, seed,
-                         group_by_length)
+    def __init__(self, task: SFTTask, tokenizer, data_dir: str | None = None, max_length: int = 512,
+                 max_target_length: int = 256, batch_size: int = 8, eval_batch_size: int = 16,
+                 max_train_samples: int | None = None, max_eval_samples: int | None = None, num_workers: int = 0,
+                 seed: int = 0, max_positions: int | None = None, group_by_length: bool = False):
+        super().__init__(task, tokenizer, data_dir, batch_size, eval_batch_size, max_train_samples, max_eval_samples,
+                         num_workers, seed, group_by_length)
         task.validate()
         if max_length < 1 or max_target_length < 1:
-            raise ConfigError(f"data.max_length={max_length} and data.max_target_length={max_target_length} must be ≥ 1")
+            raise ConfigError(f"data.max_length={max_length} and data.max_target_length={max_target_length} "
+                              "must be ≥ 1")
         longest = max(max_target_length, task.max_new_tokens if task.generation != "none" else 0)
-        check_positions("data.max_length + max(data.max_target_length, task.max_new_tokens)", max_length + longest, max_positions)
-        self.collator = SFTCollator(ChatTemplate(tokenizer, task.chat_template), max_length, max_target_length, task.train_on_prompt)
+        check_positions("data.max_length + max(data.max_target_length, task.max_new_tokens)", max_length + longest,
+                        max_positions)
+        self.collator = SFTCollator(ChatTemplate(tokenizer, task.chat_template), max_length, max_target_length,
+                                    task.train_on_prompt)
         self.skipped = SkippedRows()
         self.examples: dict[str, list[dict]] | None = None
 
@@ -250,27 +264,31 @@ class SFTDataModule(TaskDataModule):
         if self.datasets is not None:
             return
         self.examples = self.first_rows(load_examples(self.task, self.data_dir, self.skipped))
-        self.datasets = {"train": self.collator.encode(self.examples["train"]), "validation": self.numbered(self.examples["validation"])}
+        self.datasets = {"train": self.collator.encode(self.examples["train"]),
+                         "validation": self.numbered(self.examples["validation"])}
         log.info("%s: %d train and %d validation rows (%s template)", self.task.name, len(self.datasets["train"]),
                  len(self.examples["validation"]), self.collator.template.name)
 
     def summary_fields(self) -> dict:
-        return {"dataset": self.task.path, "eval_dataset": self.task.eval_path, "chat_template": self.collator.template.name}
+        return {"dataset": self.task.path, "eval_dataset": self.task.eval_path,
+                "chat_template": self.collator.template.name}
 
     def eval_lengths(self) -> list[int]:
         return [sum(len(m["content"]) for m in row["messages"]) for row in self.datasets["validation"]]
 
     def trivial_baseline(self) -> dict:
-        """GSM8K: the most frequent training answer; ROUGE: LEAD-1 of the source; otherwise the most frequent response token."""
+        """GSM8K: the most frequent training answer; ROUGE: LEAD-1 of the source; else the commonest response token."""
         self.setup()
         train, dev = self.examples["train"], self.examples["validation"]
         answers = lambda rows: [m["content"] for r in rows for m in r["messages"][-1:]]  # noqa: E731
         if self.task.generation == "gsm8k":
             guess = most_frequent_answer(answers(train))
-            return {"predictor": f"most frequent training answer ({guess})", "metrics": gsm8k_scores([guess] * len(dev), answers(dev))}
+            return {"predictor": f"most frequent training answer ({guess})",
+                    "metrics": gsm8k_scores([guess] * len(dev), answers(dev))}
         if self.task.generation == "rouge":
             sources = [r["source"] or r["messages"][-2]["content"] for r in dev]
-            return {"predictor": "LEAD-1 (first sentence)", "metrics": rouge_scores([lead_sentence(s) for s in sources], answers(dev))}
+            return {"predictor": "LEAD-1 (first sentence)",
+                    "metrics": rouge_scores([lead_sentence(s) for s in sources], answers(dev))}
         counts = Counter(int(t) for f in self.datasets["train"] for t in f["labels"] if t != IGNORE)
         token = counts.most_common(1)[0][0] if counts else None
         dev_labels = [int(t) for f in self.collator.encode(dev) for t in f["labels"][1:] if t != IGNORE]

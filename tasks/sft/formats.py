@@ -40,7 +40,8 @@ def mapped(row: dict, columns: dict) -> dict:
 def detect_format(row: dict, columns: dict, prompt: str | None, source: str) -> str:
     """The format whose fields the (mapped) first row has; none: one error naming what was found."""
     if not isinstance(row, dict):
-        raise ConfigError(f"task.path: rows of {source} are {type(row).__name__}, not objects with fields; expected {EXPECTED}")
+        raise ConfigError(f"task.path: rows of {source} are {type(row).__name__}, not objects with fields; "
+                          f"expected {EXPECTED}")
     fields = mapped(row, columns)
     if "conversations" in fields and "messages" not in fields:
         return "messages"
@@ -49,7 +50,8 @@ def detect_format(row: dict, columns: dict, prompt: str | None, source: str) -> 
         if all(field in fields for field in needed):
             return name
     found = ", ".join(sorted(map(str, row))) or "none"
-    raise ConfigError(f"task.format=auto: rows of {source} have the fields [{found}], none of the known formats: {EXPECTED}; "
+    raise ConfigError(f"task.format=auto: rows of {source} have the fields [{found}], none of the known formats: "
+                      f"{EXPECTED}; "
                       "map yours with task.columns, e.g. task.columns={prompt: question, completion: answer}")
 
 
@@ -107,7 +109,8 @@ def to_messages(row: dict, form: str, columns: dict, prompt: str | None, system:
         extra = fields.get("input")
         if isinstance(extra, str) and extra.strip():
             user = f"{user}\n\n{extra}"
-        messages = [{"role": "user", "content": user}, {"role": "assistant", "content": text(fields.get("output"), "response")}]
+        messages = [{"role": "user", "content": user},
+                    {"role": "assistant", "content": text(fields.get("output"), "response")}]
         system = fields.get("system") if isinstance(fields.get("system"), str) and fields.get("system") else system
     elif form == "messages":
         messages = turns(fields.get("messages", fields.get("conversations")), "messages")

@@ -13,7 +13,8 @@ import re
 
 import torch
 import torch.nn.functional as F
-from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES, MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
+from transformers.models.auto.modeling_auto import (MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+                                                   MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES)
 
 from sparse_adapter.errors import ConfigError
 from tasks.base import AdapterModule
@@ -38,18 +39,21 @@ class SFTModule(AdapterModule):
             found = re.search(r"backbone '([^']+)' has no causal-lm head", str(error))
             if found is None:
                 raise
-            raise ConfigError(self.refusal(found.group(1), "an encoder–decoder", "task=xsum and the classification tasks")) from error
+            refusal = self.refusal(found.group(1), "an encoder–decoder", "task=xsum and the classification tasks")
+            raise ConfigError(refusal) from error
         self.task = task
         self._generated: dict[int, tuple[str, str, str]] = {}  # dev position -> (output, reference, prompt's start)
         self._sums = torch.zeros(3, dtype=torch.float64)  # response loss sum, correct next tokens, response tokens
 
     def check_architecture(self) -> None:
-        """A bidirectional encoder would see the token it predicts, an encoder–decoder's decoder alone lacks its source."""
+        """A bidirectional encoder sees the token it predicts; an encoder–decoder's decoder alone lacks its source."""
         model_type = self.model.config.model_type
-        if getattr(self.model.config, "is_encoder_decoder", False) or model_type in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES:
+        encoder_decoder = getattr(self.model.config, "is_encoder_decoder", False)
+        if encoder_decoder or model_type in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES:
             kind, takes = "an encoder–decoder", "task=xsum and the classification tasks"
         elif model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
-            kind, takes = "an encoder-only (bidirectional) model", "the classification tasks (sst2, mrpc, cola, stsb, rte) and squad"
+            kind = "an encoder-only (bidirectional) model"
+            takes = "the classification tasks (sst2, mrpc, cola, stsb, rte) and squad"
         else:
             return
         raise ConfigError(self.refusal(model_type, kind, takes))
@@ -65,8 +69,8 @@ class SFTModule(AdapterModule):
     def loss(self, logits, labels, temperature: float = 1.0, smoothing: float = 0.0) -> torch.Tensor:
         """Mean cross-entropy over the response tokens, in fp32 at least (fp64 logits stay fp64)."""
         logits = (logits / temperature).flatten(0, 1)
-        return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), labels[:, 1:].flatten(), ignore_index=IGNORE,
-                               label_smoothing=smoothing)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        return F.cross_entropy(logits, labels[:, 1:].flatten(), ignore_index=IGNORE, label_smoothing=smoothing)
 
     def scoring_loss(self, batch, temperature: float = 1.0) -> torch.Tensor:
         """The training loss (response tokens only, with its smoothing), logits / temperature."""
@@ -89,7 +93,8 @@ class SFTModule(AdapterModule):
         self._sums += torch.stack([total.double(), correct.double(), kept.sum().double()]).to(self._sums.device)
         if self.task.generation != "none":
             outputs = self.generate(batch)
-            for position, output, reference, prompt in zip(batch["positions"], outputs, batch["references"], batch["prompts"]):
+            rows = zip(batch["positions"], outputs, batch["references"], batch["prompts"])
+            for position, output, reference, prompt in rows:
                 self._generated[position] = (output, reference, prompt[:SAMPLE_CHARACTERS])
 
     def generate(self, batch) -> list[str]:
@@ -99,21 +104,26 @@ class SFTModule(AdapterModule):
         configured = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         ends |= set(configured) if isinstance(configured, list) else {configured}
         generated = self.model.generate(
-            input_ids=prompts, attention_mask=batch["prompt_mask"], num_beams=self.task.num_beams, max_new_tokens=self.task.max_new_tokens,
-            do_sample=False, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=sorted(e for e in ends if e is not None) or None,
+            input_ids=prompts, attention_mask=batch["prompt_mask"], num_beams=self.task.num_beams,
+            max_new_tokens=self.task.max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=sorted(e for e in ends if e is not None) or None,
         )
-        return [text.strip() for text in self.tokenizer.batch_decode(generated[:, prompts.shape[1]:], skip_special_tokens=True)]
+        texts = self.tokenizer.batch_decode(generated[:, prompts.shape[1]:], skip_special_tokens=True)
+        return [text.strip() for text in texts]
 
     def on_validation_epoch_end(self):
         sums = self._sums.clone()
         if self._trainer is not None and self.trainer.world_size > 1:
             torch.distributed.all_reduce(sums)
         loss = (sums[0] / sums[2]).item() if sums[2] > 0 else float("nan")
-        metrics = {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "token_accuracy": (sums[1] / sums[2]).item() if sums[2] > 0 else 0.0}
+        accuracy = (sums[1] / sums[2]).item() if sums[2] > 0 else 0.0
+        metrics = {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "token_accuracy": accuracy}
         if self.task.generation != "none":
             entries = self.gather_dev_outputs(self._generated)
             outputs, references = [e[0] for e in entries], [e[1] for e in entries]
-            metrics |= gsm8k_scores(outputs, references) if self.task.generation == "gsm8k" else rouge_scores(outputs, references)
-            self.sample_predictions = [{"prompt": p, "output": o, "reference": r} for o, r, p in entries[: self.task.num_samples]]
+            score = gsm8k_scores if self.task.generation == "gsm8k" else rouge_scores
+            metrics |= score(outputs, references)
+            self.sample_predictions = [{"prompt": p, "output": o, "reference": r}
+                                       for o, r, p in entries[: self.task.num_samples]]
         self.log_dict({f"val/{k}": v for k, v in metrics.items()}, prog_bar=True)
         self._generated = {}

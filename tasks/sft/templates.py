@@ -63,7 +63,8 @@ class ChatTemplate:
 
     def __init__(self, tokenizer, setting: str = "auto"):
         if not getattr(tokenizer, "is_fast", False):
-            raise ConfigError(f"task: the SFT family needs a fast tokenizer (character offsets); {type(tokenizer).__name__} is not")
+            raise ConfigError(f"task: the SFT family needs a fast tokenizer (character offsets); "
+                              f"{type(tokenizer).__name__} is not")
         self.tokenizer = tokenizer
         own = getattr(tokenizer, "chat_template", None)
         if isinstance(setting, str) and setting.endswith(".jinja"):
@@ -101,8 +102,9 @@ class ChatTemplate:
                 continue
             before, through = self.render(messages[:i], generation_prompt=True), self.render(messages[: i + 1])
             if not (full.startswith(before) and full.startswith(through) and through.startswith(before)):
-                raise ConfigError(f"task.chat_template ({self.name}): rendering a conversation's first turns does not give a "
-                                  "prefix of the whole (the template rewrites earlier turns); responses cannot be located")
+                raise ConfigError(f"task.chat_template ({self.name}): rendering a conversation's first turns does not "
+                                  "give a prefix of the whole (the template rewrites earlier turns); responses cannot "
+                                  "be located")
             spans.append((len(before), len(through)))
         return full, spans
 
@@ -125,7 +127,8 @@ class ChatTemplate:
             shorter["cut"] = [begin, stop]
         return [shorter if i == index else m for i, m in enumerate(messages)]
 
-    def encode(self, messages: list[dict], max_length: int, max_target_length: int, train_on_prompt: bool = False) -> Encoded:
+    def encode(self, messages: list[dict], max_length: int, max_target_length: int,
+               train_on_prompt: bool = False) -> Encoded:
         last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
         users = [i for i, m in enumerate(messages[:last]) if m["role"] != "assistant"]
         for _ in range(4):  # cut contents, not markers; a tokenizer may count a cut text one token differently
