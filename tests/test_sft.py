@@ -29,10 +29,11 @@ from tests.conftest import data_dir
 TEMPLATE = ("{% for m in messages %}{{ m.role }} : {{ m.content }} [SEP] {% endfor %}"
             "{% if add_generation_prompt %}assistant : {% endif %}")
 ROWS = {
-    "alpaca": [{"instruction": f"add {i} and {i}", "input": "" if i % 2 else "show the work", "output": f"the sum is {2 * i}"}
-               for i in range(8)],
+    "alpaca": [{"instruction": f"add {i} and {i}", "input": "" if i % 2 else "show the work",
+                "output": f"the sum is {2 * i}"} for i in range(8)],
     "messages": [{"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": f"hello {i}"},
-                               {"role": "assistant", "content": f"hi there {i}"}, {"role": "user", "content": "and then"},
+                               {"role": "assistant", "content": f"hi there {i}"},
+                               {"role": "user", "content": "and then"},
                                {"role": "assistant", "content": f"goodbye {i}"}]} for i in range(8)],
     "prompt_completion": [{"prompt": f"what is {i} times two", "completion": f"it is {2 * i}"} for i in range(8)],
 }
@@ -65,11 +66,13 @@ def test_each_format_becomes_chat_turns_and_is_detected():
     assert detect_format(ROWS["messages"][0], {}, None, "f") == "messages"
     sharegpt = {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}
     assert detect_format(sharegpt, {}, None, "f") == "messages"
-    assert to_messages(sharegpt, "messages", {}, None, None) == [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    assert to_messages(sharegpt, "messages", {}, None, None) == [{"role": "user", "content": "q"},
+                                                                 {"role": "assistant", "content": "a"}]
     gsm = {"question": "two plus two?", "answer": "4\n#### 4"}
     columns = {"prompt": "question", "completion": "answer"}
     assert detect_format(gsm, columns, None, "f") == "prompt_completion"
-    assert to_messages(gsm, "prompt_completion", columns, "Q: {prompt} ({question})", None)[0]["content"] == "Q: two plus two? (two plus two?)"
+    user = to_messages(gsm, "prompt_completion", columns, "Q: {prompt} ({question})", None)[0]
+    assert user["content"] == "Q: two plus two? (two plus two?)"
 
 
 def test_labels_cover_every_assistant_turn_only_and_truncation_keeps_the_markers(tokenizer):
@@ -84,13 +87,14 @@ def test_labels_cover_every_assistant_turn_only_and_truncation_keeps_the_markers
     everything = template.encode(messages, 64, 32, train_on_prompt=True)
     assert everything.labels == everything.input_ids
     # a long prompt is cut at the end of its last user turn, a long response at its end; the markers stay
-    long = [{"role": "user", "content": "word " * 50 + "question"}, {"role": "assistant", "content": "yes " * 30 + "end"}]
+    long = [{"role": "user", "content": "word " * 50 + "question"},
+            {"role": "assistant", "content": "yes " * 30 + "end"}]
     cut = template.encode(long, max_length=12, max_target_length=6)
     text = tokenizer.decode(cut.input_ids)
     assert cut.prompt_length <= 12 and len(cut.input_ids) - cut.prompt_length <= 6
     assert text.startswith("user : word") and "[SEP] assistant : yes" in text and "question" not in text
     plain = ChatTemplate(tokenizer, "none").encode(to_messages(ROWS["alpaca"][1], "alpaca", {}, None, None), 64, 32)
-    assert tokenizer.decode([t for t in plain.labels if t != IGNORE]) == "the sum is 2 [SEP]"  # plain: response + EOS ([SEP])
+    assert tokenizer.decode([t for t in plain.labels if t != IGNORE]) == "the sum is 2 [SEP]"  # response + EOS ([SEP])
 
 
 def test_auto_template_falls_back_to_plain_and_says_so(tokenizer, caplog):
@@ -105,8 +109,8 @@ GENERATIONS = [
     "She pays 5 + 3 = 8.\n#### 8", "#### 1,250 dollars", "The answer is $1,250.", "so 12 apples, then 7.", "#### -3.5",
     "no number here", "#### 42\n#### 43", "It costs 100. Then 3", "answer: 72.", "$5", "9", "#### 7 more: 8",
 ]
-REFERENCES = ["a\n#### 8", "b\n#### 1250", "c\n#### 1250", "d\n#### 7", "e\n#### -3.5", "f\n#### 0", "g\n#### 42", "h\n#### 3",
-              "i\n#### 72", "j\n#### 5", "k\n#### 9", "l\n#### 8"]
+REFERENCES = ["a\n#### 8", "b\n#### 1250", "c\n#### 1250", "d\n#### 7", "e\n#### -3.5", "f\n#### 0", "g\n#### 42",
+              "h\n#### 3", "i\n#### 72", "j\n#### 5", "k\n#### 9", "l\n#### 8"]
 
 
 def test_gsm8k_extraction_and_exact_match_equal_lm_evaluation_harness():
@@ -140,7 +144,8 @@ def test_lm_head_is_frozen_on_an_untied_llama_and_full_fine_tuning_still_trains_
     trained = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trained == adapter_parameter_names(model) and "lm_head.weight" not in trained
     report = module.parameter_report()
-    assert report["head_params"] == 0 and report["trained_params"] == sum(p.numel() for n, p in model.named_parameters() if n in trained)
+    assert report["head_params"] == 0
+    assert report["trained_params"] == sum(p.numel() for n, p in model.named_parameters() if n in trained)
     from sparse_adapter.adapters import FullFineTuningConfig
 
     full = sft_module(adapter=FullFineTuningConfig())
@@ -161,7 +166,8 @@ def test_pruners_score_through_the_response_only_loss_with_exact_counts(tmp_path
     response = labels != IGNORE
     assert 0 < response.sum() < (batch["attention_mask"][:, 1:] == 1).sum()  # the prompt is not in the loss
     torch.testing.assert_close(module.scoring_loss(batch), F.cross_entropy(logits[response], labels[response]))
-    L.Trainer(callbacks=[PruneAtInit(PrunerConfig(scorer, batches=1), 0.6), MaskEnforcement()], max_steps=2, accelerator="cpu",
+    L.Trainer(callbacks=[PruneAtInit(PrunerConfig(scorer, batches=1), 0.6), MaskEnforcement()], max_steps=2,
+              accelerator="cpu",
               logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
               limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=tmp_path).fit(module, datamodule=data)
     assert module.masks.kept() == round(0.4 * module.masks.total())
@@ -171,9 +177,10 @@ def test_pruners_score_through_the_response_only_loss_with_exact_counts(tmp_path
 
 def test_bad_rows_and_settings_are_one_clear_error(tmp_path, tokenizer, monkeypatch):
     def setup(rows, **task):
-        SFTDataModule(SFTTask(path=write_jsonl(tmp_path / "d.jsonl", rows), validation_size=1, **task), tokenizer).setup()
+        path = write_jsonl(tmp_path / "d.jsonl", rows)
+        SFTDataModule(SFTTask(path=path, validation_size=1, **task), tokenizer).setup()
 
-    with pytest.raises(ConfigError, match=r"have the fields \[answer, text\], none of the known formats: alpaca .*task.columns"):
+    with pytest.raises(ConfigError, match=r"fields \[answer, text\], none of the known formats: alpaca .*columns"):
         setup([{"text": "a", "answer": "b"}] * 3)
     with pytest.raises(ConfigError, match=r"no usable row \(empty response: 2\)"):
         setup([{"prompt": "a", "completion": " "}] * 3)
@@ -184,11 +191,11 @@ def test_bad_rows_and_settings_are_one_clear_error(tmp_path, tokenizer, monkeypa
         SFTDataModule(SFTTask(path="someone/dataset"), tokenizer).setup()
     with pytest.raises(ConfigError, match=r"task.path: no file 'missing.jsonl'"):
         SFTDataModule(SFTTask(path="missing.jsonl"), tokenizer).setup()
-    with pytest.raises(ConfigError, match=r"data.max_length \+ max\(data.max_target_length, task.max_new_tokens\)=600 exceeds"):
-        SFTDataModule(SFTTask(path="x.jsonl", generation="gsm8k", max_new_tokens=88), tokenizer, max_length=512, max_target_length=8,
-                      max_positions=512)
+    with pytest.raises(ConfigError, match=r"max\(data.max_target_length, task.max_new_tokens\)=600 exceeds"):
+        SFTDataModule(SFTTask(path="x.jsonl", generation="gsm8k", max_new_tokens=88), tokenizer, max_length=512,
+                      max_target_length=8, max_positions=512)
     for name, kind in [("tiny-bert", "encoder-only"), ("tiny-bart", "encoder–decoder")]:
-        with pytest.raises(ConfigError, match=rf"task sft is a causal LM and needs a decoder-only backbone .*'{name[5:]}' is an {kind}"):
+        with pytest.raises(ConfigError, match=rf"task sft is a causal LM .*'{name[5:]}' is an {kind}"):
             sft_module(name, adapter=LoRAConfig(r=4))
 
 
@@ -199,8 +206,9 @@ def gsm8k_ready() -> str:
     return found
 
 
-RUN = ["trainer=smoke", "logger=csv", "data.max_train_samples=8", "data.max_eval_samples=3", "data.batch_size=4", "data.eval_batch_size=4",
-       "trainer.max_steps=2", "pruner=snip", "pruner.batches=1", "sparsity=0.5", "adapter=lora", "adapter.r=4",
+RUN = ["trainer=smoke", "logger=csv", "data.max_train_samples=8", "data.max_eval_samples=3", "data.batch_size=4",
+       "data.eval_batch_size=4", "trainer.max_steps=2", "pruner=snip", "pruner.batches=1", "sparsity=0.5",
+       "adapter=lora", "adapter.r=4",
        "data.max_length=48", "data.max_target_length=24", "task.max_new_tokens=6"]
 
 
@@ -213,16 +221,18 @@ def test_each_format_trains_on_llama_qwen3_and_gpt2(tmp_path, name, form):
     else:
         rows = write_jsonl(tmp_path / "rows.jsonl", ROWS[form])
         (tmp_path / "chat.jinja").write_text(TEMPLATE)
-        task = ["task=sft", f"task.path={rows}", "task.validation_size=3", f"task.chat_template={tmp_path / 'chat.jinja'}" if form == "messages" else ""]
+        template = f"task.chat_template={tmp_path / 'chat.jinja'}" if form == "messages" else ""
+        task = ["task=sft", f"task.path={rows}", "task.validation_size=3", template]
     run = tmp_path / "run"
     assert call_train(*RUN, f"backbone={name}", *[t for t in task if t], f"hydra.run.dir={run}") == 0
     s = json.loads((run / "summary.json").read_text())
     assert s["adapter_weights_kept"] == round(0.5 * s["adapter_weights_total"]) and s["head_params"] == 0
-    assert s["trained_params"] == s["adapter_weights_kept"]  # LoRA has no bias: trained = kept adapter weights, no LM head
+    assert s["trained_params"] == s["adapter_weights_kept"]  # LoRA has no bias: the kept adapter weights, no LM head
     assert {"loss", "perplexity", "token_accuracy"} <= set(s["metrics"]) and s["metrics"]["perplexity"] > 1
     assert s["dataset"] == ("gsm8k/train.jsonl" if form == "gsm8k" else str(tmp_path / "rows.jsonl"))
     if form == "gsm8k":
-        assert s["main_metric"] == "exact_match_strict" and {"exact_match_strict", "exact_match_flexible"} <= set(s["metrics"])
+        assert s["main_metric"] == "exact_match_strict"
+        assert {"exact_match_strict", "exact_match_flexible"} <= set(s["metrics"])
         assert s["baseline"]["predictor"].startswith("most frequent training answer") and len(s["samples"]) == 3
     from sparse_adapter.io import read_adapter
 
@@ -230,7 +240,8 @@ def test_each_format_trains_on_llama_qwen3_and_gpt2(tmp_path, name, form):
     assert all(".lora_" in n for n in tensors)  # the file holds the adapter only
 
 
-@pytest.mark.parametrize("name, kind", [("tiny-bert", "encoder-only"), ("tiny-t5", "encoder–decoder"), ("tiny-bart", "encoder–decoder")])
+@pytest.mark.parametrize("name, kind", [("tiny-bert", "encoder-only"), ("tiny-t5", "encoder–decoder"),
+                                        ("tiny-bart", "encoder–decoder")])
 def test_causal_lm_tasks_refuse_other_architectures_with_one_error_line(tmp_path, capsys, name, kind):
     from tests.cli_support import call_train, error_lines
 
