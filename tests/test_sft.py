@@ -175,6 +175,21 @@ def test_pruners_score_through_the_response_only_loss_with_exact_counts(tmp_path
     assert all(torch.count_nonzero(params[n][~m]) == 0 for n, m in module.masks.items())
 
 
+def test_held_out_rows_are_a_seeded_fraction_or_a_second_file(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "pc.jsonl", ROWS["prompt_completion"])
+    first, second = (SFTDataModule(SFTTask(path=path, validation_fraction=0.25), tokenizer) for _ in range(2))
+    for data in (first, second):
+        data.setup()
+    prompts = {split: [r["messages"][0]["content"] for r in first.examples[split]] for split in ("train", "validation")}
+    assert (len(prompts["train"]), len(prompts["validation"])) == (6, 2)
+    assert not set(prompts["train"]) & set(prompts["validation"])
+    assert prompts["validation"] == [r["messages"][0]["content"] for r in second.examples["validation"]]  # split_seed
+    dev = write_jsonl(tmp_path / "dev.jsonl", ROWS["alpaca"][:3])  # another file, another format: detected on its own
+    other = SFTDataModule(SFTTask(path=path, eval_path=dev), tokenizer)
+    other.setup()
+    assert len(other.examples["train"]) == 8 and len(other.examples["validation"]) == 3
+
+
 def test_bad_rows_and_settings_are_one_clear_error(tmp_path, tokenizer, monkeypatch):
     def setup(rows, **task):
         path = write_jsonl(tmp_path / "d.jsonl", rows)

@@ -170,11 +170,13 @@ def load_examples(task: SFTTask, data_dir: str | None, skipped: SkippedRows) -> 
                               f"(rows in {task.path}); or give task.eval_path")
         raw = {"validation": [rows[i] for i in order[:size]], "train": [rows[i] for i in order[size:]]}
     skipped.report(task.name, "file", len(rows))
-    first = next((r for r in raw["train"] if r is not None), None)
-    form = task.format if task.format != "auto" else detect_format(first, task.columns, task.prompt, task.path)
+    forms = {}
+    for split, source in (("train", task.path), ("validation", task.eval_path or task.path)):  # each file its own form
+        first = next((r for r in raw[split] if r is not None), None)
+        forms[split] = task.format if task.format != "auto" else detect_format(first, task.columns, task.prompt, source)
     clean = {}
     for split in ("train", "validation"):
-        entries, clean[split] = raw[split], []
+        entries, clean[split], form = raw[split], [], forms[split]
         for entry in entries:
             try:
                 messages = to_messages(entry, form, task.columns, task.prompt, task.system)
