@@ -100,7 +100,8 @@ def resolve(path: str, data_dir: str | None) -> Path | None:
             return candidate
     if Path(path).suffix in (".jsonl", ".json", ".parquet", ".gz") or path.startswith((".", "/", "~")):
         looked = ", ".join(str(c) for c in candidates)
-        raise ConfigError(f"task.path: no file '{path}' (looked at {looked})")
+        hint = "" if data_dir else "; set SPARSE_ADAPTER_DATA (data_dir) to the folder that holds it"
+        raise ConfigError(f"task.path: no file '{path}' (looked at {looked}){hint}")
     return None
 
 
