@@ -91,6 +91,7 @@ class PretrainedBackbone:
                 )
             tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=offline)
             ensure_padding(model, tokenizer)
+            match_inputs(model, tokenizer)
             choose_parts(model, self.adapter_parts)
             checkpointing(model, self.gradient_checkpointing)
         except ConfigError:
@@ -138,9 +139,19 @@ class RandomBackbone:
         if config.is_encoder_decoder and getattr(model, "generation_config", None) is not None:
             for key, value in special.items():
                 setattr(model.generation_config, key, value)
+        match_inputs(model, tokenizer)
         choose_parts(model, self.adapter_parts)
         checkpointing(model, self.gradient_checkpointing)
         return model, tokenizer
+
+
+def match_inputs(model: nn.Module, tokenizer) -> None:
+    """Drop tokenizer outputs the model's forward does not take: a BERT vocabulary's ``token_type_ids`` on a
+    Llama make ``model.generate(**tokenizer(text))`` fail."""
+    import inspect
+
+    accepted = inspect.signature(model.forward).parameters
+    tokenizer.model_input_names = [name for name in tokenizer.model_input_names if name in accepted]
 
 
 def checkpointing(model: nn.Module, enabled: bool) -> None:

@@ -193,6 +193,7 @@ def _run(cfg: DictConfig, output_dir: Path, stop: SignalStop) -> float:
         "baseline": datamodule.trivial_baseline(),
         **module.parameter_report(),
         "skipped_rows": datamodule.skipped.as_dict() if hasattr(datamodule, "skipped") else {},
+        **(datamodule.summary_fields() if hasattr(datamodule, "summary_fields") else {}),  # e.g. the dataset an SFT run read
         "samples": module.sample_predictions,
         "empty_matrices": module.masks.empty(),
         "silenced_modules": module.masks.silenced_modules(),

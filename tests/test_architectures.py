@@ -257,25 +257,35 @@ def test_bad_targets_and_impossible_variants_are_one_error_line(tmp_path, glue_d
 
 
 def test_causal_summaries_put_the_loss_on_the_summary_and_generate_after_left_padded_prompts():
-    from tasks.seq2seq.causal import CausalCollator, CausalSummaryModule
-    from tasks.seq2seq.data import IGNORE
+    """task=xsum_lm is the SFT family with conf/task/xsum_lm.yaml's settings (prompt format, plain template)."""
+    from omegaconf import OmegaConf
 
+    from tasks.sft.data import SFTCollator
+    from tasks.sft.formats import to_messages
+    from tasks.sft.module import SFTModule
+    from tasks.sft.templates import IGNORE, ChatTemplate
+    from tests.conftest import ROOT
+
+    task = OmegaConf.load(ROOT / "conf" / "task" / "xsum_lm.yaml").task
     _, tokenizer = built("tiny-llama")
-    collator = CausalCollator(tokenizer, max_length=24, max_target_length=6)
-    rows = [{"document": "the cat sat on the mat " * 20, "summary": "a cat sat", "position": 0},
-            {"document": "dogs bark", "summary": "dogs are loud animals indeed today", "position": 1}]
+    collator = SFTCollator(ChatTemplate(tokenizer, task.chat_template), max_length=24, max_target_length=6, train_on_prompt=False)
+    raw = [{"document": "the cat sat on the mat " * 20, "summary": "a cat sat"},
+           {"document": "dogs bark", "summary": "dogs are loud animals indeed today"}]
+    rows = [{"messages": to_messages(r, "prompt_completion", dict(task.columns), task.prompt, None), "position": i} for i, r in enumerate(raw)]
+    tail = tokenizer("\nSummary:\n", add_special_tokens=False)["input_ids"]
     encoded = collator.encode(rows)
     for feature in encoded:
         ids, labels = feature["input_ids"].tolist(), feature["labels"].tolist()
         start = next(i for i, label in enumerate(labels) if label != IGNORE)
-        assert ids[start - len(collator.tail): start] == collator.tail  # the template's end precedes the summary
-        assert labels[start:] == ids[start:] and ids[-1] == collator.eos[0]  # loss on the summary and EOS only
+        assert start == feature["prompt_length"] and ids[start - len(tail): start] == tail  # the template's end precedes the summary
+        assert labels[start:] == ids[start:]  # loss on the summary (and EOS) only
         assert start <= 24 and len(ids) - start <= 6  # document cut to the room left by the template, summary to its length
+    assert encoded[0]["input_ids"][-1] == tokenizer.sep_token_id  # a short summary ends with the end token
     batch = collator.evaluation(rows)
     assert (batch["prompt_mask"][:, -1] == 1).all() and batch["prompt_mask"][1, 0] == 0  # left padding
-    assert batch["prompt_ids"][1, -len(collator.tail):].tolist() == collator.tail
+    assert batch["prompt_ids"][1, -len(tail):].tolist() == tail
     train = collator.train(encoded)
     logits = torch.randn(2, train["input_ids"].shape[1] - 1, len(tokenizer))
     labels = train["labels"][:, 1:]
     expected = torch.nn.functional.cross_entropy(logits[labels != IGNORE], labels[labels != IGNORE])
-    torch.testing.assert_close(CausalSummaryModule.loss(None, logits, train["labels"]), expected)
+    torch.testing.assert_close(SFTModule.loss(None, logits, train["labels"]), expected)

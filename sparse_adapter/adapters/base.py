@@ -124,13 +124,16 @@ def merge_adapters(model: nn.Module) -> None:
 
 
 def freeze_backbone(model: nn.Module) -> None:
-    """Freeze the pretrained body; the task head (everything outside ``base_model``) stays trainable.
+    """Freeze the pretrained body and any LM head; a task head (classifier, QA span head) stays trainable.
 
     Selecting the head structurally rather than by a name filter avoids the official code's bug of
     freezing a randomly initialised head.
     """
     for parameter in model.base_model.parameters():
         parameter.requires_grad_(False)
+    lm_head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if lm_head is not None:  # a language-model head is pretrained (vocab × hidden), tied or not: part of the backbone
+        lm_head.requires_grad_(False)
 
 
 def init_linear(layer: nn.Linear, std: float, zero: bool = False) -> None:
