@@ -73,3 +73,41 @@ class WaitForSignalAtStep(L.Callback):
         deadline = time.monotonic() + 60
         while stop.received is None and time.monotonic() < deadline:
             time.sleep(0.02)
+
+
+class KillAt(KillAtStep):
+    """SIGKILL at a named point of the run, once (``marker``): ``where`` is
+
+    ``step`` (the start of optimizer step ``step``), ``validation`` (the first dev batch of the validation run
+    by the training loop at step ``step``), ``final_validation`` (the first dev batch of the run's closing
+    ``trainer.validate``) or ``scoring`` (PruneAtInit's second scoring pass, before any step or checkpoint)."""
+
+    def __init__(self, where: str, marker: str, step: int = 0):
+        super().__init__(step, marker)
+        self.where = where
+
+    def _kill(self) -> None:
+        if not self.marker.exists():
+            self.marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def setup(self, trainer, pl_module, stage):
+        if self.where == "scoring" and not self.marker.exists():
+            scoring_loss, calls = pl_module.scoring_loss, []
+
+            def dying_scoring_loss(*args, **kwargs):
+                calls.append(1)
+                if len(calls) == 2:
+                    self._kill()
+                return scoring_loss(*args, **kwargs)
+
+            pl_module.scoring_loss = dying_scoring_loss
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.where == "step" and trainer.global_step == self.step:
+            self._kill()
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        fitting = trainer.state.fn == "fit"
+        if (self.where == "validation" and fitting and trainer.global_step == self.step) or (self.where == "final_validation" and not fitting):
+            self._kill()
