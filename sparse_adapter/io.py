@@ -21,7 +21,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from sparse_adapter.adapter_file import FORMAT, backbone_identity, check_backbone, encode, head_identity, read_adapter, seal
+from sparse_adapter.adapter_file import (FORMAT, backbone_identity, check_backbone, check_declared_sizes, encode, head_identity,
+                                         read_adapter, seal)
 from sparse_adapter.adapters import ADAPTERS, adapter_name
 from sparse_adapter.adapters.base import adapter_parameter_names
 from sparse_adapter.errors import ConfigError, StorageError
@@ -71,18 +72,22 @@ def save_adapter(model: nn.Module, path: str | Path, metadata: dict | None = Non
         save_file(tensors, str(temporary), metadata=seal(tensors, info))
 
 
-def load_adapter(model_or_backbone, path: str | Path) -> nn.Module:
+def load_adapter(model_or_backbone, path: str | Path, checksum: str | None = None) -> nn.Module:
     """Attach the adapter saved in ``path`` and load its tensors; return the model.
 
     ``model_or_backbone`` is a task model (e.g. ``BertForSequenceClassification``), with or without
     the adapter already attached, or a backbone spec (``sparse_adapter.backbones.PretrainedBackbone``
     / ``RandomBackbone``), from which the model and head are built as the file describes. The file
     alone says which adapter to attach. A file that does not match the model (another backbone or
-    hidden size, adapter tensors missing or extra, other shapes) raises ``ConfigError``.
+    hidden size, adapter tensors missing or extra, other shapes) raises ``ConfigError``; so does one whose sizes
+    (head labels, adapter width) ask for more than it holds. ``checksum``: the file's checksum, pinned (see
+    ``sparse_adapter.adapter_file``: checksums detect accidents; set SPARSE_ADAPTER_HMAC_KEY for authenticity).
     """
-    tensors, _, metadata = read_adapter(path)
+    tensors, _, metadata = read_adapter(path, checksum=checksum)
     head = metadata.get("head") or {}
     model = model_or_backbone
+    hidden = model.config.hidden_size if isinstance(model, nn.Module) else (metadata.get("backbone") or {}).get("hidden_size")
+    check_declared_sizes(path, metadata, tensors, hidden if isinstance(hidden, int) and not isinstance(hidden, bool) else 1)
     if not isinstance(model, nn.Module):
         if not head.get("task_head"):
             raise ConfigError(f"adapter file '{path}' records no task head; build the model and pass it instead")

@@ -25,11 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparse_adapter.adapter_file import decode, encode
+from sparse_adapter.adapter_file import encode
 from sparse_adapter.adapters.base import AdapterLayer
 from sparse_adapter.backbones import second_order_attention
 from sparse_adapter.errors import ConfigError
 from sparse_adapter.io import atomic_path
+from sparse_adapter.peft_files import check_filled, read_sparse_peft, seal_peft
 from sparse_adapter.pruning import PrunerConfig, prune
 from sparse_adapter.pruning.allocation import top_k_mask
 from sparse_adapter.pruning.scorers import SCORERS
@@ -154,7 +155,7 @@ def save_sparse_peft(model: nn.Module, folder: str | os.PathLike, masks: Mapping
             shapes[name] = list(parameter.shape)
         tensors.update(encoded)
     with atomic_path(folder / SPARSE_FILE) as temporary:  # no half-written file on a full disk
-        save_file(tensors, str(temporary), metadata={"format": FORMAT, "adapter": adapter, "shapes": json.dumps(shapes)})
+        save_file(tensors, str(temporary), metadata=seal_peft(folder, tensors, {"format": FORMAT, "adapter": adapter, "shapes": json.dumps(shapes)}))
     return folder
 
 
@@ -162,19 +163,14 @@ def load_sparse_peft(base_model: nn.Module, folder: str | os.PathLike):
     """(PEFT model, masks) from a ``save_sparse_peft`` folder: ``get_peft_model`` with its config, then
     its tensors (pruned entries exact zeros); a tensor the model lacks, or of another shape, is an error."""
     from peft import PeftConfig, get_peft_model
-    from safetensors import safe_open
 
     folder = Path(folder)
     path = folder / SPARSE_FILE
     if not path.is_file():
         raise ConfigError(f"{folder}: no {SPARSE_FILE} (written by save_sparse_peft?)")
-    with safe_open(str(path), framework="pt") as handle:
-        raw = {key: handle.get_tensor(key) for key in handle.keys()}
-        metadata = handle.metadata() or {}
-    if metadata.get("format") != FORMAT:
-        raise ConfigError(f"{path}: not a sparse PEFT file (format {metadata.get('format')!r})")
-    tensors, masks = decode(raw, json.loads(metadata.get("shapes", "{}")))
+    tensors, masks, metadata = read_sparse_peft(folder, path, FORMAT, getattr(base_model.config, "hidden_size", 1))  # before PEFT allocates
     model = get_peft_model(base_model, PeftConfig.from_pretrained(str(folder)), adapter_name=metadata.get("adapter", "default"))
+    check_filled(path, model, tensors)
     named = dict(model.named_parameters())
     for name, tensor in tensors.items():
         if name not in named:
