@@ -21,6 +21,7 @@ import torch
 from transformers import TrainerCallback
 
 from sparse_adapter.errors import ConfigError
+from sparse_adapter.hf_resume import resumed_masks
 from sparse_adapter.hold import MaskHold, hold_masks
 from sparse_adapter.io import atomic_path
 from sparse_adapter.peft import adapter_tensors, prune_parameters
@@ -77,8 +78,8 @@ class SparseAdapterCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kwargs):
         params = adapter_tensors(model, self.include, self.exclude)
         if state.global_step > 0:  # resumed from a checkpoint: its masks, never a new pruning of trained weights
-            self.masks = read_masks(Path(args.output_dir) / f"checkpoint-{state.global_step}" / MASKS_FILE)
-            log.info("SparseAdapterCallback: masks restored from checkpoint-%d", state.global_step)
+            self.masks, checkpoint = resumed_masks(args, state, params)  # the checkpoint resumed, wherever it is
+            log.info("SparseAdapterCallback: masks restored from %s", checkpoint)
         else:
             masks = None
             if state.is_world_process_zero:

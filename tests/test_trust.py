@@ -244,3 +244,36 @@ def test_a_target_module_the_folder_cannot_fill_is_refused_even_when_resealed(sp
            lambda raw, m: m.update({k: v for k, v in seal_peft(sparse_peft_folder, raw, {}).items() if k == CONFIG_FILE}))
     with pytest.raises(ConfigError, match="holds no tensor for .*value.*target_modules"):
         load_sparse_peft(tiny_model()[0], sparse_peft_folder)
+
+
+# ---- the Trainer callback resumes with the masks of the checkpoint it resumes ------------------------------------
+
+
+def test_the_trainer_callback_reads_the_masks_of_the_checkpoint_being_resumed(glue_dir, tmp_path):
+    pytest.importorskip("peft")
+    from sparse_adapter.hf_trainer import MASKS_FILE, SparseAdapterCallback
+    from tests.test_peft_integration import encode, peft_model, trainer_for
+
+    with open(f"{glue_dir}/glue/SST-2/train.tsv") as handle:
+        rows = [(line.split("\t")[0], int(line.split("\t")[1])) for line in list(handle)[1:17]]
+    masks = {}
+    for run, seed in (("A", 0), ("B", 1)):  # two runs, other weights and other masks, each with a checkpoint-2
+        model, tokenizer = peft_model(seed=seed)
+        callback = SparseAdapterCallback(sparsity=0.5, pruner="random", batches=1, seed=seed)
+        trainer_for(model, encode(tokenizer, rows), tmp_path / run, callback, max_steps=2, save_strategy="steps", save_steps=2).train()
+        masks[run] = callback.masks
+    assert any(not torch.equal(masks["A"][n], masks["B"][n]) for n in masks["A"])
+    model, tokenizer = peft_model(seed=2)
+    callback = SparseAdapterCallback(sparsity=0.5, pruner="random", batches=1, seed=2)
+    trainer = trainer_for(model, encode(tokenizer, rows), tmp_path / "B", callback, max_steps=4)  # output_dir: B
+    trainer.train(resume_from_checkpoint=str(tmp_path / "A" / "checkpoint-2"))  # resumes A
+    assert all(torch.equal(callback.masks[n], masks["A"][n]) for n in masks["A"])  # A's masks, not B's
+
+    foreign = {n: m[:, :1] if m.dim() == 2 else m for n, m in masks["A"].items()}  # masks of another model's shapes
+    from sparse_adapter.hf_trainer import save_masks
+
+    save_masks(foreign, tmp_path / "A" / "checkpoint-2" / MASKS_FILE)
+    model, tokenizer = peft_model(seed=2)
+    trainer = trainer_for(model, encode(tokenizer, rows), tmp_path / "C", SparseAdapterCallback(sparsity=0.5, batches=1), max_steps=4)
+    with pytest.raises(ConfigError, match="checkpoint-2: its masks do not fit this model"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "A" / "checkpoint-2"))
