@@ -229,7 +229,10 @@ def read_adapter(path: str | Path, checksum: str | None = None) -> tuple[dict[st
     """(dense tensors, masks of the sparsely stored ones, metadata with JSON fields decoded).
 
     ``checksum``: the file's ``checksum`` as you recorded it (pinned): another value is refused."""
-    path = Path(path)
+    from sparse_adapter import arguments as check
+
+    path = check.path(path, "path")
+    check.checksum(checksum)
     if not path.is_file():
         raise ConfigError(f"adapter file '{path}' does not exist")
     try:

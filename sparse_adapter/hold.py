@@ -18,6 +18,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from sparse_adapter import arguments as check
 from sparse_adapter.errors import ConfigError
 from sparse_adapter.pruning.masks import mask_gradients_, mask_parameters_and_state_
 
@@ -79,4 +80,5 @@ def hold_masks(optimizer, params: Mapping[str, nn.Parameter], masks: Mapping[str
     """Zero the pruned entries of ``params`` now and keep them (and their gradients and ``optimizer``
     state) zero through every later backward and step; returns the handle whose ``remove()`` stops it.
     ``optimizer`` may be None (gradients only), a torch optimizer or a wrapper around one."""
+    check.optimizer(optimizer), check.masks(masks, check.parameters(params))
     return MaskHold(optimizer, params, masks)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparse_adapter import arguments as check
 from sparse_adapter.adapter_file import encode
 from sparse_adapter.adapters.base import AdapterLayer
 from sparse_adapter.backbones import second_order_attention
@@ -53,6 +54,7 @@ def adapter_tensors(model: nn.Module, include: str | None = None, exclude: str |
     ``include``/``exclude``: regular expressions searched in the names (e.g. ``include="lora_B"``,
     ``exclude="magnitude"``). Biases and task heads are not adapter weights.
     """
+    check.model(model), check.regex(include, "include"), check.regex(exclude, "exclude")
     owners: set[int] = set()
     tuner_layer = _tuner_layer_class()
     for module in model.modules():
@@ -103,6 +105,8 @@ def prune_parameters(model: nn.Module, params: dict[str, nn.Parameter], sparsity
                      batches: Sequence[Mapping] = (), seed: int = 0, loss_fn=None, **options) -> dict[str, torch.Tensor]:
     """Score ``params`` in eval mode (dropout off) on ``batches`` and return exact-k masks; the model's
     train/eval mode and the global RNG are as they were before."""
+    check.model(model), check.parameters(params), check.sparsity(sparsity), check.choice(pruner, "pruner", SCORERS)
+    batches, _ = check.batches(batches), (check.integer(seed, "seed"), check.callable_or_none(loss_fn, "loss_fn"))
     config = PrunerConfig(scorer=pruner, batches=max(len(batches), 1), **options)
     config.validate(sparsity)
     if config.needs_batches and not batches:
@@ -136,6 +140,9 @@ def save_sparse_peft(model: nn.Module, folder: str | os.PathLike, masks: Mapping
     ``sparse_adapter_model.safetensors``. Load it with ``load_sparse_peft``; the file shrinks with sparsity."""
     from safetensors.torch import save_file
 
+    check.model(model), check.new_folder(folder, "folder"), check.masks(masks, dict(model.named_parameters()), boolean=True)
+    if not isinstance(getattr(model, "peft_config", None), Mapping):
+        raise ConfigError(f"model: not a PEFT model (no peft_config); wrap it with peft.get_peft_model first, got {type(model).__name__}")
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
         raise ConfigError(f"{folder}: not empty; save into a new folder")
@@ -164,6 +171,7 @@ def load_sparse_peft(base_model: nn.Module, folder: str | os.PathLike):
     its tensors (pruned entries exact zeros); a tensor the model lacks, or of another shape, is an error."""
     from peft import PeftConfig, get_peft_model
 
+    check.model(base_model, "base_model"), check.existing(folder, "folder", folder=True)
     folder = Path(folder)
     path = folder / SPARSE_FILE
     if not path.is_file():
@@ -194,6 +202,8 @@ def shira_mask_fn(model: nn.Module, batches: Sequence[Mapping] = (), scorer: str
         config = ShiraConfig(r=..., target_modules=[...]); config.mask_fn = shira_mask_fn(model, batches)
         model = get_peft_model(model, config)
     """
+    check.model(model), check.integer(seed, "seed"), check.names(target_modules, "target_modules")
+    batches, _ = check.batches(batches), (check.callable_or_none(loss_fn, "loss_fn"), check.number(temperature, "temperature", 1e-12))
     if scorer not in SCORERS or scorer == "synflow":
         raise ConfigError(f"scorer='{scorer}': a SHiRA mask is scored with one of snip, grasp, magnitude, random")
     suffixes = tuple(target_modules) if target_modules else None

@@ -10,6 +10,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from sparse_adapter import arguments as check
 from sparse_adapter.backbones import second_order_attention
 from sparse_adapter.errors import ConfigError, NumericalError
 from sparse_adapter.pruning.allocation import SCOPES, select
@@ -158,6 +159,8 @@ def prune(
     the global scope they never come back) and keeps exactly its round's count. ``config.control`` then acts on the final masks (``reinit`` also
     rewrites the kept values of ``params`` in place).
     """
+    check.parameters(params), check.sparsity(sparsity), check.instance(config, "config", PrunerConfig), check.integer(seed, "seed")
+    check.callable_or_none(loss_fn, "loss_fn"), check.instance(model, "model", nn.Module, allow_none=True), check.batches(batches)
     config.validate(sparsity)
     if not config.enabled:
         raise ConfigError("pruner: no scorer chosen; nothing to prune")
