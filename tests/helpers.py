@@ -60,8 +60,8 @@ class WaitForSignalAtStep(L.Callback):
     step, whatever the machine's speed. Waits once: a resumed run (same overrides) goes on.
     """
 
-    def __init__(self, step: int, marker: str):
-        self.step, self.marker = step, Path(marker)
+    def __init__(self, step: int, marker: str, signals: int = 1):
+        self.step, self.marker, self.signals = step, Path(marker), signals  # signals=2: wait for a second Ctrl+C
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step != self.step or self.marker.exists() or trainer.global_rank != 0:
@@ -71,8 +71,8 @@ class WaitForSignalAtStep(L.Callback):
         stop = next(c for c in trainer.callbacks if isinstance(c, SignalStop))
         self.marker.touch()
         deadline = time.monotonic() + 60
-        while stop.received is None and time.monotonic() < deadline:
-            time.sleep(0.02)
+        while (stop.received is None or self.signals > 1) and time.monotonic() < deadline:
+            time.sleep(0.02)  # with signals=2 the second signal's handler raises out of this loop
 
 
 class KillAt(KillAtStep):
