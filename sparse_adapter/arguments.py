@@ -138,8 +138,10 @@ def parameters(value: Any, name: str = "params") -> Mapping[str, nn.Parameter]:
     return value
 
 
-def masks(value: Any, params: Mapping[str, torch.Tensor] | None = None, name: str = "masks", *, boolean: bool = False) -> Mapping:
-    """Parameter name → torch tensor (True = kept), on a real device, shaped as the parameter it names."""
+def masks(value: Any, params: Mapping[str, torch.Tensor] | None = None, name: str = "masks", *, boolean: bool = False,
+          known: bool = True) -> Mapping:
+    """Parameter name → torch tensor (True = kept), on a real device, shaped as the parameter it names
+    (``known=False``: names that are no parameter are let through, for callers that ignore them)."""
     mapping(value, name)
     for key, mask in value.items():
         if not isinstance(mask, torch.Tensor):
@@ -148,7 +150,7 @@ def masks(value: Any, params: Mapping[str, torch.Tensor] | None = None, name: st
             raise ConfigError(f"{name}: '{key}' is on the meta device (no values)")
         if boolean and mask.dtype != torch.bool:
             raise ConfigError(f"{name}: '{key}' has dtype {mask.dtype}, expected torch.bool (True = kept)")
-        if params is not None:
+        if params is not None and (known or key in params):
             if key not in params:
                 raise ConfigError(f"{name}: '{key}' is not a parameter of this model")
             if tuple(mask.shape) != tuple(params[key].shape):
@@ -156,11 +158,12 @@ def masks(value: Any, params: Mapping[str, torch.Tensor] | None = None, name: st
     return value
 
 
-def batches(value: Any, name: str = "batches") -> Sequence:
+def batches(value: Any, name: str = "batches", items: bool = True) -> Sequence:
+    """A list of batches; ``items``: each a mapping (what ``model(**batch)`` takes; a custom loss takes anything)."""
     if isinstance(value, (str, bytes, Mapping, torch.Tensor)) or not isinstance(value, (Sequence, Iterable)):
         raise ConfigError(f"{name}: expected a list of batches (each a dict of tensors), got {_kind(value)}")
     value = value if isinstance(value, Sequence) else list(value)
-    for i in range(len(value)):  # by index: a Sequence that shows progress while iterated (PruneAtInit) is not walked
+    for i in range(len(value) if items else 0):  # by index: a Sequence that shows progress while iterated (PruneAtInit) is not walked
         if not isinstance(batch := value[i], Mapping):
             raise ConfigError(f"{name}[{i}]: expected a dict of tensors (input_ids, labels, ...), got {_kind(batch)}")
     return value

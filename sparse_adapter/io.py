@@ -53,7 +53,7 @@ def save_adapter(model: nn.Module, path: str | Path, metadata: dict | None = Non
     check.model(model), check.new_file(path, "path"), check.mapping(metadata, "metadata", allow_none=True)
     path = Path(path)
     masks = dict(masks.items()) if hasattr(masks, "items") else check.mapping(masks, "masks", allow_none=True) or {}
-    check.masks(masks, dict(model.named_parameters()))
+    check.masks(masks, dict(model.named_parameters()), known=False)  # names of no saved tensor are ignored
     frozen_adapters = {n for n, p in model.named_parameters() if not p.requires_grad} & adapter_parameter_names(model)
     tensors, shapes = {}, {}
     for name, tensor in trained_state_dict(model).items():

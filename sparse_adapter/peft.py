@@ -106,7 +106,7 @@ def prune_parameters(model: nn.Module, params: dict[str, nn.Parameter], sparsity
     """Score ``params`` in eval mode (dropout off) on ``batches`` and return exact-k masks; the model's
     train/eval mode and the global RNG are as they were before."""
     check.model(model), check.parameters(params), check.sparsity(sparsity), check.choice(pruner, "pruner", SCORERS)
-    batches, _ = check.batches(batches), (check.integer(seed, "seed"), check.callable_or_none(loss_fn, "loss_fn"))
+    batches, _ = check.batches(batches, items=loss_fn is None), (check.integer(seed, "seed"), check.callable_or_none(loss_fn, "loss_fn"))
     config = PrunerConfig(scorer=pruner, batches=max(len(batches), 1), **options)
     config.validate(sparsity)
     if config.needs_batches and not batches:
@@ -203,7 +203,7 @@ def shira_mask_fn(model: nn.Module, batches: Sequence[Mapping] = (), scorer: str
         model = get_peft_model(model, config)
     """
     check.model(model), check.integer(seed, "seed"), check.names(target_modules, "target_modules")
-    batches, _ = check.batches(batches), (check.callable_or_none(loss_fn, "loss_fn"), check.number(temperature, "temperature", 1e-12))
+    batches, _ = check.batches(batches, items=loss_fn is None), (check.callable_or_none(loss_fn, "loss_fn"), check.number(temperature, "temperature", 1e-12))
     if scorer not in SCORERS or scorer == "synflow":
         raise ConfigError(f"scorer='{scorer}': a SHiRA mask is scored with one of snip, grasp, magnitude, random")
     suffixes = tuple(target_modules) if target_modules else None

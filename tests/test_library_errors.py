@@ -80,7 +80,7 @@ CASES: dict[str, tuple[Case, str]] = {
     "prune-seed-a-float": (lambda e: prune(e.params, 0.4, PrunerConfig("random"), seed=1.5), "seed: expected an integer"),
     "prune-loss-not-callable": (lambda e: prune(e.params, 0.4, PrunerConfig("random"), loss_fn="mse"), "loss_fn: expected a function"),
     "prune-batches-one-dict": (lambda e: prune(e.params, 0.4, PrunerConfig("random"), batches={"input_ids": torch.ones(1)}), "batches: expected a list"),
-    "prune-batches-of-tensors": (lambda e: prune(e.params, 0.4, PrunerConfig("random"), batches=[torch.ones(2)]), "batches[0]: expected a dict"),
+    "prune-batches-a-string": (lambda e: prune(e.params, 0.4, PrunerConfig("random"), batches="input_ids"), "batches: expected a list"),
     "prune-model-a-name": (lambda e: prune(e.params, 0.4, PrunerConfig("random"), model="bert"), "model: expected a Module or None"),
     # prune_peft_model / adapter_tensors
     "peft-prune-model-a-name": (lambda e: prune_peft_model("bert", 0.4), "model: expected a model"),

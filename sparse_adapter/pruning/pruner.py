@@ -160,7 +160,7 @@ def prune(
     rewrites the kept values of ``params`` in place).
     """
     check.parameters(params), check.sparsity(sparsity), check.instance(config, "config", PrunerConfig), check.integer(seed, "seed")
-    check.callable_or_none(loss_fn, "loss_fn"), check.instance(model, "model", nn.Module, allow_none=True), check.batches(batches)
+    check.callable_or_none(loss_fn, "loss_fn"), check.instance(model, "model", nn.Module, allow_none=True), check.batches(batches, items=False)
     config.validate(sparsity)
     if not config.enabled:
         raise ConfigError("pruner: no scorer chosen; nothing to prune")
