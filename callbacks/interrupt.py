@@ -38,8 +38,10 @@ def launcher_signal() -> signal.Signals | None:
 class Interrupted(Exception):
     """The run stopped at a signal; ``checkpoint`` is the last.ckpt it saved (None: nothing to resume)."""
 
-    def __init__(self, signum: int, step: int | None, checkpoint: Path | None, requeue: Callable | None = None):
+    def __init__(self, signum: int, step: int | None, checkpoint: Path | None, requeue: Callable | None = None,
+                 at_once: bool = False, saved_step: int | None = None):
         self.signum, self.step, self.checkpoint, self.requeue = signum, step, checkpoint, requeue
+        self.at_once, self.saved_step = at_once, saved_step  # a second Ctrl+C: stopped mid-step; the checkpoint is older
         super().__init__(self.message())
 
     @property
@@ -51,6 +53,11 @@ class Interrupted(Exception):
         if self.step is None:
             return f"interrupted by {name} before training started; nothing was saved: rerunning the command starts afresh"
         where = f"interrupted at step {self.step} by {name}"
+        if self.at_once:
+            where = f"interrupted at step {self.step} by a second {name}, at once (no checkpoint of this step)"
+            if self.checkpoint is not None:
+                saved = f"step {self.saved_step}" if self.saved_step is not None else "an earlier step"
+                where += f"; the last checkpoint ({saved}) is {self.checkpoint}"
         if self.checkpoint is None:
             return f"{where}; no checkpoint was saved (start runs with callbacks=resumable to resume them): rerunning the command starts afresh"
         directory = run_dir if run_dir is not None else self.checkpoint.parent.parent
@@ -62,7 +69,7 @@ class SignalStop(L.Callback):
 
     ``install()`` before the model loads: a signal before training raises at once (nothing to save).
     Lightning installs its own SIGTERM handler when ``fit`` starts, so ours is installed again at
-    ``on_train_start``. A second SIGINT stops at once, as Ctrl+C twice does elsewhere.
+    ``on_train_start``. A second SIGINT stops at once, as Ctrl+C twice does elsewhere, and says which checkpoint is left.
     """
 
     def __init__(self):
@@ -73,6 +80,7 @@ class SignalStop(L.Callback):
         self.pending: Interrupted | None = None  # saved at a signal, raised at the next hook
         self._previous: dict[int, object] = {}
         self._requeue: Callable | None = None
+        self._trainer: L.Trainer | None = None
 
     # ---- handlers ----
     def _signals(self) -> list[int]:
@@ -97,13 +105,23 @@ class SignalStop(L.Callback):
         self._previous = {}
 
     def _handle(self, signum: int, frame) -> None:
+        if self.received == signal.SIGINT and signum == signal.SIGINT and self.training:
+            raise self._stopped_at_once(signum)  # pressed twice: stop now, and say where the last checkpoint is
         if self.received == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # pressed twice: stop now
+            raise KeyboardInterrupt
         if self.received is None:
             self.received = signum
             log.warning("%s received: stopping after the current step", signal.Signals(signum).name)
         if not self.training:
             raise self.interrupted(self.step, self.checkpoint)
+
+    def _stopped_at_once(self, signum: int) -> Interrupted:
+        """What a second Ctrl+C stops: the step in progress is lost; the newest whole last.ckpt (atomic) is named."""
+        trainer = self._trainer
+        saver = self._saver(trainer) if trainer is not None else None
+        checkpoint = saver.path if saver is not None and saver.path.is_file() else None
+        step = trainer.global_step if trainer is not None else 0
+        return Interrupted(signum, step, checkpoint, at_once=True, saved_step=saver._saved_at if saver is not None else None)
 
     def interrupted(self, step: int | None, checkpoint: Path | None) -> Interrupted:
         requeue = self._requeue if self.received not in STOP_SIGNALS else None
@@ -113,6 +131,7 @@ class SignalStop(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
         self.install()  # after Lightning's _SignalConnector replaced our SIGTERM handler
         self.training = True
+        self._trainer = trainer
 
     def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
         self._save_if_signalled(trainer)  # a signal during the last step

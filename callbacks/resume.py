@@ -8,6 +8,7 @@ of what the run is, so that a resume with other settings is refused instead of m
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import random
@@ -60,6 +61,8 @@ class RunState(L.Callback):
         self.loaded: dict | None = None
         self.started = time.perf_counter() if started is None else started  # this process's start (perf_counter)
         self.earlier_seconds = 0.0  # earlier pieces of a resumed job, each up to its last checkpoint
+        self._align_log_step = False
+        self.resumed = False
 
     def job_seconds(self) -> float:
         """Wall seconds the job has cost so far across resumes; the steps a kill lost are counted once."""
@@ -86,6 +89,7 @@ class RunState(L.Callback):
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict) -> None:
         """Runs before Lightning builds the training loader, so the training order can start mid-epoch."""
         self.loaded = checkpoint.get(KEY)
+        self.resumed = True
         self.earlier_seconds = float((self.loaded or {}).get("seconds", 0.0))  # checkpoints before this field: 0
         if not self.loaded or self.loaded["epoch_done"] or not self.loaded["batches"]:
             return  # saved at an epoch's end: the next epoch starts from its first batch anyway
@@ -106,6 +110,29 @@ class RunState(L.Callback):
             same_world = by_rank is not None and len(by_rank) == trainer.world_size
             set_rng_states(by_rank[trainer.global_rank] if same_world else self.loaded["rng"])
             self.loaded = None
+            self._align_log_step = True
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
+        """A resumed run counts the epochs it began as the uninterrupted run does (summary, closing dev log).
+
+        Lightning's epoch counters are off by one after a step-limited resume: one ahead when restarted from an
+        epoch-end checkpoint, one behind when the checkpoint was the last step (its fit returns at once)."""
+        batches = trainer.num_training_batches
+        if not self.resumed or not batches or batches == float("inf"):
+            return
+        steps_per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
+        progress = trainer.fit_loop.epoch_progress.current
+        progress.processed = progress.completed = math.ceil(trainer.global_step / steps_per_epoch)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
+        """The logged step is one optimizer step per batch that stepped, as in the uninterrupted run.
+
+        Lightning adds one to it when it restarts a step-limited run (``trainer.max_steps``) from an epoch-end
+        checkpoint (its fit loop counts such runs as restarting mid-epoch), so every later value was logged one
+        step late. Set here, after Lightning's epoch-loop reset, before the first resumed step logs anything."""
+        if self._align_log_step:
+            self._align_log_step = False
+            trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step  # one per optimizer step
 
 
 class LastCheckpoint(L.Callback):

@@ -24,8 +24,11 @@ and ``sparse_adapter.io`` writes files and attaches what they describe.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
+import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -78,6 +81,11 @@ def encode(name: str, tensor: torch.Tensor, mask: torch.Tensor | None, inferred:
 # ---- integrity: every tensor and metadata field hashed, so an edited file is refused, not loaded ----
 
 CHECKSUMS, CHECKSUM = "checksums", "checksum"  # per-entry SHA-256 (JSON) and the SHA-256 of that JSON
+# Checksums detect accidents (a flipped bit, a truncated copy), not tampering: anyone can re-seal an edited file.
+# Authenticity: set SPARSE_ADAPTER_HMAC_KEY when writing and reading (files then carry an HMAC-SHA256 of the
+# checksum listing, verified on every read), or pin the ``checksum`` you recorded (read_adapter(checksum=...)).
+SIGNATURE, HMAC_KEY = "hmac", "SPARSE_ADAPTER_HMAC_KEY"
+SPARSE_EXPANSION = 256  # a sparse part may decode to at most this many entries per byte of its file (≥ 0.05% density)
 JSON_FIELDS = ("adapter_config", "backbone", "head", "shapes", "pruner")
 
 
@@ -97,14 +105,34 @@ def entry_digests(raw: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) 
     """``tensor:<key>`` and ``field:<key>`` → SHA-256, over the stored bytes (raw tensors, metadata strings)."""
     digests = {f"tensor:{key}": tensor_digest(key, tensor) for key, tensor in sorted(raw.items())}
     digests.update({f"field:{key}": _digest(key.encode(), str(value).encode())
-                    for key, value in sorted(metadata.items()) if key not in (CHECKSUMS, CHECKSUM)})
+                    for key, value in sorted(metadata.items()) if key not in (CHECKSUMS, CHECKSUM, SIGNATURE)})
     return digests
 
 
 def seal(raw: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> dict[str, str]:
     """The metadata with the file's checksums added (``save_adapter`` calls this last)."""
     listing = json.dumps(entry_digests(raw, metadata), sort_keys=True)
-    return {**metadata, CHECKSUMS: listing, CHECKSUM: hashlib.sha256(listing.encode()).hexdigest()}
+    sealed = {**metadata, CHECKSUMS: listing, CHECKSUM: hashlib.sha256(listing.encode()).hexdigest()}
+    key = os.environ.get(HMAC_KEY)
+    if key:
+        sealed[SIGNATURE] = hmac.new(key.encode(), listing.encode(), hashlib.sha256).hexdigest()
+    return sealed
+
+
+def check_authentic(path, metadata: Mapping[str, str], checksum: str | None = None) -> None:
+    """The pinned ``checksum`` and, with SPARSE_ADAPTER_HMAC_KEY set, the file's HMAC; ConfigError if either fails.
+
+    Run after ``verify`` (which ties every tensor and field to the listing the HMAC and the checksum cover)."""
+    if checksum is not None and metadata.get(CHECKSUM) != checksum:
+        raise ConfigError(f"'{path}': checksum {metadata.get(CHECKSUM)} is not the pinned checksum {checksum} (another or an edited file)")
+    key = os.environ.get(HMAC_KEY)
+    if not key:
+        return
+    if SIGNATURE not in metadata:
+        raise ConfigError(f"'{path}': {HMAC_KEY} is set but the file carries no HMAC (written without the key, or by someone else)")
+    want = hmac.new(key.encode(), str(metadata.get(CHECKSUMS, "")).encode(), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(want, str(metadata[SIGNATURE])):
+        raise ConfigError(f"'{path}': its HMAC does not match {HMAC_KEY} (the file was changed, or signed with another key)")
 
 
 def verify(path: Path, raw: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bool:
@@ -129,8 +157,12 @@ def _decode_error(path, name: str, problem: str) -> ConfigError:
     return ConfigError(f"adapter file '{path}': tensor '{name}' {problem}")
 
 
-def decode(tensors: Mapping[str, torch.Tensor], shapes: Mapping[str, list[int]], path: str | Path = "?") -> tuple[dict, dict]:
-    """(dense tensors, masks of the sparse ones) from a file's raw tensors; ConfigError naming a tensor that does not fit."""
+def decode(tensors: Mapping[str, torch.Tensor], shapes: Mapping[str, list[int]], path: str | Path = "?",
+           max_numel: int | None = None) -> tuple[dict, dict]:
+    """(dense tensors, masks of the sparse ones) from a file's raw tensors; ConfigError naming a tensor that does not fit.
+
+    ``max_numel`` bounds what one sparse part may decode to (``SPARSE_EXPANSION`` × the file's bytes): a shape in
+    the metadata is checked against it before anything is allocated."""
     dense, masks = {}, {}
     for key, tensor in tensors.items():
         if "::" not in key:
@@ -140,7 +172,12 @@ def decode(tensors: Mapping[str, torch.Tensor], shapes: Mapping[str, list[int]],
     for name, shape in shapes.items():
         if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
             raise _decode_error(path, name, f"has an invalid shape {shape!r} in metadata field 'shapes'")
-        numel = int(torch.Size(shape).numel())
+        numel = math.prod(shape)
+        if max_numel is not None and numel > max_numel:
+            raise _decode_error(path, name, f"asks for {numel} entries in metadata field 'shapes', more than a file of its size"
+                                            f" can describe ({max_numel}); refused before allocating")
+        if tensors.get(f"{name}::indices") is not None and tensors[f"{name}::indices"].dtype == torch.int16 and numel > 65536:
+            raise _decode_error(path, name, f"has int16 indices but {numel} entries in metadata field 'shapes' (at most 65536)")
         if f"{name}::values" not in tensors:
             raise _decode_error(path, name, "is listed in 'shapes' but its values are missing")
         values = tensors[f"{name}::values"]
@@ -192,9 +229,14 @@ def head_identity(model: nn.Module) -> dict:
             "problem_type": config.problem_type}
 
 
-def read_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
-    """(dense tensors, masks of the sparsely stored ones: every pruned tensor, metadata with JSON fields decoded)."""
-    path = Path(path)
+def read_adapter(path: str | Path, checksum: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
+    """(dense tensors, masks of every pruned tensor, metadata with JSON fields decoded).
+
+    ``checksum``: the file's ``checksum`` as you recorded it (pinned): another value is refused."""
+    from sparse_adapter import arguments as check
+
+    path = check.path(path, "path")
+    check.checksum(checksum)
     if not path.is_file():
         raise ConfigError(f"adapter file '{path}' does not exist")
     try:
@@ -204,6 +246,7 @@ def read_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, t
     except Exception as error:  # noqa: BLE001 - any unreadable file is the user's input
         raise ConfigError(f"adapter file '{path}' is not a readable safetensors file: {error}") from error
     checked = verify(path, raw, metadata)
+    check_authentic(path, metadata, checksum)
     if not checked:
         log.warning("adapter file '%s' carries no checksum (written before checksums were added): its contents are not verified", path)
     for key in JSON_FIELDS:
@@ -213,7 +256,7 @@ def read_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, t
             except ValueError as error:
                 raise ConfigError(f"adapter file '{path}': metadata field '{key}' is not valid JSON ({error})") from error
     metadata.pop(CHECKSUMS, None)
-    tensors, masks = decode(raw, metadata.get("shapes", {}), path)
+    tensors, masks = decode(raw, metadata.get("shapes", {}), path, max_numel=SPARSE_EXPANSION * max(path.stat().st_size, 1))
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
@@ -234,3 +277,23 @@ def check_backbone(model: nn.Module, saved: dict | None, path: str | Path, setti
             )
     if saved.get("name") and ours["name"] and Path(saved["name"]).name != Path(ours["name"]).name:
         raise ConfigError(f"{setting} '{path}' was trained on backbone '{saved['name']}', this model is '{ours['name']}'")
+
+
+def check_declared_sizes(path, metadata: Mapping, tensors: Mapping[str, torch.Tensor], hidden: int) -> None:
+    """Sizes the metadata asks the loader to allocate (head labels, adapter widths), checked before building anything.
+
+    Each such matrix is stored in the file (``num_labels`` × hidden for the head, width × hidden for an adapter
+    matrix), so no legitimate size times the hidden size exceeds the file's largest tensor."""
+    largest = max((t.numel() for t in tensors.values()), default=0)
+    head, config = metadata.get("head") or {}, metadata.get("adapter_config") or {}
+    asked = {"head.num_labels": head.get("num_labels") if isinstance(head, Mapping) else None}
+    if isinstance(config, Mapping):
+        asked.update({f"adapter_config.{k}": v for k, v in config.items() if isinstance(v, int) and not isinstance(v, bool)})
+    for field, value in asked.items():
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"adapter file '{path}': metadata field '{field}'={value!r} is not a size")
+        if value * max(int(hidden), 1) > largest:
+            raise ConfigError(f"adapter file '{path}': metadata field '{field}'={value} asks for {value} × {hidden} entries, more"
+                              f" than the file holds in any tensor ({largest}); refused before allocating")

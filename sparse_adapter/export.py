@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import save_file
 
 from sparse_adapter.adapters.layouts import layouts_of_type, sliced_names
+from sparse_adapter import arguments as check
 from sparse_adapter.errors import ConfigError
 from sparse_adapter.adapter_file import read_adapter
 from sparse_adapter.io import atomic_path, write_json_atomic
@@ -207,6 +208,7 @@ def export_peft(source: str | Path, out_dir: str | Path, force: bool = False) ->
 
     A non-empty ``out_dir`` is refused unless ``force``; each file is written atomically.
     """
+    check.path(source, "source"), check.path(out_dir, "out_dir"), check.flag(force, "force")
     out = Path(out_dir)
     check_target(out, force)
     source = Path(source)

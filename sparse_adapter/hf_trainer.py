@@ -23,6 +23,7 @@ import torch
 from transformers import TrainerCallback
 
 from sparse_adapter.errors import ConfigError
+from sparse_adapter.hf_resume import resumed_masks
 from sparse_adapter.hold import MaskHold, check_bool_masks, hold_masks
 from sparse_adapter.io import atomic_path
 from sparse_adapter.peft import adapter_tensors, compiled, prune_parameters, pruner_config
@@ -103,8 +104,10 @@ class SparseAdapterCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kwargs):
         named = dict(model.named_parameters())  # masks may name any tensor (given masks, an explicit include)
         if state.global_step > 0:  # resumed from a checkpoint: its masks, never a new pruning of trained weights
-            self.masks = read_masks(Path(args.output_dir) / f"checkpoint-{state.global_step}" / MASKS_FILE)
-            log.info("SparseAdapterCallback: masks restored from checkpoint-%d", state.global_step)
+            expected = ({name: p for name, p in named.items() if name in self.given_masks} if self.given_masks is not None
+                        else adapter_tensors(model, self.include, self.exclude))
+            self.masks, checkpoint = resumed_masks(args, state, expected)  # the checkpoint resumed, wherever it is
+            log.info("SparseAdapterCallback: masks restored from %s", checkpoint)
         elif self.given_masks is not None:
             self.masks = self.given_masks
         else:

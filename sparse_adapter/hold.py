@@ -19,6 +19,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from sparse_adapter import arguments as check
 from sparse_adapter.errors import ConfigError
 from sparse_adapter.pruning.masks import mask_gradients_, mask_parameters_and_state_
 
@@ -114,4 +115,5 @@ def hold_masks(optimizer, params: Mapping[str, nn.Parameter], masks: Mapping[str
     state) zero through every later backward and step; returns the handle whose ``remove()`` stops it.
     ``optimizer`` may be None (gradients only), a torch optimizer or a wrapper around one. Masks must be
     bool tensors; a parameter can be held once at a time (``remove()`` the first hold before another)."""
+    check.optimizer(optimizer), check.masks(masks, check.parameters(params))
     return MaskHold(optimizer, params, masks)

@@ -21,7 +21,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from sparse_adapter.adapter_file import FORMAT, backbone_identity, check_backbone, encode, head_identity, read_adapter, seal
+from sparse_adapter.adapter_file import (FORMAT, backbone_identity, check_backbone, check_declared_sizes, encode, head_identity,
+                                         read_adapter, seal)
+from sparse_adapter import arguments as check
 from sparse_adapter.adapters import ADAPTERS, adapter_name
 from sparse_adapter.adapters.base import adapter_parameter_names
 from sparse_adapter.errors import ConfigError, StorageError
@@ -48,8 +50,10 @@ def save_adapter(model: nn.Module, path: str | Path, metadata: dict | None = Non
     on disk. Frozen adapter matrices without a mask (AdapterFusion's sources) are stored sparsely
     by their non-zero pattern when that is smaller. Pruned entries come back as exact zeros.
     """
+    check.model(model), check.new_file(path, "path"), check.mapping(metadata, "metadata", allow_none=True)
     path = Path(path)
-    masks = dict(masks.items()) if masks is not None else {}
+    masks = dict(masks.items()) if hasattr(masks, "items") else check.mapping(masks, "masks", allow_none=True) or {}
+    check.masks(masks, dict(model.named_parameters()), known=False)  # names of no saved tensor are ignored
     frozen_adapters = {n for n, p in model.named_parameters() if not p.requires_grad} & adapter_parameter_names(model)
     tensors, shapes = {}, {}
     for name, tensor in trained_state_dict(model).items():
@@ -71,18 +75,24 @@ def save_adapter(model: nn.Module, path: str | Path, metadata: dict | None = Non
         save_file(tensors, str(temporary), metadata=seal(tensors, info))
 
 
-def load_adapter(model_or_backbone, path: str | Path) -> nn.Module:
+def load_adapter(model_or_backbone, path: str | Path, checksum: str | None = None) -> nn.Module:
     """Attach the adapter saved in ``path`` and load its tensors; return the model.
 
     ``model_or_backbone`` is a task model (e.g. ``BertForSequenceClassification``), with or without
     the adapter already attached, or a backbone spec (``sparse_adapter.backbones.PretrainedBackbone``
     / ``RandomBackbone``), from which the model and head are built as the file describes. The file
     alone says which adapter to attach. A file that does not match the model (another backbone or
-    hidden size, adapter tensors missing or extra, other shapes) raises ``ConfigError``.
+    hidden size, adapter tensors missing or extra, other shapes) raises ``ConfigError``; so does one whose sizes
+    (head labels, adapter width) ask for more than it holds. ``checksum``: the file's checksum, pinned (see
+    ``sparse_adapter.adapter_file``: checksums detect accidents; set SPARSE_ADAPTER_HMAC_KEY for authenticity).
     """
-    tensors, _, metadata = read_adapter(path)
+    if not isinstance(model_or_backbone, nn.Module) and not hasattr(model_or_backbone, "build"):
+        raise ConfigError(f"model_or_backbone: expected a model (torch.nn.Module) or a backbone spec, got {type(model_or_backbone).__name__}")
+    tensors, _, metadata = read_adapter(path, checksum=checksum)
     head = metadata.get("head") or {}
     model = model_or_backbone
+    hidden = model.config.hidden_size if isinstance(model, nn.Module) else (metadata.get("backbone") or {}).get("hidden_size")
+    check_declared_sizes(path, metadata, tensors, hidden if isinstance(hidden, int) and not isinstance(hidden, bool) else 1)
     if not isinstance(model, nn.Module):
         if not head.get("task_head"):
             raise ConfigError(f"adapter file '{path}' records no task head; build the model and pass it instead")

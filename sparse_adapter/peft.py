@@ -29,11 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparse_adapter.adapter_file import decode, encode
+from sparse_adapter import arguments as check
+from sparse_adapter.adapter_file import encode
 from sparse_adapter.adapters.base import AdapterLayer
 from sparse_adapter.backbones import second_order_attention
 from sparse_adapter.errors import ConfigError, EmptyMatricesWarning
 from sparse_adapter.io import atomic_path, write_json_atomic
+from sparse_adapter.peft_files import check_filled, read_sparse_peft, seal_peft
 from sparse_adapter.pruning import PrunerConfig, PruneResult, prune_with_report
 from sparse_adapter.pruning.masks import owning_module
 from sparse_adapter.pruning.allocation import top_k_mask
@@ -66,6 +68,7 @@ def adapter_tensors(model: nn.Module, include: str | None = None, exclude: str |
     ``exclude="lora_A"``). Biases and task heads (``modules_to_save``) are not adapter weights; DoRA's
     magnitude vectors are left out unless ``include`` matches them.
     """
+    check.model(model)
     include_pattern, exclude_pattern = compiled("include", include), compiled("exclude", exclude)
     owners: set[int] = set()
     tuner_layer = _tuner_layer_class()
@@ -121,7 +124,10 @@ def model_loss(model: nn.Module):
     return loss_fn
 
 
-def to_device(batch: Mapping, device: torch.device) -> dict:
+def to_device(batch, device: torch.device):
+    """A dict batch's tensors on ``device``; any other batch (a custom loss's) as it is."""
+    if not isinstance(batch, Mapping):
+        return batch
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
@@ -172,16 +178,11 @@ def prune_parameters(model: nn.Module, params: dict[str, nn.Parameter], sparsity
                      batches: Sequence[Mapping] = (), seed: int = 0, loss_fn=None, **options) -> PruneResult:
     """Score ``params`` in eval mode (dropout off) on ``batches`` for exact-k masks (and what scoring found);
     the model's train/eval mode and the global RNG are as they were before."""
-    if isinstance(batches, (int, torch.Tensor, Mapping)):
-        raise ConfigError(f"batches: pass a list of batches (dicts of tensors with labels), not {type(batches).__name__}")
-    batches = list(batches)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"seed={seed!r} must be an integer (the tie-break and random-score seed)")
+    check.model(model), check.parameters(params), check.integer(seed, "seed"), check.callable_or_none(loss_fn, "loss_fn")
+    batches = check.batches(batches, items=loss_fn is None)  # a custom loss takes any batch; the model's, dicts
     config = pruner_config(pruner, sparsity, max(len(batches), 1), options)
     if config.needs_batches and not batches:
         raise ConfigError(f"batches: pruner '{pruner}' scores on training batches; pass some (with labels)")
-    if any(not isinstance(b, Mapping) for b in batches):
-        raise ConfigError("batches: every batch must be a dict of tensors (the model's keyword inputs and labels)")
     device = next(iter(params.values())).device
     batches = [to_device(b, device) for b in batches]
     config.check_model(model, params)
@@ -206,9 +207,7 @@ def prune_peft_model(model: nn.Module, sparsity: float = 0.4, pruner: str = "sni
     The weights are not touched: hold the masks with ``hold_masks`` (or ``SparseAdapterCallback``).
     Tensors the scorer could not rank and matrices left empty are named in a ``DegenerateScoresWarning``
     and an ``EmptyMatricesWarning``."""
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"model: expected a torch module (a PEFT model), got {type(model).__name__}")
-    params = adapter_tensors(model, include, exclude)
+    params = adapter_tensors(model, include, exclude)  # checks the model first
     return prune_parameters(model, params, sparsity, pruner, batches, seed, **options).masks
 
 
@@ -220,6 +219,9 @@ def save_sparse_peft(model: nn.Module, folder: str | os.PathLike, masks: Mapping
     ``sparse_adapter_model.safetensors``. Load it with ``load_sparse_peft``; the file shrinks with sparsity."""
     from safetensors.torch import save_file
 
+    check.model(model), check.new_folder(folder, "folder"), check.masks(masks, dict(model.named_parameters()), boolean=True)
+    if not isinstance(getattr(model, "peft_config", None), Mapping):
+        raise ConfigError(f"model: not a PEFT model (no peft_config); wrap it with peft.get_peft_model first, got {type(model).__name__}")
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
         raise ConfigError(f"{folder}: not empty; save into a new folder")
@@ -242,7 +244,7 @@ def save_sparse_peft(model: nn.Module, folder: str | os.PathLike, masks: Mapping
             shapes[name] = list(parameter.shape)
         tensors.update(encoded)
     with atomic_path(folder / SPARSE_FILE) as temporary:  # no half-written file on a full disk
-        save_file(tensors, str(temporary), metadata={"format": FORMAT, "adapter": adapter, "shapes": json.dumps(shapes)})
+        save_file(tensors, str(temporary), metadata=seal_peft(folder, tensors, {"format": FORMAT, "adapter": adapter, "shapes": json.dumps(shapes)}))
     return folder
 
 
@@ -251,18 +253,13 @@ def load_sparse_peft(base_model: nn.Module, folder: str | os.PathLike):
     its tensors (pruned entries exact zeros); a tensor the model lacks, or of another shape, is an error.
     Folders written before ``PEFT_TYPE_KEY`` (a plain ``peft_type``) load the same way."""
     from peft import PeftConfig, get_peft_model
-    from safetensors import safe_open
 
+    check.model(base_model, "base_model"), check.existing(folder, "folder", folder=True)
     folder = Path(folder)
     path = folder / SPARSE_FILE
     if not path.is_file():
         raise ConfigError(f"{folder}: no {SPARSE_FILE} (written by save_sparse_peft?)")
-    with safe_open(str(path), framework="pt") as handle:
-        raw = {key: handle.get_tensor(key) for key in handle.keys()}
-        metadata = handle.metadata() or {}
-    if metadata.get("format") != FORMAT:
-        raise ConfigError(f"{path}: not a sparse PEFT file (format {metadata.get('format')!r})")
-    tensors, masks = decode(raw, json.loads(metadata.get("shapes", "{}")))
+    tensors, masks, metadata = read_sparse_peft(folder, path, FORMAT, getattr(base_model.config, "hidden_size", 1))  # before PEFT allocates
     try:
         attributes = json.loads((folder / "adapter_config.json").read_text())
         attributes["peft_type"] = attributes.pop(PEFT_TYPE_KEY, attributes.get("peft_type"))
@@ -270,6 +267,7 @@ def load_sparse_peft(base_model: nn.Module, folder: str | os.PathLike):
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ConfigError(f"{folder}: adapter_config.json is not a readable PEFT config ({error!r})") from error
     model = get_peft_model(base_model, config, adapter_name=metadata.get("adapter", "default"))
+    check_filled(path, model, tensors)
     named = dict(model.named_parameters())
     for name, tensor in tensors.items():
         if name not in named:
@@ -293,6 +291,8 @@ def shira_mask_fn(model: nn.Module, batches: Sequence[Mapping] = (), scorer: str
         config = ShiraConfig(r=..., target_modules=[...]); config.mask_fn = shira_mask_fn(model, batches)
         model = get_peft_model(model, config)
     """
+    check.model(model), check.integer(seed, "seed"), check.names(target_modules, "target_modules")
+    batches, _ = check.batches(batches, items=loss_fn is None), (check.callable_or_none(loss_fn, "loss_fn"), check.number(temperature, "temperature", 1e-12))
     if scorer not in SCORERS or scorer == "synflow":
         raise ConfigError(f"scorer='{scorer}': a SHiRA mask is scored with one of snip, grasp, magnitude, random")
     suffixes = tuple(target_modules) if target_modules else None

@@ -19,6 +19,7 @@ from callbacks.interrupt import Interrupted
 from sparse_adapter.errors import ConfigError, NumericalError, StorageError
 from tasks import rundir
 from tasks.compose import CONF, compose_checked, composing, one_line, rephrase  # noqa: F401 (public here too)
+from tasks.replay import replayable
 from tasks.validation import validate_config
 
 EXIT_CODE = 2
@@ -96,7 +97,7 @@ def expand_resume(argv: list[str]) -> list[str]:
     if flags:
         raise ConfigError(f"resume={directory}: resumes one run; drop {' '.join(flags)}")
     replaced = {_key(a) for a in new} | {"hydra.run.dir", "ckpt_path"}
-    kept = [str(a) for a in saved if _key(str(a)) not in replaced]
+    kept = replayable(directory, saved_file, [a for a in saved if not (isinstance(a, str) and _key(a) in replaced)])
     return [*kept, *new, f"hydra.run.dir={directory.resolve()}", f"ckpt_path={checkpoint.resolve()}"]
 
 

@@ -52,7 +52,8 @@ class TaskDataModule(L.LightningDataModule):
         resumed run continues it mid-epoch; with ``group_by_length`` its batches hold rows of similar length."""
         lengths = self.train_lengths() if self.group_by_length else None
         rank, processes = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
-        sampler = ResumableSampler(len(self.datasets["train"]), self.seed, lengths, self.batch_size, rank, processes)
+        epoch_of = (lambda: self.trainer.current_epoch) if self.trainer is not None else None
+        sampler = ResumableSampler(len(self.datasets["train"]), self.seed, lengths, self.batch_size, rank, processes, epoch_of)
         if self.resume_at:
             epoch, batches = self.resume_at
             sampler.set_epoch(epoch)

@@ -26,7 +26,7 @@ from sparse_adapter.pruning import PrunerConfig, check_sparsity
 from sparse_adapter.runs import training_budget
 from tasks import rundir
 from tasks.precision import resolve_precision
-from tasks.resume import check_matches, read_checkpoint
+from tasks.resume import check_allowed_changes, check_matches, optimisation_record, read_checkpoint
 from tasks.validation import check_budget, max_positions, validate_config
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,7 @@ def run(cfg: DictConfig, output_dir: Path) -> float:
 def _run(cfg: DictConfig, output_dir: Path, stop: SignalStop) -> float:
     started = time.perf_counter()
     recorded = read_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else None
+    check_allowed_changes(cfg.get("resume_changes"))
     task = instantiate(cfg.task, _convert_="object")
     adapter = instantiate(cfg.adapter, _convert_="object")
     pruner = instantiate(cfg.pruner, _convert_="object")
@@ -142,10 +143,9 @@ def _run(cfg: DictConfig, output_dir: Path, stop: SignalStop) -> float:
         "task": task.name, "backbone": cfg.backbone_name, "adapter": cfg.adapter_name, "adapter_config": dict(vars(adapter)),
         "pruner": pruner.scorer or "none", "scope": pruner.scope if pruner.enabled else None, "sparsity": sparsity,
         "large_sparse": cfg.get("large_sparse"), "seed": cfg.seed, "pruner_settings": pruner.settings(), "precision": precision,
+        **optimisation_record(config_dict, optimizer),
     }
-    if recorded is not None:
-        check_matches(cfg.ckpt_path, recorded, record)
-    elif pruner.enabled:
+    if recorded is None and pruner.enabled:
         shapes = {name: tuple(p.shape) for name, p in module.prunable_parameters().items()}
         check_budget(shapes, sparsity, pruner.scope, pruner.m)
         pruner.check_model(module.model, module.prunable_parameters())
@@ -154,6 +154,8 @@ def _run(cfg: DictConfig, output_dir: Path, stop: SignalStop) -> float:
         task=task, tokenizer=module.tokenizer, data_dir=data_dir, seed=cfg.seed, max_positions=max_positions(module.model), **cfg.data
     )
     datamodule.setup("fit")  # fail on bad data before any training
+    record["train_rows"] = len(datamodule.datasets["train"])
+    resume_changes = check_matches(cfg.ckpt_path, recorded, record, cfg.get("resume_changes")) if recorded is not None else {}
 
     pruning = PruneAtInit(pruner, sparsity, seed=cfg.seed)
     guard = FiniteGuard(hint=f"lower optimizer.lr (now {optimizer.lr:g}) or check the data")
@@ -169,7 +171,7 @@ def _run(cfg: DictConfig, output_dir: Path, stop: SignalStop) -> float:
     checkpointing = any(isinstance(c, ModelCheckpoint) for c in callbacks)  # Lightning refuses one with it off
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, enable_checkpointing=checkpointing,
                           precision=precision)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)  # a checkpoint is data
     metrics = {k.removeprefix("val/"): float(v) for k, v in trainer.validate(module, datamodule=datamodule, verbose=False)[0].items()}
 
     summary = {
@@ -188,6 +190,7 @@ def _run(cfg: DictConfig, output_dir: Path, stop: SignalStop) -> float:
         "budget": budget,
         "precision": precision,
         "resumed_from": str(cfg.ckpt_path) if cfg.get("ckpt_path") else None,
+        "resume_changes": resume_changes,  # settings allowed to differ from the checkpoint (resume_changes=[...])
         "main_metric": task.main_metric,
         "metrics": metrics,
         "baseline": datamodule.trivial_baseline(),

@@ -16,8 +16,23 @@ from sparse_adapter.errors import ConfigError
 
 # settings a checkpoint records, in the order a mismatch lists them
 RECORDED = ("task", "backbone", "adapter", "adapter_config", "pruner", "scope", "sparsity", "large_sparse", "seed", "pruner_settings",
-            "precision")
-NESTED = {"adapter_config": "adapter", "pruner_settings": "pruner"}  # dict-valued records, compared (and named) key by key
+            "precision", "optimizer_config", "schedule", "data_config", "train_rows")
+NESTED = {"adapter_config": "adapter", "pruner_settings": "pruner", "optimizer_config": "optimizer", "schedule": "trainer",
+          "data_config": "data"}  # dict-valued records, compared (and named) key by key
+# what changes the optimisation but not what the run is: a resume may change these when resume_changes names them
+CHANGEABLE = ("seed", "precision", "train_rows", "optimizer.", "trainer.", "data.")
+SCHEDULE = ("max_steps", "max_epochs", "accumulate_grad_batches", "gradient_clip_val")  # trainer settings that shape the steps
+DATA = ("batch_size", "max_length", "max_train_samples", "group_by_length")  # data settings that choose the training batches
+
+
+def optimisation_record(cfg, optimizer) -> dict:
+    """The settings that shape the optimisation, as plain values (lists, not tuples), for the resume record."""
+    import json
+
+    plain = json.loads(json.dumps(dict(vars(optimizer)), default=list))
+    trainer, data = cfg.get("trainer") or {}, cfg.get("data") or {}
+    return {"optimizer_config": plain, "schedule": {k: trainer.get(k) for k in SCHEDULE if k in trainer},
+            "data_config": {k: data.get(k) for k in DATA if k in data}}
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -53,11 +68,29 @@ def _differences(recorded: dict, current: dict) -> list[str]:
     return differing
 
 
-def check_matches(path: str | Path, recorded: dict, current: dict) -> None:
-    """ConfigError naming every setting where this command differs from what the checkpoint trained."""
+def check_matches(path: str | Path, recorded: dict, current: dict, allowed=()) -> dict:
+    """ConfigError naming every setting where this command differs from what the checkpoint trained.
+
+    Settings named in ``allowed`` (``resume_changes``; only those in ``CHANGEABLE``) may differ: returns them
+    as {name: {"checkpoint": value, "now": value}}, for the summary to record."""
     differing = _differences(recorded, current)
-    if differing:
-        flat_saved = {**recorded, **{f"{p}.{k}": v for key, p in NESTED.items() for k, v in (recorded.get(key) or {}).items()}}
-        flat_now = {**current, **{f"{p}.{k}": v for key, p in NESTED.items() for k, v in (current.get(key) or {}).items()}}
-        pairs = ", ".join(f"{k}={flat_saved.get(k)} (command line: {flat_now.get(k)})" for k in differing)
-        raise ConfigError(f"ckpt_path={path}: the checkpoint was trained with {pairs}; drop or fix these overrides to resume it")
+    flat_saved = {**recorded, **{f"{p}.{k}": v for key, p in NESTED.items() for k, v in (recorded.get(key) or {}).items()}}
+    flat_now = {**current, **{f"{p}.{k}": v for key, p in NESTED.items() for k, v in (current.get(key) or {}).items()}}
+    allowed = set(allowed or ())
+    refused = [k for k in differing if k not in allowed]
+    if refused:
+        pairs = ", ".join(f"{k}={flat_saved.get(k)} (command line: {flat_now.get(k)})" for k in refused)
+        changeable = [k for k in refused if k.startswith(CHANGEABLE)]
+        hint = f" (or, to change {', '.join(changeable)} on purpose, add resume_changes=[{','.join(changeable)}])" if changeable else ""
+        raise ConfigError(f"ckpt_path={path}: the checkpoint was trained with {pairs}; drop or fix these overrides to resume it{hint}")
+    return {k: {"checkpoint": flat_saved.get(k), "now": flat_now.get(k)} for k in differing}
+
+
+def check_allowed_changes(allowed) -> None:
+    """resume_changes may name only settings that change the optimisation, not what the run is."""
+    for name in allowed or ():
+        if not isinstance(name, str) or not name.startswith(CHANGEABLE) or name.endswith("."):
+            raise ConfigError(
+                f"resume_changes: {name!r} cannot change on resume (only seed, precision, train_rows and optimizer.*,"
+                f" trainer.{{{','.join(SCHEDULE)}}}, data.{{{','.join(DATA)}}} can)"
+            )

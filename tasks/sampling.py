@@ -14,7 +14,7 @@ such a unit, so its batch still holds rows of similar length.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch.utils.data import DistributedSampler
@@ -24,13 +24,14 @@ POOL_BATCHES = 50  # rows are sorted by length within pools of 50 random batches
 
 class ResumableSampler(DistributedSampler):
     def __init__(self, size: int, seed: int, lengths: Sequence[int] | None = None, batch_size: int | None = None,
-                 rank: int = 0, processes: int = 1):
+                 rank: int = 0, processes: int = 1, epoch_of: Callable[[], int] | None = None):
         if lengths is not None and (len(lengths) != size or not batch_size):
             raise ValueError("ResumableSampler: grouping by length needs one length per row and the batch size")
         super().__init__(range(size), num_replicas=processes, rank=rank, shuffle=False, seed=seed, drop_last=False)
         self.size, self.lengths = size, lengths
         self.unit = batch_size * processes if batch_size else None  # one step's rows over all processes
         self._skip = 0
+        self.epoch_of = epoch_of  # the trainer's epoch, read when an epoch's iteration starts
 
     def set_epoch(self, epoch: int) -> None:
         """Lightning calls this at each epoch start."""
@@ -62,6 +63,11 @@ class ResumableSampler(DistributedSampler):
         return padded[self.rank :: self.num_replicas]
 
     def __iter__(self):
+        if self.epoch_of is not None:
+            # Lightning's set_epoch passes its count of epochs *processed*; resumed from an epoch-end checkpoint
+            # under trainer.max_steps that count runs one ahead of the epoch being trained (its fit loop
+            # treats step-limited runs as always restarting), which dealt the next epoch's order
+            self.epoch = self.epoch_of()
         start, self._skip = self._skip, 0
         return iter(self.share()[start:])
 

@@ -13,7 +13,9 @@ record is a file in the job's directory, wherever the job ran.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -39,9 +41,7 @@ def sweep_points(overrides: list[str], compose) -> tuple[list[list[str]], set[st
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()
-    parsed = parser.parse_overrides(overrides)
-    first = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override() else o.input_line for o in parsed]
-    cfg = compose(first)
+    cfg = compose(first_point(overrides))
     if cfg.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
         return None
     params = [f"{key}={value}" for key, value in (cfg.hydra.sweeper.get("params") or {}).items()]
@@ -49,6 +49,33 @@ def sweep_points(overrides: list[str], compose) -> tuple[list[list[str]], set[st
     batches = BasicSweeper.split_arguments(every, None)
     varying = {o.key_or_group for o in every if o.is_sweep_override()}
     return [list(point) for batch in batches for point in batch], varying
+
+
+def first_point(overrides: list[str]) -> list[str]:
+    """The overrides of a sweep's first job (each swept key at its first value)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override() else o.input_line for o in parsed]
+
+
+_sweep_locks: dict[Path, int] = {}  # sweep folders this process holds -> lock file descriptor
+
+
+def lock_sweep_dir(directory: Path) -> None:
+    """One sweep per sweep folder, as one run per run folder (tasks.rundir): an flock on the folder, held until the
+    sweep's process exits (the kernel drops it then, even after SIGKILL). A second sweep there is refused."""
+    directory = Path(directory).resolve()
+    if directory in _sweep_locks:
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise ConfigError(f"hydra.sweep.dir: {directory} is in use by a running sweep; wait for it or choose another hydra.sweep.dir") from None
+    _sweep_locks[directory] = descriptor
 
 
 def check_points(overrides: list[str]) -> int:
@@ -59,7 +86,10 @@ def check_points(overrides: list[str]) -> int:
 
     with composing():
         expanded = sweep_points(overrides, compose_checked)
-        if expanded is None:
+        if expanded is None:  # a sweeper that picks its own points (Optuna): the folder is locked all the same
+            target = Path(str(compose_checked(first_point(overrides)).hydra.sweep.dir)).absolute()
+            check_writable(next(p for p in (target, *target.parents) if p.exists()), setting="hydra.sweep.dir")
+            lock_sweep_dir(target)
             return 0
         points, varying = expanded
         bad = []
@@ -73,6 +103,7 @@ def check_points(overrides: list[str]) -> int:
             raise ConfigError(f"{len(bad)} of {len(points)} sweep points are invalid, nothing was run: {'; '.join(bad)}")
         target = Path(str(compose_checked(points[0]).hydra.sweep.dir)).absolute()
     check_writable(next(p for p in (target, *target.parents) if p.exists()), setting="hydra.sweep.dir")
+    lock_sweep_dir(target)
     return len(points)
 
 

@@ -38,6 +38,7 @@ class RunSettings:
     data_dir: str | None = None
     ckpt_path: str | None = None
     skip_finished: bool = False
+    resume_changes: list[str] = dataclasses.field(default_factory=list)
 
 
 # ---- types ---------------------------------------------------------------------------------------

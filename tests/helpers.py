@@ -60,8 +60,8 @@ class WaitForSignalAtStep(L.Callback):
     step, whatever the machine's speed. Waits once: a resumed run (same overrides) goes on.
     """
 
-    def __init__(self, step: int, marker: str):
-        self.step, self.marker = step, Path(marker)
+    def __init__(self, step: int, marker: str, signals: int = 1):
+        self.step, self.marker, self.signals = step, Path(marker), signals  # signals=2: wait for a second Ctrl+C
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step != self.step or self.marker.exists() or trainer.global_rank != 0:
@@ -71,5 +71,43 @@ class WaitForSignalAtStep(L.Callback):
         stop = next(c for c in trainer.callbacks if isinstance(c, SignalStop))
         self.marker.touch()
         deadline = time.monotonic() + 60
-        while stop.received is None and time.monotonic() < deadline:
-            time.sleep(0.02)
+        while (stop.received is None or self.signals > 1) and time.monotonic() < deadline:
+            time.sleep(0.02)  # with signals=2 the second signal's handler raises out of this loop
+
+
+class KillAt(KillAtStep):
+    """SIGKILL at a named point of the run, once (``marker``): ``where`` is
+
+    ``step`` (the start of optimizer step ``step``), ``validation`` (the first dev batch of the validation run
+    by the training loop at step ``step``), ``final_validation`` (the first dev batch of the run's closing
+    ``trainer.validate``) or ``scoring`` (PruneAtInit's second scoring pass, before any step or checkpoint)."""
+
+    def __init__(self, where: str, marker: str, step: int = 0):
+        super().__init__(step, marker)
+        self.where = where
+
+    def _kill(self) -> None:
+        if not self.marker.exists():
+            self.marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def setup(self, trainer, pl_module, stage):
+        if self.where == "scoring" and not self.marker.exists():
+            scoring_loss, calls = pl_module.scoring_loss, []
+
+            def dying_scoring_loss(*args, **kwargs):
+                calls.append(1)
+                if len(calls) == 2:
+                    self._kill()
+                return scoring_loss(*args, **kwargs)
+
+            pl_module.scoring_loss = dying_scoring_loss
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.where == "step" and trainer.global_step == self.step:
+            self._kill()
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        fitting = trainer.state.fn == "fit"
+        if (self.where == "validation" and fitting and trainer.global_step == self.step) or (self.where == "final_validation" and not fitting):
+            self._kill()

@@ -97,11 +97,11 @@ def test_the_callback_takes_the_count_under_its_old_name_with_a_warning():
 
 
 @pytest.mark.parametrize("call, argument", [
-    (lambda m, b: prune_peft_model(m, batches=5), "batches: pass a list"),
-    (lambda m, b: prune_peft_model(m, batches=b, seed=1.5), "seed=1.5"),
+    (lambda m, b: prune_peft_model(m, batches=5), "batches: expected a list"),
+    (lambda m, b: prune_peft_model(m, batches=b, seed=1.5), "seed: expected an integer"),
     (lambda m, b: prune_peft_model(m, batches=b, pruner=None), "pruner=None"),
     (lambda m, b: prune_peft_model(m, batches=b, masks={}), "masks=: not a pruner setting"),
-    (lambda m, b: prune_peft_model("bert-base-uncased", batches=b), "model: expected a torch module"),
+    (lambda m, b: prune_peft_model("bert-base-uncased", batches=b), "model: expected a model"),
 ])
 def test_prune_peft_model_names_the_bad_argument(call, argument):
     model, batches = model_and_batches()

@@ -21,9 +21,15 @@ RESUMABLE = [
 KILL_STEP = 9  # mid epoch 1, one step after the step-8 checkpoint
 
 
+def kill_args(root, step: int = KILL_STEP) -> list[str]:
+    """The kill callback's overrides; given again on resume (a run folder's ``_target_`` overrides are never replayed),
+    where its marker is already there, so it never fires twice."""
+    return ["+callbacks.kill._target_=tests.helpers.KillAtStep", f"+callbacks.kill.step={step}", f"+callbacks.kill.marker={root / 'killed'}"]
+
+
 def kill_at(root, glue_dir, step: int, *extra: str):
     """A run SIGKILLed when it reaches ``step``: no summary, no adapter, a whole last.ckpt."""
-    kill = ["+callbacks.kill._target_=tests.helpers.KillAtStep", f"+callbacks.kill.step={step}", f"+callbacks.kill.marker={root / 'killed'}"]
+    kill = kill_args(root, step)
     result = train_subprocess(*RESUMABLE, f"data_dir={glue_dir}", *kill, f"hydra.run.dir={root / 'run'}", *extra)
     assert result.returncode == -9, result.stderr[-3000:]
     run = root / "run"
@@ -50,7 +56,7 @@ def straight(tmp_path_factory, glue_dir):
 def test_killed_run_resumes_to_the_uninterrupted_weights_and_metric(killed_run, straight, tmp_path):
     resumed = tmp_path / "resumed"
     shutil.copytree(killed_run, resumed)
-    result = train_subprocess(f"resume={resumed}")  # the documented command, nothing else
+    result = train_subprocess(f"resume={resumed}", *kill_args(killed_run.parent))  # the documented command (+ the test's callback)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "dataloader is not resumable" not in result.stderr  # it is: RunState restarts the sampler mid-epoch
     assert_same_run(resumed, straight)
@@ -63,7 +69,7 @@ def test_killed_run_resumes_to_the_uninterrupted_weights_and_metric(killed_run, 
 def test_a_resumed_run_continues_its_wandb_run(tmp_path, glue_dir):
     run = kill_at(tmp_path, glue_dir, KILL_STEP, "logger=many")  # CSV and W&B (offline)
     [interrupted] = (run / "wandb").glob("offline-run-*")
-    result = train_subprocess(f"resume={run}")
+    result = train_subprocess(f"resume={run}", *kill_args(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     folders = sorted((run / "wandb").glob("offline-run-*"))
     assert len(folders) == 2 and {RUN_FOLDER.fullmatch(f.name)[2] for f in folders} == {RUN_FOLDER.fullmatch(interrupted.name)[2]}
@@ -74,7 +80,7 @@ def test_a_resumed_run_continues_its_wandb_run(tmp_path, glue_dir):
 def test_killed_after_an_epoch_end_checkpoint_resumes_at_the_next_epoch(tmp_path, straight, glue_dir):
     run = kill_at(tmp_path, glue_dir, 7)  # last.ckpt from the end of epoch 0 (step 6)
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["sparse_adapter"]["epoch_done"]
-    assert call_train(f"resume={run}") == 0
+    assert call_train(f"resume={run}", *kill_args(tmp_path, 7)) == 0
     assert_same_run(run, straight)
 
 
@@ -114,7 +120,7 @@ def assert_same_run(resumed, straight):
 def test_resume_with_other_settings_is_refused_naming_them(killed_run, tmp_path, capsys, override, named):
     run = tmp_path / "run"
     shutil.copytree(killed_run, run)
-    assert call_train(f"resume={run}", override) == 2
+    assert call_train(f"resume={run}", *kill_args(killed_run.parent), override) == 2
     lines = error_lines(capsys.readouterr().err)
     assert len(lines) == 1 and named in lines[0] and "ckpt_path" in lines[0]
     assert not (run / "summary.json").exists() and not (run / "adapter.safetensors").exists()
@@ -140,13 +146,13 @@ def test_an_interrupted_or_busy_or_finished_run_directory_is_not_reused(killed_r
     holder = os.open(run, os.O_RDONLY | os.O_DIRECTORY)  # another live run holds the directory's lock
     fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (flock locks belong to open files: this conflicts like a process)
     try:
-        assert call_train(f"resume={run}") == 2
+        assert call_train(f"resume={run}", *kill_args(killed_run.parent)) == 2
         assert "in use by a running run" in error_lines(capsys.readouterr().err)[0]
     finally:
         os.close(holder)
 
-    assert call_train(f"resume={run}") == 0
-    assert call_train(f"resume={run}") == 2  # finished: nothing left to resume, nothing to overwrite
+    assert call_train(f"resume={run}", *kill_args(killed_run.parent)) == 0
+    assert call_train(f"resume={run}", *kill_args(killed_run.parent)) == 2  # finished: nothing left to resume, nothing to overwrite
     assert "already holds a complete run" in error_lines(capsys.readouterr().err)[0]
     stamp = (run / "summary.json").stat().st_mtime_ns
     assert call_train(*[a for a in args if not a.startswith("callbacks")], "skip_finished=true") == 0  # sweeps skip it
@@ -166,6 +172,11 @@ def test_a_sweep_revisiting_an_interrupted_job_resumes_it(killed_run, tmp_path, 
 SIGNAL_STEP = 9  # mid epoch 1, one step after the step-8 checkpoint: the signal's own checkpoint is the newer one
 
 
+def wait_args(root) -> list[str]:
+    return ["+callbacks.wait._target_=tests.helpers.WaitForSignalAtStep", f"+callbacks.wait.step={SIGNAL_STEP}",
+            f"+callbacks.wait.marker={root / 'at-step'}"]
+
+
 def signal_at(root, glue_dir, signum, *, script="train.py", env=None):
     """Start a real train.py process, send it ``signum`` once it reaches step SIGNAL_STEP; (exit code, run dir, stderr)."""
     import subprocess
@@ -175,7 +186,7 @@ def signal_at(root, glue_dir, signum, *, script="train.py", env=None):
     from tests.conftest import ROOT
 
     run, marker = root / "run", root / "at-step"
-    wait = ["+callbacks.wait._target_=tests.helpers.WaitForSignalAtStep", f"+callbacks.wait.step={SIGNAL_STEP}", f"+callbacks.wait.marker={marker}"]
+    wait = wait_args(root)
     argv = [*RESUMABLE, f"data_dir={glue_dir}", *wait, f"hydra.run.dir={run}"]
     environment = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="offline", HYDRA_FULL_ERROR="0", OMP_NUM_THREADS="1", **(env or {}))
     process = subprocess.Popen([sys.executable, script, *argv], cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -200,7 +211,7 @@ def test_a_signalled_run_checkpoints_says_how_to_resume_and_exits_non_zero(signa
     assert "Traceback" not in stderr and not error_lines(stderr)
     [line] = [line for line in stderr.splitlines() if line.startswith("interrupted")]
     assert line == f"interrupted at step {SIGNAL_STEP} by {signame}; resume with: python train.py resume={run.resolve()}"
-    assert call_train(f"resume={run}") == 0  # the command the line gives (in-process: same entry point)
+    assert call_train(f"resume={run}", *wait_args(tmp_path)) == 0  # the command the line gives (+ the test's callback, inert now)
     assert_same_run(run, straight)
     assert logged(run) == logged(straight)
 

@@ -14,6 +14,7 @@ from sparse_adapter.adapters.mam import MAMConfig
 from sparse_adapter.adapters.parallel import ParallelConfig
 from sparse_adapter.adapters.pfeiffer import PfeifferConfig
 from sparse_adapter.adapters.prefix import PrefixConfig
+from sparse_adapter import arguments as check
 from sparse_adapter.errors import ConfigError
 
 ADAPTERS: dict[str, type[AdapterConfig]] = {
@@ -31,10 +32,18 @@ ADAPTERS: dict[str, type[AdapterConfig]] = {
 
 def attach_adapter(model: nn.Module, adapter: AdapterConfig | str, **options) -> list[str]:
     """Attach an adapter (a config, or a registry name plus options); return prunable names."""
+    check.model(model)
     if isinstance(adapter, str):
         if adapter not in ADAPTERS:
             raise ConfigError(f"adapter='{adapter}' is unknown (choose from {', '.join(ADAPTERS)})")
-        adapter = ADAPTERS[adapter](**options)
+        try:
+            adapter = ADAPTERS[adapter](**options)
+        except TypeError as error:  # an option the variant does not have
+            raise ConfigError(f"adapter='{adapter}': {error}") from None
+    elif options:
+        raise ConfigError(f"{', '.join(options)}: options go with an adapter name; set them on the config ({type(adapter).__name__})")
+    check.instance(adapter, "adapter", AdapterConfig)
+    adapter.validate()
     return adapter.attach(model)
 
 

@@ -10,6 +10,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from sparse_adapter import arguments as check
 from sparse_adapter.backbones import second_order_attention
 from sparse_adapter.errors import ConfigError, NumericalError
 from sparse_adapter.pruning.allocation import SCOPES, kept_count, select
@@ -210,6 +211,8 @@ def prune_with_report(
     rewrites the kept values of ``params`` in place). All-zero tensors are scored one Adam step ahead
     (``config.zero_init``); tensors whose scores all tie are reported (``config.on_degenerate``).
     """
+    check.parameters(params), check.sparsity(sparsity), check.instance(config, "config", PrunerConfig), check.integer(seed, "seed")
+    check.callable_or_none(loss_fn, "loss_fn"), check.instance(model, "model", nn.Module, allow_none=True), check.batches(batches, items=False)
     config.validate(sparsity)
     if not config.enabled:
         raise ConfigError("pruner: no scorer chosen; nothing to prune")
