@@ -98,14 +98,9 @@ def adapter_tensors(model: nn.Module, include: str | None = None, exclude: str |
 
 
 def compiled(argument: str, pattern: str | None) -> re.Pattern | None:
-    if pattern is None:
-        return None
-    if not isinstance(pattern, str):
-        raise ConfigError(f"{argument}={pattern!r} must be a regular expression (a string) or None")
-    try:
-        return re.compile(pattern)
-    except re.error as error:
-        raise ConfigError(f"{argument}={pattern!r} is not a valid regular expression: {error}") from None
+    """The regular expression ``pattern`` (None stays None), or one ConfigError naming ``argument``."""
+    check.regex(pattern, argument)
+    return re.compile(pattern) if pattern is not None else None
 
 
 def model_loss(model: nn.Module):

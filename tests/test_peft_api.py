@@ -79,7 +79,7 @@ def test_masks_save_and_load_with_torch_weights_only(tmp_path):
     ({"batches": [{}]}, "num_batches="),
     ({"seed": "0"}, "seed='0'"),
     ({"include": "lora_(A"}, "include='lora_\\(A'"),
-    ({"exclude": 3}, "exclude=3"),
+    ({"exclude": 3}, "exclude: expected a regular expression"),
     ({"scope": "row"}, "pruner.scope='row'"),
     ({"iterationz": 3}, "iterationz="),
     ({"on_degenerate": "ignore"}, "pruner.on_degenerate"),

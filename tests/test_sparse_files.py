@@ -67,10 +67,18 @@ def test_a_sparse_peft_folder_given_to_peft_names_load_sparse_peft(tmp_path):
     batch = tokenizer(["the cat sat on the mat", "a dog"], padding=True, return_tensors="pt")
     with torch.no_grad():
         assert torch.equal(loaded.eval()(**batch).logits, model(**batch).logits)
-    config_path = tmp_path / "sparse" / "adapter_config.json"  # a folder from before: PEFT's own peft_type
+    config_path = tmp_path / "sparse" / "adapter_config.json"  # a folder from before: PEFT's own peft_type, no checksums
     config = json.loads(config_path.read_text())
     config["peft_type"] = config.pop(PEFT_TYPE_KEY)
     config_path.write_text(json.dumps(config))
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from sparse_adapter.peft import SPARSE_FILE
+
+    with safe_open(str(tmp_path / "sparse" / SPARSE_FILE), framework="pt") as handle:
+        tensors, metadata = {k: handle.get_tensor(k) for k in handle.keys()}, handle.metadata()
+    save_file(tensors, str(tmp_path / "sparse" / SPARSE_FILE), metadata={k: metadata[k] for k in ("format", "adapter", "shapes")})
     older, _ = load_sparse_peft(tiny_model("bert")[0], tmp_path / "sparse")
     with torch.no_grad():
         assert torch.equal(older.eval()(**batch).logits, model(**batch).logits)
