@@ -63,7 +63,7 @@ class ResumableSampler(DistributedSampler):
         return padded[self.rank :: self.num_replicas]
 
     def __iter__(self):
-        if self.epoch_of is not None:
+        if self.epoch_of is not None and not self._skip:  # a mid-epoch resume names its epoch itself (skip_next)
             # Lightning's set_epoch passes its count of epochs *processed*; resumed from an epoch-end checkpoint
             # under trainer.max_steps that count runs one ahead of the epoch being trained (its fit loop
             # treats step-limited runs as always restarting), which dealt the next epoch's order
