@@ -49,6 +49,27 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def start_next_epoch(checkpoint: dict, epoch: int) -> None:
+    """Make an epoch-end checkpoint of a step-limited run restore as the start of epoch ``epoch``.
+
+    Lightning's fit loop treats every run with ``trainer.max_steps`` as restarting mid-epoch, so an epoch-end
+    checkpoint counted its finished epoch twice: the next epoch was dealt another epoch's order, or skipped
+    altogether when it was the last (issue 35: a 5-epoch, 400-step run resumed after step 320 stopped at 320).
+    The loop counters are rewritten before Lightning restores them (it reads this dict after ``on_load_checkpoint``).
+    """
+    loop = checkpoint.get("loops", {}).get("fit_loop")
+    if not loop:
+        return
+    for part in ("total", "current"):
+        loop["epoch_progress"][part].update(ready=epoch, started=epoch, processed=epoch, completed=epoch)
+    batches = loop["epoch_loop.batch_progress"]
+    batches["current"] = {key: 0 for key in batches["current"]}
+    batches["is_last_batch"] = False
+    loop["epoch_loop.scheduler_progress"]["current"] = {key: 0 for key in loop["epoch_loop.scheduler_progress"]["current"]}
+    for tracker in loop["epoch_loop.automatic_optimization.optim_progress"]["optimizer"].values():
+        tracker["current"] = {key: 0 for key in tracker["current"]}
+
+
 class RunState(L.Callback):
     """Save the run record, RNG states and data position into every checkpoint; restore them on resume.
 
@@ -91,6 +112,8 @@ class RunState(L.Callback):
         self.loaded = checkpoint.get(KEY)
         self.resumed = True
         self.earlier_seconds = float((self.loaded or {}).get("seconds", 0.0))  # checkpoints before this field: 0
+        if self.loaded and self.loaded["epoch_done"] and trainer.max_steps != -1:
+            start_next_epoch(checkpoint, self.loaded["epoch"] + 1)
         if not self.loaded or self.loaded["epoch_done"] or not self.loaded["batches"]:
             return  # saved at an epoch's end: the next epoch starts from its first batch anyway
         saved_world = self.loaded.get("world_size", 1)  # checkpoints before this field: one process

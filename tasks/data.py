@@ -57,7 +57,7 @@ class TaskDataModule(L.LightningDataModule):
         if self.resume_at:
             epoch, batches = self.resume_at
             sampler.set_epoch(epoch)
-            sampler.skip_next(batches * self.batch_size)
+            sampler.skip_next(batches * self.batch_size, epoch)
             self.resume_at = None
         return sampler
 

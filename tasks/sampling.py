@@ -30,16 +30,17 @@ class ResumableSampler(DistributedSampler):
         super().__init__(range(size), num_replicas=processes, rank=rank, shuffle=False, seed=seed, drop_last=False)
         self.size, self.lengths = size, lengths
         self.unit = batch_size * processes if batch_size else None  # one step's rows over all processes
-        self._skip = 0
+        self._skip, self._skip_epoch = 0, None
         self.epoch_of = epoch_of  # the trainer's epoch, read when an epoch's iteration starts
 
     def set_epoch(self, epoch: int) -> None:
         """Lightning calls this at each epoch start."""
         self.epoch = epoch
 
-    def skip_next(self, rows: int) -> None:
-        """The next iteration starts ``rows`` into this process's share of the epoch (a resume mid-epoch)."""
-        self._skip = rows
+    def skip_next(self, rows: int, epoch: int | None = None) -> None:
+        """The next iteration starts ``rows`` into this process's share of the epoch (a resume mid-epoch), of ``epoch``
+        when given (the checkpoint's: it outranks what Lightning passes to ``set_epoch``)."""
+        self._skip, self._skip_epoch = rows, epoch
 
     def order(self) -> list[int]:
         """This epoch's order over all processes: a function of (seed, epoch) only."""
@@ -63,7 +64,9 @@ class ResumableSampler(DistributedSampler):
         return padded[self.rank :: self.num_replicas]
 
     def __iter__(self):
-        if self.epoch_of is not None:
+        if self._skip_epoch is not None:
+            self.epoch, self._skip_epoch = self._skip_epoch, None
+        elif self.epoch_of is not None:
             # Lightning's set_epoch passes its count of epochs *processed*; resumed from an epoch-end checkpoint
             # under trainer.max_steps that count runs one ahead of the epoch being trained (its fit loop
             # treats step-limited runs as always restarting), which dealt the next epoch's order
