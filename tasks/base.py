@@ -9,6 +9,7 @@ from sparse_adapter.accounting import parameter_report
 from sparse_adapter.errors import ConfigError
 from sparse_adapter.adapters import AdapterConfig
 from sparse_adapter.pruning import MaskSet
+from sparse_adapter.quantization import of_backbone, quantize_backbone
 from tasks.optim import AdamWConfig
 
 
@@ -28,6 +29,8 @@ class AdapterModule(L.LightningModule):
         self.check_architecture()
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes as found
         self.prunable: list[str] = adapter.attach(self.model)
+        self.quantization = of_backbone(backbone)  # after attach: adapters in fp32 beside the layers they wrap
+        quantize_backbone(self.model, self.quantization)
         self.masks = MaskSet()
         self.optimizer_config = optimizer
         self.sample_predictions: list[dict] = []  # a few rows of the last evaluation, for a logger table

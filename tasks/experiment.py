@@ -187,6 +187,7 @@ def _run(cfg: DictConfig, output_dir: Path, stop: SignalStop) -> float:
         "seed": cfg.seed,
         "budget": budget,
         "precision": precision,
+        "quantization": module.quantization.describe(),
         "resumed_from": str(cfg.ckpt_path) if cfg.get("ckpt_path") else None,
         "main_metric": task.main_metric,
         "metrics": metrics,
