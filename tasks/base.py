@@ -6,6 +6,7 @@ import lightning as L
 import torch
 
 from sparse_adapter.accounting import parameter_report
+from sparse_adapter.distributed import shard_blocks, sharded
 from sparse_adapter.errors import ConfigError
 from sparse_adapter.adapters import AdapterConfig
 from sparse_adapter.pruning import MaskSet
@@ -67,6 +68,12 @@ class AdapterModule(L.LightningModule):
 
     def parameter_report(self) -> dict:
         return parameter_report(self.model, self.prunable, self.masks)
+
+    def configure_model(self):
+        """trainer=fsdp (Lightning's ModelParallelStrategy): one ``fully_shard`` per block, then the root; masks
+        were fixed before (``PruneAtInit.setup``). Other strategies: nothing to do."""
+        if sharded(self._trainer):
+            shard_blocks(self.model, self.device_mesh["data_parallel"])
 
     def configure_optimizers(self):
         return self.optimizer_config.build(self.model, int(self.trainer.estimated_stepping_batches))

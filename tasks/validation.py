@@ -22,6 +22,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from sparse_adapter.errors import ConfigError
 from sparse_adapter.pruning.allocation import er_counts, kept_count, nm_group_size, uniform_counts
+from sparse_adapter.distributed import config_problem as sharding_problem
 from sparse_adapter.quantization import config_problem as quantization_problem
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -255,6 +256,7 @@ def _sharded_strategy(cfg: dict) -> str | None:
 # (large_sparse and its contradictions are checked where it is resolved: tasks/resolvers.py, tasks/experiment.py)
 CONTRADICTIONS: list[Callable[[dict], str | None]] = [_sharded_strategy]
 CONTRADICTIONS.append(quantization_problem)  # backbone.quantization: bitsandbytes installed, an adapter to train
+CONTRADICTIONS.append(sharding_problem)  # trainer=fsdp: two or more devices, no quantized weights
 
 
 def _lookup(cfg: dict, dotted: str) -> tuple[bool, Any]:
