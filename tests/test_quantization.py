@@ -170,3 +170,30 @@ def test_prune_peft_model_and_the_callback_on_a_4bit_peft_model(rows, tmp_path):
     trainer.train()
     assert kept(callback.masks)[0] == kept_count(total, 0.5)
     assert_held(dict(model.named_parameters()), callback.masks, trainer.optimizer)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("compute_dtype", ["float32", "bfloat16"])
+def test_nf4_on_cuda_scores_and_holds_masks_exactly(compute_dtype, rows):
+    from sparse_adapter.hold import hold_masks
+
+    model, tokenizer = llama()
+    prunable = attach_adapter(model, "lora", r=4, targets=["q_proj", "v_proj", "up_proj"])
+    quantize_backbone(model, Quantization("nf4", compute_dtype=compute_dtype, double_quant=True))
+    model.to("cuda").eval()
+    named = dict(model.named_parameters())
+    params = {n: named[n] for n in prunable}
+    batches = [{k: v.cuda() for k, v in b.items() if k != "token_type_ids"} for b in batched(encode(tokenizer, rows[:16]), 4)]
+    masks = prune(params, 0.5, PrunerConfig("grasp", batches=2), loss_fn=lambda b, temperature=1.0: model(**b).loss,
+                  batches=batches[:2], model=model)
+    assert kept(masks)[0] == kept_count(kept(masks)[1], 0.5)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
+    hold = hold_masks(optimizer, named, masks)
+    model.train()
+    for batch in batches:
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    hold.remove()
+    assert_held(named, masks, optimizer)
