@@ -131,3 +131,21 @@ def config_problem(cfg: dict) -> str | None:
         return (f"trainer=fsdp with backbone.quantization={method}: FSDP2 cannot shard bitsandbytes' packed weights; "
                 "use trainer=ddp or backbone.quantization=none")
     return None
+
+
+def trainer_problem(args) -> str | None:
+    """Why ``SparseAdapterCallback`` cannot hold masks under a Hugging Face ``TrainingArguments`` setting, or None.
+
+    DeepSpeed ZeRO keeps the trained weights, their gradients and Adam's moments in flat fp32 partitions of its
+    own optimizer, which the masks' parameter and optimizer hooks do not reach: pruned entries would move. FSDP
+    (accelerate) shards the blocks before ``on_train_begin``, so rank 0 alone cannot run the scoring forward pass.
+    Both are refused with one line rather than trained wrong or left waiting; ``train.py trainer=fsdp`` shards
+    with exact masks (FSDP2, Lightning)."""
+    if getattr(args, "deepspeed", None):
+        return ("SparseAdapterCallback: TrainingArguments.deepspeed is not supported: ZeRO keeps weights, gradients and "
+                "Adam state in flat partitions the masks cannot reach, so pruned entries would train; use DDP, or "
+                "train.py trainer=fsdp")
+    if getattr(args, "fsdp", None):
+        return ("SparseAdapterCallback: TrainingArguments.fsdp is not supported: the blocks are sharded before training "
+                "starts and rank 0 alone cannot score through them; use DDP, or train.py trainer=fsdp")
+    return None

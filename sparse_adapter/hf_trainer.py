@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from sparse_adapter.distributed import trainer_problem
 from sparse_adapter.errors import ConfigError
 from sparse_adapter.hold import MaskHold, hold_masks
 from sparse_adapter.io import atomic_path
@@ -75,6 +76,8 @@ class SparseAdapterCallback(TrainerCallback):
         return sum(int(mask.sum()) for mask in self.masks.values()) / total if total else float("nan")
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kwargs):
+        if (problem := trainer_problem(args)) is not None:
+            raise ConfigError(problem)
         params = adapter_tensors(model, self.include, self.exclude)
         if state.global_step > 0:  # resumed from a checkpoint: its masks, never a new pruning of trained weights
             self.masks = read_masks(Path(args.output_dir) / f"checkpoint-{state.global_step}" / MASKS_FILE)
