@@ -247,8 +247,8 @@ def _sharded_strategy(cfg: dict) -> str | None:
     strategy = str((cfg.get("trainer") or {}).get("strategy", "")).lower()
     if any(s in strategy for s in SHARDED):
         return (
-            f"trainer.strategy={strategy}: sharded parameters are not supported (the pruning masks are full-shape"
-            " buffers applied to full-shape weights); use trainer=ddp, which replicates the adapters on every rank"
+            f"trainer.strategy={strategy}: sharded parameters are not supported this way (the pruning masks are full-shape"
+            " buffers); use trainer=fsdp (FSDP2, masks cut to each shard) or trainer=ddp, which replicates the adapters"
         )
     return None
 
