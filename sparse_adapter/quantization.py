@@ -206,3 +206,16 @@ def config_problem(cfg: dict) -> str | None:
     except ConfigError as error:
         return str(error)
     return None
+
+
+def drop_quantization_state(model: nn.Module, state_dict: dict, prefix: str = "") -> int:
+    """Remove from a checkpoint's ``state_dict`` the quantization state bitsandbytes writes beside each quantized
+    weight (NF4 ``absmax``/``quant_map``/``quant_state``, int8 ``SCB``/``weight_format``), which its layers do not
+    read back; the packed weights themselves load as they are. The state is a function of the frozen weights, so
+    the rebuilt model already holds it. Returns how many entries were dropped."""
+    kept = {f"{prefix}{name}.{suffix}" for name in quantized_layers(model) for suffix in ("weight", "bias")}
+    layers = tuple(f"{prefix}{name}." for name in quantized_layers(model))
+    extra = [key for key in state_dict if key.startswith(layers) and key not in kept]
+    for key in extra:
+        del state_dict[key]
+    return len(extra)

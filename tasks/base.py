@@ -10,7 +10,7 @@ from sparse_adapter.distributed import shard_blocks, sharded
 from sparse_adapter.errors import ConfigError
 from sparse_adapter.adapters import AdapterConfig
 from sparse_adapter.pruning import MaskSet
-from sparse_adapter.quantization import of_backbone, quantize_backbone
+from sparse_adapter.quantization import drop_quantization_state, of_backbone, quantize_backbone
 from tasks.optim import AdamWConfig
 
 
@@ -74,6 +74,9 @@ class AdapterModule(L.LightningModule):
         were fixed before (``PruneAtInit.setup``). Other strategies: nothing to do."""
         if sharded(self._trainer):
             shard_blocks(self.model, self.device_mesh["data_parallel"])
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        drop_quantization_state(self.model, checkpoint["state_dict"], prefix="model.")  # quantized bodies resume too
 
     def configure_optimizers(self):
         return self.optimizer_config.build(self.model, int(self.trainer.estimated_stepping_batches))

@@ -91,10 +91,16 @@ def test_every_scorer_scores_through_the_nf4_model_and_keeps_exactly_k(scorer, r
         assert any(not torch.equal(masks[n], by_magnitude[n]) for n in masks)
 
 
-def test_the_cli_trains_nf4_lora_with_exact_masks_and_records_it(tmp_path, glue_dir):
-    train_in_process(tmp_path, f"data_dir={glue_dir}", "backbone=tiny-llama", "backbone.quantization=nf4",
-                     "backbone.double_quant=true", "adapter=lora", "adapter.r=2", "pruner=snip", "data.max_length=32",
-                     "data.max_train_samples=8", "data.max_eval_samples=4", "data.batch_size=4", "trainer.max_steps=3")
+def test_the_cli_trains_nf4_lora_with_exact_masks_records_it_and_resumes(tmp_path, glue_dir):
+    run = [f"data_dir={glue_dir}", "backbone=tiny-llama", "backbone.quantization=nf4", "backbone.double_quant=true", "adapter=lora",
+           "adapter.r=2", "pruner=snip", "data.max_length=32", "data.max_train_samples=16", "data.max_eval_samples=4",
+           "data.batch_size=4", "callbacks=resumable", "callbacks.last_checkpoint.every_n_train_steps=2"]
+    train_in_process(tmp_path, *run, "trainer.max_steps=2")
+    resumed = tmp_path / "resumed"  # the checkpoint holds bitsandbytes' quantization state beside the packed weights
+    train_in_process(resumed, *run, "trainer.max_steps=4", "trainer.max_epochs=2", f"ckpt_path={tmp_path}/checkpoints/last.ckpt")
+    assert summary(resumed)["global_steps"] > 2 and summary(resumed)["quantization"]["method"] == "nf4"
+    assert all(torch.equal(read_adapter(resumed / "adapter.safetensors")[1][n], m)
+               for n, m in read_adapter(tmp_path / "adapter.safetensors")[1].items())
     s = summary(tmp_path)
     assert s["quantization"] == {"method": "nf4", "compute_dtype": "float32", "double_quant": True}
     assert s["adapter_weights_kept"] == kept_count(s["adapter_weights_total"], 0.4)
