@@ -109,7 +109,7 @@ def batch(vocab: int, device: str, seed: int) -> dict:
     return {"input_ids": ids, "labels": ids}
 
 
-def measure(shape: str, precision: str, what: str, device: str) -> dict:
+def measure(shape: str, precision: str, what: str, device: str, batches: int = 2) -> dict:
     import gc
 
     import torch
@@ -136,15 +136,15 @@ def measure(shape: str, precision: str, what: str, device: str) -> dict:
         hold.remove()
     else:
         model.eval()
-        batches = [batch(vocab, device, seed) for seed in (0, 1)]
-        config = PrunerConfig(what, batches=len(batches), **({"iterations": 1} if what == "synflow" else {}))
+        scoring = [batch(vocab, device, seed) for seed in range(batches)]
+        config = PrunerConfig(what, batches=len(scoring), **({"iterations": 1} if what == "synflow" else {}))
         masks = prune(params, 0.4, config, loss_fn=lambda b, temperature=1.0: _tempered_loss(model, b, temperature),
-                      batches=batches, seed=0, model=model)
+                      batches=scoring, seed=0, model=model)
         assert sum(int(m.sum()) for m in masks.values()) > 0
     seconds = time.perf_counter() - start
     return {"shape": shape, "precision": precision, "measure": what, "device": device, "peak_mib": round(peak_mib(device), 1),
             "model_resident_mib": round(resident, 1), "seconds": round(seconds, 2), "threads": torch.get_num_threads(),
-            "adapter_weights": sum(p.numel() for p in params.values())}
+            "adapter_weights": sum(p.numel() for p in params.values()), "scoring_batches": 0 if what == "train" else batches}
 
 
 def _tempered_loss(model, batch, temperature: float):
@@ -182,31 +182,34 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads per measurement (memory only: any number)")
     parser.add_argument("--out", default=None, help="JSON results (default benchmarks/results/memory_<device>.json)")
+    parser.add_argument("--batches", type=int, default=2, help="scoring batches (each freed before the next)")
+    parser.add_argument("--append", action="store_true", help="merge into the results already in --out (same keys replaced)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # the child: one measurement, JSON on stdout
     args = parser.parse_args()
     if args.one:
         import torch
 
         torch.set_num_threads(args.threads)
-        print("RESULT " + json.dumps(measure(args.shapes[0], args.precisions[0], args.measures[0], args.device)), flush=True)
+        print("RESULT " + json.dumps(measure(args.shapes[0], args.precisions[0], args.measures[0], args.device, args.batches)), flush=True)
         return
-    results = []
+    out = Path(args.out or ROOT / "benchmarks" / "results" / f"memory_{args.device}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results = json.loads(out.read_text())["results"] if args.append and out.is_file() else []
     for shape in sorted(args.shapes, key=lambda s: list(SHAPES).index(s), reverse=True):  # the 1B shape first
         for precision in args.precisions:
             for what in args.measures:
                 command = [sys.executable, __file__, "--one", "--shapes", shape, "--precisions", precision, "--measures", what,
-                           "--device", args.device, "--threads", str(args.threads)]
+                           "--device", args.device, "--threads", str(args.threads), "--batches", str(args.batches)]
                 done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, **ALLOCATOR))
                 line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
                 if line is None:
                     error = (done.stderr.strip().splitlines() or ["no output"])[-1]
                     print(f"error: {shape} {precision} {what}: {error}", file=sys.stderr)
                     continue
-                results.append(json.loads(line.removeprefix("RESULT ")))
-                print(json.dumps(results[-1]), flush=True)
-    out = Path(args.out or ROOT / "benchmarks" / "results" / f"memory_{args.device}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"results": results, "table": table(results)}, indent=1) + "\n")
+                new = json.loads(line.removeprefix("RESULT "))
+                results = [r for r in results if (r["shape"], r["precision"], r["measure"]) != (shape, precision, what)] + [new]
+                print(json.dumps(new), flush=True)
+                out.write_text(json.dumps({"results": results, "table": table(results)}, indent=1) + "\n")  # after each one
     print(table(results))
 
 

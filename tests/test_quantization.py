@@ -203,3 +203,31 @@ def test_nf4_on_cuda_scores_and_holds_masks_exactly(compute_dtype, rows):
         optimizer.zero_grad()
     hold.remove()
     assert_held(named, masks, optimizer)
+
+
+@pytest.mark.parametrize("backbone, variant", [("tiny-gpt2", "lora"), ("tiny-t5", "lora"), ("tiny-bart", "ia3"),
+                                               ("tiny-bert", "houlsby"), ("tiny-qwen3", "prefix")])
+def test_every_architecture_quantizes_under_an_adapter(backbone, variant, rows):
+    """GPT-2's Conv1D (weight in×out) becomes a transposed Linear4bit; T5 keeps ``wo`` in fp32 (it casts its input to
+    that weight's dtype); encoder–decoders, BERT and Qwen3 quantize every frozen projection of the body."""
+    torch.manual_seed(0)
+    model, tokenizer = backbone_from(backbone).build("sequence-classification", num_labels=2)
+    reference, _ = backbone_from(backbone).build("sequence-classification", num_labels=2)
+    options = {"lora": dict(r=2), "ia3": dict(), "houlsby": dict(bottleneck=4), "prefix": dict(length=3)}[variant]
+    prunable = attach_adapter(model, variant, **options)
+    attach_adapter(reference, variant, **options)
+    reference.load_state_dict(model.state_dict())
+    assert quantize_backbone(model, Quantization("nf4")) > 0
+    if backbone == "tiny-t5":
+        assert not any(is_quantized(m) for n, m in model.named_modules() if n.endswith(".wo"))
+    batch = {k: v for k, v in batched(encode(tokenizer, rows[:4]), 4)[0].items() if k != "token_type_ids" or backbone == "tiny-bert"}
+    model.train()
+    loss = model(**batch).loss
+    loss.backward()
+    named = dict(model.named_parameters())
+    assert torch.isfinite(loss) and all(named[n].grad is not None for n in prunable)
+    model.eval(), reference.eval()
+    with torch.no_grad():  # 4-bit weights: close to the fp32 model's output, not equal
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        error = (model(**inputs).logits - reference(**inputs).logits).abs().max()
+    assert 0 < error < 1.0
