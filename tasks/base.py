@@ -76,7 +76,8 @@ class AdapterModule(L.LightningModule):
             shard_blocks(self.model, self.device_mesh["data_parallel"])
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        drop_quantization_state(self.model, checkpoint["state_dict"], prefix="model.")  # quantized bodies resume too
+        if "state_dict" in checkpoint:  # (trainer=fsdp loads it itself, before this hook)
+            drop_quantization_state(self.model, checkpoint["state_dict"], prefix="model.")  # quantized bodies resume too
 
     def configure_optimizers(self):
         return self.optimizer_config.build(self.model, int(self.trainer.estimated_stepping_batches))
