@@ -1,6 +1,12 @@
 """Training-step time ratios on MiniLM, measured in one process with the variants interleaved.
 
     python benchmarks/step_time.py [--device cuda] [--steps 15] [--out benchmarks/results/cpu.json]
+    python benchmarks/step_time.py --threads 1 --variants ours_lora nf4_lora int8_lora   # quantized LoRA vs fp32
+
+bf16 variants run only where ``trainer.precision=auto`` would pick bf16 (tasks/precision.py: CPU with AMX or
+avx512_bf16, CUDA with bf16), or with ``--bf16 on``; elsewhere they are skipped and the reason printed (an
+AVX2-only CPU emulates bf16 matmuls at many times fp32's cost). Memory probes (one subprocess per variant) only
+with ``--memory``. The default run (8 rounds after 2 warm-up) takes under 5 minutes on 2 cores.
 
 Ratios (the contract of issue 3; lower is better):
   sparse_over_dense       sparse Houlsby (SNIP s=0.4, masks enforced each step) / dense Houlsby
@@ -17,6 +23,8 @@ Ratios (the contract of issue 3; lower is better):
   fp32_over_bf16_step     a dense Houlsby step in fp32 / the same step under bf16 autocast (fp32 master
                           weights, as trainer.precision=bf16-mixed runs it); >1 means bf16 is faster
   fp32_over_bf16_forward  the same for a backbone forward (no grad, eval)
+  nf4_lora_over_fp32_lora   our LoRA over an NF4 backbone (fp32 compute, sparse_adapter.quantization) / over fp32
+  int8_lora_over_fp32_lora  the same with int8 weights
 The attention kernel each precision takes (SDPA's flash/efficient/math path) is read off a profiled
 forward and reported as ``attention_kernels``.
 Each step is forward + backward + AdamW step (+ the mask calls MaskEnforcement makes). Variants
@@ -51,7 +59,7 @@ from sparse_adapter.backbones import PretrainedBackbone  # noqa: E402
 from sparse_adapter.pruning import MaskSet, PrunerConfig, mask_gradients_, mask_parameters_and_state_, prune  # noqa: E402
 
 VARIANTS = ("forward", "forward_train", "dense_houlsby", "sparse_houlsby", "ours_lora", "peft_lora", "dense_houlsby_no_attn_dropout",
-            "forward_bf16", "dense_houlsby_bf16")
+            "forward_bf16", "dense_houlsby_bf16", "nf4_lora", "int8_lora")
 RTE_STEPS_10_EPOCHS = 10 * math.ceil(2490 / 32)
 PAIRS = {  # step ratio: (numerator, denominator) variants
     "sparse_over_dense": ("sparse_houlsby", "dense_houlsby"),
@@ -62,6 +70,8 @@ PAIRS = {  # step ratio: (numerator, denominator) variants
     "houlsby_no_attn_dropout_over_forward": ("dense_houlsby_no_attn_dropout", "forward"),
     "fp32_over_bf16_step": ("dense_houlsby", "dense_houlsby_bf16"),
     "fp32_over_bf16_forward": ("forward", "forward_bf16"),
+    "nf4_lora_over_fp32_lora": ("nf4_lora", "ours_lora"),
+    "int8_lora_over_fp32_lora": ("int8_lora", "ours_lora"),
 }
 TARGETS = {"sparse_over_dense": 1.02, "ours_over_peft_lora": 1.00, "houlsby_over_forward": 2.1,
            "houlsby_no_attn_dropout_over_forward": 2.1, "prune_snip_over_rte10": 0.01, "prune_grasp_over_rte10": 0.01}
@@ -170,12 +180,37 @@ def build(name: str, args, scoring_batches) -> tuple[Variant, dict]:
     if name == "ours_lora":
         LoRAConfig(r=8, alpha=16, targets=["query", "value"]).attach(model)
         return Variant(name, model), extra
+    if name in ("nf4_lora", "int8_lora"):
+        from sparse_adapter.quantization import Quantization, quantize_backbone
+
+        LoRAConfig(r=8, alpha=16, targets=["query", "value"]).attach(model)
+        quantize_backbone(model, Quantization(name.removesuffix("_lora"), compute_dtype="float32"))
+        return Variant(name, model.to(args.device)), extra
     if name == "peft_lora":
         from peft import LoraConfig, get_peft_model
 
         config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["query", "value"], modules_to_save=["classifier"])
         return Variant(name, get_peft_model(model, config)), extra
     raise ValueError(name)
+
+
+def bf16_choice(names: list[str], args) -> tuple[list[str], dict[str, str]]:
+    """The variants to run and, for the bf16 ones left out, why: ``--bf16 auto`` keeps them only where
+    ``trainer.precision=auto`` would train in bf16 (tasks/precision.py), so no run measures a precision it never uses."""
+    from tasks.precision import FAST_BF16, device_of
+
+    bf16 = [n for n in names if n.endswith("_bf16")]
+    device = device_of("gpu" if args.device.startswith("cuda") else "cpu")
+    if args.bf16 == "on" or not bf16:
+        return names, {}
+    if args.bf16 == "off":
+        reason = "--bf16 off"
+    elif FAST_BF16[device]():
+        return names, {}
+    else:
+        reason = (f"precision=auto picks 32-true on this {device}: no AMX/avx512_bf16 (CPU) or bf16 support (CUDA), so bf16 "
+                  "matmuls would be emulated at several times fp32's cost; --bf16 on measures them anyway")
+    return [n for n in names if n not in bf16], {n: reason for n in bf16}
 
 
 def attention_kernels(variant: Variant, batch) -> list[str]:
@@ -230,11 +265,15 @@ def peak_rss_mib() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--bf16", action="store_true", help="bf16 weights for every variant (default: fp32 weights)")
+    parser.add_argument("--bf16", default="auto", choices=["auto", "on", "off"],
+                        help="bf16 autocast variants: auto = only where precision=auto would pick bf16 (default)")
+    parser.add_argument("--bf16-weights", action="store_true", help="bf16 weights for every variant (default: fp32 weights)")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=None, help="a subset (default: all)")
+    parser.add_argument("--memory", action="store_true", help="also the peak memory of each variant (CPU: a subprocess each)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--prune-batches", type=int, default=PrunerConfig().batches)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--only", choices=VARIANTS, help=argparse.SUPPRESS)  # memory probe
@@ -242,13 +281,20 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.dtype = torch.bfloat16 if args.bf16 else torch.float32  # the *_bf16 variants autocast over fp32 weights
+    args.dtype = torch.bfloat16 if args.bf16_weights else torch.float32  # the *_bf16 variants autocast over fp32 weights
     torch.manual_seed(0)
 
+    variants, extra, memory = {}, {}, {}
     scoring = synthetic_batches(args.prune_batches, args.batch_size, args.seq_len, args.device, seed=1)
     batches = synthetic_batches(4, args.batch_size, args.seq_len, args.device)
-    names = [args.only] if args.only else list(VARIANTS)
-    variants, extra, memory = {}, {}, {}
+    names = [args.only] if args.only else list(args.variants or VARIANTS)
+    skipped = {}
+    if not args.only:
+        names, skipped = bf16_choice(names, args)
+        for name, reason in skipped.items():
+            print(f"skipped {name}: {reason}", file=sys.stderr)
+    if "sparse_houlsby" not in names and not args.only:
+        extra.update({"prune_snip_seconds": float("nan"), "prune_grasp_seconds": float("nan")})
     for name in names:
         if args.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
@@ -274,15 +320,16 @@ def main() -> None:
         print(f"round {round_index + 1}/{args.warmup + args.steps}", file=sys.stderr, end="\r")
     median = {name: statistics.median(values) for name, values in times.items()}
     if not args.device.startswith("cuda"):
-        memory = {name: peak_memory_mb(name, args) for name in names}
+        memory = {name: peak_memory_mb(name, args) if args.memory else float("nan") for name in names}
 
     # Step ratios are paired: each round's two timings of a pair share that round's machine load,
     # so the median of per-round ratios (and its interquartile range, the noise) is what we report.
-    paired = {key: [a / b for a, b in zip(times[top], times[bottom])] for key, (top, bottom) in PAIRS.items()}
+    paired = {key: [a / b for a, b in zip(times[top], times[bottom])] for key, (top, bottom) in PAIRS.items()
+              if top in times and bottom in times}
     ratios = {key: statistics.median(values) for key, values in paired.items()}
     spread = {key: quartiles(values) for key, values in paired.items()}
-    step = median["sparse_houlsby"]
-    for scorer in ("snip", "grasp"):
+    step = median.get("sparse_houlsby", float("nan"))
+    for scorer in ("snip", "grasp") if "sparse_houlsby" in median else ():
         ratios[f"prune_{scorer}_over_step"] = extra[f"prune_{scorer}_seconds"] / step
         ratios[f"prune_{scorer}_over_rte10"] = extra[f"prune_{scorer}_seconds"] / (RTE_STEPS_10_EPOCHS * step)
 
@@ -299,7 +346,7 @@ def main() -> None:
         print(f"| {key} | {value:.4f} | {iqr} | {'' if target is None else target} | {verdict(value, target, low, high)} |")
     result = {"device": args.device, "dtype": str(args.dtype), "batch_size": args.batch_size, "seq_len": args.seq_len,
               "threads": torch.get_num_threads(), "steps": args.steps, "median_seconds": median, "peak_memory_mib": memory,
-              "seconds_per_round": times, **extra, "ratios": ratios, "ratio_quartiles": spread}
+              "seconds_per_round": times, **extra, "ratios": ratios, "ratio_quartiles": spread, "skipped": skipped}
     kernels = {name: attention_kernels(variants[name], batches[0]) for name in ("forward", "forward_bf16") if name in variants}
     for name, ops in kernels.items():
         print(f"attention in {name}: {', '.join(ops)}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
+from sparse_adapter.distributed import sharded_pairs
 from sparse_adapter.pruning.masks import MaskedPairs, mask_gradients_, mask_parameters_and_state_
 
 
@@ -25,7 +26,7 @@ class MaskEnforcement(L.Callback):
     def _masked(self, pl_module) -> MaskedPairs:
         if self._pairs is None or len(self._pairs) != len(pl_module.masks):
             parameters = pl_module.prunable_parameters()
-            self._pairs = [(parameters[name], mask) for name, mask in pl_module.masks.items()]
+            self._pairs = sharded_pairs((parameters[name], mask) for name, mask in pl_module.masks.items())  # FSDP2: DTensor masks
         return self._pairs
 
     def on_train_start(self, trainer: L.Trainer, pl_module) -> None:

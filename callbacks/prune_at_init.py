@@ -12,6 +12,7 @@ import lightning as L
 import torch
 from tqdm.auto import tqdm
 
+from sparse_adapter.distributed import gather_batches, sharded
 from sparse_adapter.errors import ConfigError, DegenerateScoresWarning, NumericalError
 from sparse_adapter.pruning import PrunerConfig, prune_with_report
 
@@ -28,10 +29,12 @@ class PruneAtInit(L.Callback):
     broadcasts its masks (or its NaN-score error), so every rank trains the same topology.
     """
 
-    def __init__(self, pruner: PrunerConfig, sparsity: float, seed: int = 0):
+    def __init__(self, pruner: PrunerConfig, sparsity: float, seed: int = 0, resuming: bool = False):
         pruner.validate(sparsity)
         self.pruner, self.sparsity, self.seed = pruner, sparsity, seed
+        self.resuming = resuming  # fit(ckpt_path=...): under sharding the masks come from the checkpoint (see setup)
         self.seconds = 0.0
+        self._pruned_before_sharding = False
         self.tied_score_tensors: list[str] = []  # what scoring found (kept in checkpoints: a resumed run reports it too)
         self.lookahead_tensors: list[str] = []
 
@@ -42,17 +45,37 @@ class PruneAtInit(L.Callback):
         self.tied_score_tensors = [str(n) for n in state_dict.get("tied_score_tensors", [])]
         self.lookahead_tensors = [str(n) for n in state_dict.get("lookahead_tensors", [])]
 
+    def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
+        """Sharded training (trainer=fsdp): prune here, before ``configure_model`` shards the model, on the full
+        weights every rank still holds; the scoring batches are every rank's first ones, so rank 0 scores the rows
+        a one-process run of the same seed scores. A resumed run gets placeholders its checkpoint overwrites."""
+        if stage != "fit" or not self.pruner.enabled or not sharded(trainer) or len(pl_module.masks):
+            return
+        if self.resuming:  # a sharded checkpoint loads into existing tensors only: give the masks a place
+            for name, parameter in pl_module.prunable_parameters().items():
+                pl_module.masks[name] = torch.ones_like(parameter, dtype=torch.bool)
+            return
+        self._pruned_before_sharding = True
+        self._prune(trainer, pl_module, lambda: gather_batches(self._first_batches(trainer.datamodule.train_dataloader())))
+
     def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
         if not self.pruner.enabled:
+            return
+        if self._pruned_before_sharding:
+            self._pruned_before_sharding = False
             return
         if len(pl_module.masks):
             log.info("PruneAtInit: %d masks restored from the checkpoint; not pruning again", len(pl_module.masks))
             return
+        self._prune(trainer, pl_module, lambda: self._scoring_batches(trainer))
+
+    def _prune(self, trainer: L.Trainer, pl_module, scoring_batches) -> None:
         start = time.perf_counter()
         params = pl_module.prunable_parameters()
         masks: dict | tuple | None = None
+        gathered = scoring_batches() if sharded(trainer) and self.pruner.needs_batches else None  # every rank takes part
         if trainer.is_global_zero:  # only rank 0's masks are used: other ranks wait for the broadcast
-            batches = self._scoring_batches(trainer) if self.pruner.needs_batches else []
+            batches = (gathered if gathered is not None else scoring_batches()) if self.pruner.needs_batches else []
             if batches:
                 log.info("PruneAtInit: scoring %d batches with %s (eval mode)", len(batches), self.pruner.scorer)
             was_training = pl_module.training
@@ -85,10 +108,11 @@ class PruneAtInit(L.Callback):
         self._log(trainer, pl_module)
 
     def _scoring_batches(self, trainer: L.Trainer) -> list:
+        return [trainer.strategy.batch_to_device(batch) for batch in self._first_batches(trainer.train_dataloader)]
+
+    def _first_batches(self, loader) -> list:
         with torch.random.fork_rng(devices=[]):
-            loader = trainer.train_dataloader
-            batches = list(itertools.islice(iter(loader), self.pruner.batches))
-        return [trainer.strategy.batch_to_device(batch) for batch in batches]
+            return list(itertools.islice(iter(loader), self.pruner.batches))
 
     def _log(self, trainer: L.Trainer, pl_module) -> None:
         masks = pl_module.masks

@@ -78,6 +78,9 @@ class PretrainedBackbone:
     config: dict = field(default_factory=dict)
     adapter_parts: list[str] | None = None  # encoder–decoder: which of encoder/decoder/cross get adapters (None: all)
     gradient_checkpointing: bool = False  # recompute block activations in backward: large backbones in less memory
+    quantization: str = "none"  # none | nf4 | int8: the frozen body's Linear layers in 4/8 bits (sparse_adapter.quantization)
+    compute_dtype: str = "float32"  # NF4 matmul dtype (bfloat16 where the hardware has bf16 units)
+    double_quant: bool = False  # NF4: quantize the block scales too (QLoRA)
 
     def build(self, task: str, **head_config) -> tuple[nn.Module, object]:
         location, local = resolve_location(self.name_or_path, self.package)
@@ -113,6 +116,9 @@ class RandomBackbone:
     seed: int = 0
     adapter_parts: list[str] | None = None  # encoder–decoder: which of encoder/decoder/cross get adapters (None: all)
     gradient_checkpointing: bool = False
+    quantization: str = "none"  # as PretrainedBackbone's
+    compute_dtype: str = "float32"
+    double_quant: bool = False
 
     def build(self, task: str, **head_config) -> tuple[nn.Module, object]:
         location, _ = resolve_location(self.tokenizer.name_or_path, self.tokenizer.package)

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from sparse_adapter.distributed import trainer_problem
 from sparse_adapter.errors import ConfigError
 from sparse_adapter.hf_resume import resumed_masks
 from sparse_adapter.hold import MaskHold, check_bool_masks, hold_masks
@@ -102,6 +103,8 @@ class SparseAdapterCallback(TrainerCallback):
         return sum(int(mask.sum()) for mask in self.masks.values()) / total if total else float("nan")
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kwargs):
+        if (problem := trainer_problem(args)) is not None:
+            raise ConfigError(problem)
         named = dict(model.named_parameters())  # masks may name any tensor (given masks, an explicit include)
         if state.global_step > 0:  # resumed from a checkpoint: its masks, never a new pruning of trained weights
             expected = ({name: p for name, p in named.items() if name in self.given_masks} if self.given_masks is not None

@@ -6,9 +6,11 @@ import lightning as L
 import torch
 
 from sparse_adapter.accounting import parameter_report
+from sparse_adapter.distributed import shard_blocks, sharded
 from sparse_adapter.errors import ConfigError
 from sparse_adapter.adapters import AdapterConfig
 from sparse_adapter.pruning import MaskSet
+from sparse_adapter.quantization import drop_quantization_state, of_backbone, quantize_backbone
 from tasks.optim import AdamWConfig
 
 
@@ -28,6 +30,8 @@ class AdapterModule(L.LightningModule):
         self.check_architecture()
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes as found
         self.prunable: list[str] = adapter.attach(self.model)
+        self.quantization = of_backbone(backbone)  # after attach: adapters in fp32 beside the layers they wrap
+        quantize_backbone(self.model, self.quantization)
         self.masks = MaskSet()
         self.optimizer_config = optimizer
         self.sample_predictions: list[dict] = []  # a few rows of the last evaluation, for a logger table
@@ -64,6 +68,16 @@ class AdapterModule(L.LightningModule):
 
     def parameter_report(self) -> dict:
         return parameter_report(self.model, self.prunable, self.masks)
+
+    def configure_model(self):
+        """trainer=fsdp (Lightning's ModelParallelStrategy): one ``fully_shard`` per block, then the root; masks
+        were fixed before (``PruneAtInit.setup``). Other strategies: nothing to do."""
+        if sharded(self._trainer):
+            shard_blocks(self.model, self.device_mesh["data_parallel"])
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "state_dict" in checkpoint:  # (trainer=fsdp loads it itself, before this hook)
+            drop_quantization_state(self.model, checkpoint["state_dict"], prefix="model.")  # quantized bodies resume too
 
     def configure_optimizers(self):
         return self.optimizer_config.build(self.model, int(self.trainer.estimated_stepping_batches))

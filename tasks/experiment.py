@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from callbacks import FiniteGuard, MaskEnforcement, PruneAtInit, RunState
 from callbacks.interrupt import SignalStop
 from sparse_adapter.adapters.base import merge_adapters
+from sparse_adapter.distributed import unshard_
 from sparse_adapter.errors import ConfigError
 from sparse_adapter.io import save_adapter, write_json_atomic
 from sparse_adapter.pruning import PrunerConfig, check_sparsity
@@ -157,7 +158,7 @@ def _run(cfg: DictConfig, output_dir: Path, stop: SignalStop) -> float:
     record["train_rows"] = len(datamodule.datasets["train"])
     resume_changes = check_matches(cfg.ckpt_path, recorded, record, cfg.get("resume_changes")) if recorded is not None else {}
 
-    pruning = PruneAtInit(pruner, sparsity, seed=cfg.seed)
+    pruning = PruneAtInit(pruner, sparsity, seed=cfg.seed, resuming=bool(cfg.get("ckpt_path")))
     guard = FiniteGuard(hint=f"lower optimizer.lr (now {optimizer.lr:g}) or check the data")
     run_state = RunState(record, started)
     callbacks = [pruning, MaskEnforcement(), run_state, guard]
@@ -174,6 +175,7 @@ def _run(cfg: DictConfig, output_dir: Path, stop: SignalStop) -> float:
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)  # a checkpoint is data
     metrics = {k.removeprefix("val/"): float(v) for k, v in trainer.validate(module, datamodule=datamodule, verbose=False)[0].items()}
 
+    unshard_(module.model)  # FSDP2: full tensors on every rank from here on, for the summary and the adapter file
     summary = {
         "status": "complete",
         "task": task.name,
@@ -189,6 +191,7 @@ def _run(cfg: DictConfig, output_dir: Path, stop: SignalStop) -> float:
         "seed": cfg.seed,
         "budget": budget,
         "precision": precision,
+        "quantization": module.quantization.describe(),
         "resumed_from": str(cfg.ckpt_path) if cfg.get("ckpt_path") else None,
         "resume_changes": resume_changes,  # settings allowed to differ from the checkpoint (resume_changes=[...])
         "main_metric": task.main_metric,

@@ -22,6 +22,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from sparse_adapter.errors import ConfigError
 from sparse_adapter.pruning.allocation import er_counts, kept_count, nm_group_size, uniform_counts
+from sparse_adapter.distributed import config_problem as sharding_problem
+from sparse_adapter.quantization import config_problem as quantization_problem
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("backbone", "task", "optimizer", "adapter", "pruner", "trainer", "logger", "callbacks")
@@ -247,14 +249,16 @@ def _sharded_strategy(cfg: dict) -> str | None:
     strategy = str((cfg.get("trainer") or {}).get("strategy", "")).lower()
     if any(s in strategy for s in SHARDED):
         return (
-            f"trainer.strategy={strategy}: sharded parameters are not supported (the pruning masks are full-shape"
-            " buffers applied to full-shape weights); use trainer=ddp, which replicates the adapters on every rank"
+            f"trainer.strategy={strategy}: sharded parameters are not supported this way (the pruning masks are full-shape"
+            " buffers); use trainer=fsdp (FSDP2, masks cut to each shard) or trainer=ddp, which replicates the adapters"
         )
     return None
 
 
 # (large_sparse and its contradictions are checked where it is resolved: tasks/resolvers.py, tasks/experiment.py)
 CONTRADICTIONS: list[Callable[[dict], str | None]] = [_sharded_strategy]
+CONTRADICTIONS.append(quantization_problem)  # backbone.quantization: bitsandbytes installed, an adapter to train
+CONTRADICTIONS.append(sharding_problem)  # trainer=fsdp: two or more devices, no quantized weights
 
 
 def _lookup(cfg: dict, dotted: str) -> tuple[bool, Any]:

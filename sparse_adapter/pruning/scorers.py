@@ -47,13 +47,20 @@ def magnitude_scores(params: dict[str, nn.Parameter], **_) -> dict[str, torch.Te
 
 
 def summed_gradients(params: Sequence[nn.Parameter], loss_fn: LossFn, batches: Iterable, temperature: float = 1.0):
-    total = [torch.zeros_like(p) for p in params]
-    for batch in batches:
-        grads = torch.autograd.grad(loss_fn(batch, temperature=temperature), params, allow_unused=True)
-        for accumulator, grad in zip(total, grads):
-            if grad is not None:
-                accumulator.add_(grad)
-    return total
+    """Σ over batches of ∂L/∂p, accumulated in place in ``.grad`` by autograd (as ``loss.backward()`` in training),
+    so no second gradient-sized buffer is alive while a batch's graph is: scoring peaks no higher than a training
+    step (benchmarks/memory.py). Whatever ``.grad`` held before is put back."""
+    params = list(params)
+    saved = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    try:
+        for batch in batches:
+            torch.autograd.backward(loss_fn(batch, temperature=temperature), inputs=params)
+        return [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    finally:
+        for p, grad in zip(params, saved):
+            p.grad = grad
 
 
 @register("snip", needs_batches=True)

@@ -1,0 +1,217 @@
+"""Peak memory of one LoRA training step and of SNIP, GraSP and SynFlow scoring at real shapes, fp32 and NF4.
+
+    python benchmarks/memory.py                          # every shape × precision × measure, one fresh process each
+    python benchmarks/memory.py --shapes qwen2.5-0.5b --measures train snip
+    python benchmarks/memory.py --device cuda            # CUDA: max allocated instead of RSS
+
+Models are built from the real configs' shapes (Qwen2.5-0.5B, Llama-3.2-1B; written out below, nothing is
+downloaded) with random weights, as causal LMs; LoRA r=16 (alpha 32) on every projection of every block
+(q, k, v, o, gate, up, down, as QLoRA), N(0, 0.02) factors (non-zero, so SNIP/GraSP see no ties).
+One batch of 1 × 512 random tokens with the LM loss. Measures:
+  train    one forward + backward + AdamW step (masks held by ``hold_masks``, as in training)
+  snip / grasp / synflow   ``prune`` at s=0.4 over 2 such batches (GraSP: eager attention, double backward)
+Peak: on CPU the peak resident set (VmHWM) of a fresh process (large allocations mmapped, see ALLOCATOR), reset (``/proc/self/clear_refs``) once the model
+is built and quantized, so the number is the operation's peak with the model resident, not the fp32 build's
+transient before NF4 quantization; the model's resident size before the operation is reported beside it.
+On CUDA, ``torch.cuda.max_memory_allocated`` after a reset. Goal (issue 33): every scorer's peak <= the
+training step's peak, and NF4's training peak <= 0.4 × fp32's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SHAPES = {  # from the models' config.json (hub), shapes only
+    "qwen2.5-0.5b": dict(model_type="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                         num_attention_heads=14, num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768,
+                         rope_theta=1000000.0, tie_word_embeddings=True, rms_norm_eps=1e-6),
+    "llama-3.2-1b": dict(model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                         num_attention_heads=32, num_key_value_heads=8, head_dim=64, vocab_size=128256,
+                         max_position_embeddings=131072, rope_theta=500000.0, tie_word_embeddings=True, rms_norm_eps=1e-5),
+}
+PRECISIONS = ("fp32", "nf4")
+MEASURES = ("train", "snip", "grasp", "synflow")
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+SEQUENCE = 512
+# glibc raises its mmap threshold after each large free, so later large tensors come from heap arenas that are never
+# given back: the peak RSS would then count freed graphs of earlier batches. A fixed threshold keeps every large
+# tensor mmapped (returned on free), for every measure alike: the peak is what the tensors need.
+ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
+def resident_kib(field: str = "VmRSS") -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(field)
+
+
+def reset_peak(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+
+
+def peak_mib(device: str) -> float:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resident_kib("VmHWM") / 1024
+
+
+def current_mib(device: str) -> float:
+    import torch
+
+    return torch.cuda.memory_allocated() / 2**20 if device == "cuda" else resident_kib() / 1024
+
+
+def build(shape: str, precision: str, device: str):
+    """The causal LM with LoRA attached (fp32 factors), the body quantized for nf4; prunable names."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from sparse_adapter.adapters import LoRAConfig
+    from sparse_adapter.quantization import Quantization, quantize_backbone
+
+    settings = dict(SHAPES[shape])
+    config = AutoConfig.for_model(settings.pop("model_type"), **settings)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32)
+    for parameter in model.parameters():  # causal-LM heads are pretrained: frozen, as the body
+        parameter.requires_grad_(False)
+    prunable = LoRAConfig(r=16, alpha=32, targets=TARGETS, init="bert").attach(model)
+    if precision == "nf4":
+        quantize_backbone(model, Quantization("nf4", compute_dtype="float32"))
+    model.to(device)
+    return model, prunable
+
+
+def batch(vocab: int, device: str, seed: int) -> dict:
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (1, SEQUENCE), generator=generator).to(device)
+    return {"input_ids": ids, "labels": ids}
+
+
+def measure(shape: str, precision: str, what: str, device: str, batches: int = 2) -> dict:
+    import gc
+
+    import torch
+
+    from sparse_adapter.hold import hold_masks
+    from sparse_adapter.pruning import PrunerConfig, prune
+
+    model, prunable = build(shape, precision, device)
+    vocab = SHAPES[shape]["vocab_size"]
+    named = dict(model.named_parameters())
+    params = {n: named[n] for n in prunable}
+    gc.collect()
+    resident = current_mib(device)
+    reset_peak(device)
+    start = time.perf_counter()
+    if what == "train":
+        model.train()
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.1)
+        masks = {n: torch.rand(p.shape, device=p.device) >= 0.4 for n, p in params.items()}
+        hold = hold_masks(optimizer, params, masks)
+        _tempered_loss(model, batch(vocab, device, 0), 1.0).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        hold.remove()
+    else:
+        model.eval()
+        scoring = [batch(vocab, device, seed) for seed in range(batches)]
+        config = PrunerConfig(what, batches=len(scoring), **({"iterations": 1} if what == "synflow" else {}))
+        masks = prune(params, 0.4, config, loss_fn=lambda b, temperature=1.0: _tempered_loss(model, b, temperature),
+                      batches=scoring, seed=0, model=model)
+        assert sum(int(m.sum()) for m in masks.values()) > 0
+    seconds = time.perf_counter() - start
+    return {"shape": shape, "precision": precision, "measure": what, "device": device, "peak_mib": round(peak_mib(device), 1),
+            "model_resident_mib": round(resident, 1), "seconds": round(seconds, 2), "threads": torch.get_num_threads(),
+            "adapter_weights": sum(p.numel() for p in params.values()), "scoring_batches": 0 if what == "train" else batches}
+
+
+def _tempered_loss(model, batch, temperature: float):
+    """The next-token loss with logits / T (GraSP's temperature; 1 for training and the other scorers)."""
+    import torch.nn.functional as F
+
+    logits = model(input_ids=batch["input_ids"]).logits[:, :-1].float() / temperature
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1))
+
+
+def table(results: list[dict]) -> str:
+    by = {(r["shape"], r["precision"], r["measure"]): r for r in results}
+    lines = ["| shape | precision | model resident MiB | train peak MiB | snip | grasp | synflow | scorers <= train | nf4/fp32 train |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for shape in SHAPES:
+        for precision in PRECISIONS:
+            train = by.get((shape, precision, "train"))
+            if train is None:
+                continue
+            scorers = [by.get((shape, precision, m)) for m in ("snip", "grasp", "synflow")]
+            fp32 = by.get((shape, "fp32", "train"))
+            ratio = f"{train['peak_mib'] / fp32['peak_mib']:.2f}" if precision == "nf4" and fp32 else ""
+            ok = all(s is not None and s["peak_mib"] <= train["peak_mib"] for s in scorers)
+            cells = [f"{s['peak_mib']:.0f}" if s else "-" for s in scorers]
+            lines.append(f"| {shape} | {precision} | {train['model_resident_mib']:.0f} | {train['peak_mib']:.0f} | {' | '.join(cells)} "
+                         f"| {'yes' if ok else 'no'} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=list(PRECISIONS))
+    parser.add_argument("--measures", nargs="+", default=list(MEASURES), choices=list(MEASURES))
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads per measurement (memory only: any number)")
+    parser.add_argument("--out", default=None, help="JSON results (default benchmarks/results/memory_<device>.json)")
+    parser.add_argument("--batches", type=int, default=2, help="scoring batches (each freed before the next)")
+    parser.add_argument("--append", action="store_true", help="merge into the results already in --out (same keys replaced)")
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # the child: one measurement, JSON on stdout
+    args = parser.parse_args()
+    if args.one:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        print("RESULT " + json.dumps(measure(args.shapes[0], args.precisions[0], args.measures[0], args.device, args.batches)), flush=True)
+        return
+    out = Path(args.out or ROOT / "benchmarks" / "results" / f"memory_{args.device}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results = json.loads(out.read_text())["results"] if args.append and out.is_file() else []
+    for shape in sorted(args.shapes, key=lambda s: list(SHAPES).index(s), reverse=True):  # the 1B shape first
+        for precision in args.precisions:
+            for what in args.measures:
+                command = [sys.executable, __file__, "--one", "--shapes", shape, "--precisions", precision, "--measures", what,
+                           "--device", args.device, "--threads", str(args.threads), "--batches", str(args.batches)]
+                done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, **ALLOCATOR))
+                line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
+                if line is None:
+                    error = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                    print(f"error: {shape} {precision} {what}: {error}", file=sys.stderr)
+                    continue
+                new = json.loads(line.removeprefix("RESULT "))
+                results = [r for r in results if (r["shape"], r["precision"], r["measure"]) != (shape, precision, what)] + [new]
+                print(json.dumps(new), flush=True)
+                out.write_text(json.dumps({"results": results, "table": table(results)}, indent=1) + "\n")  # after each one
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
