@@ -279,21 +279,26 @@ def check_backbone(model: nn.Module, saved: dict | None, path: str | Path, setti
         raise ConfigError(f"{setting} '{path}' was trained on backbone '{saved['name']}', this model is '{ours['name']}'")
 
 
+# adapter settings that size a tensor the loader allocates (alpha, dropout and the like are not sizes)
+SIZE_FIELDS = ("bottleneck", "r", "size", "length", "mlp_hidden")
+
+
 def check_declared_sizes(path, metadata: Mapping, tensors: Mapping[str, torch.Tensor], hidden: int) -> None:
     """Sizes the metadata asks the loader to allocate (head labels, adapter widths), checked before building anything.
 
-    Each such matrix is stored in the file (``num_labels`` × hidden for the head, width × hidden for an adapter
-    matrix), so no legitimate size times the hidden size exceeds the file's largest tensor."""
-    largest = max((t.numel() for t in tensors.values()), default=0)
+    Each such size spans at least one stored matrix across the hidden width (``num_labels`` × hidden for the
+    head; an adapter width × hidden over its matrices, GQA's narrow key/value prefixes summed over layers), so
+    no legitimate size times the hidden size exceeds the entries the file holds."""
+    held = sum(t.numel() for t in tensors.values())
     head, config = metadata.get("head") or {}, metadata.get("adapter_config") or {}
     asked = {"head.num_labels": head.get("num_labels") if isinstance(head, Mapping) else None}
     if isinstance(config, Mapping):
-        asked.update({f"adapter_config.{k}": v for k, v in config.items() if isinstance(v, int) and not isinstance(v, bool)})
+        asked.update({f"adapter_config.{k}": config[k] for k in SIZE_FIELDS if k in config})
     for field, value in asked.items():
         if value is None:
             continue
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ConfigError(f"adapter file '{path}': metadata field '{field}'={value!r} is not a size")
-        if value * max(int(hidden), 1) > largest:
+        if value * max(int(hidden), 1) > held:
             raise ConfigError(f"adapter file '{path}': metadata field '{field}'={value} asks for {value} × {hidden} entries, more"
-                              f" than the file holds in any tensor ({largest}); refused before allocating")
+                              f" than the file holds ({held}); refused before allocating")

@@ -112,7 +112,7 @@ def ddp_run(glue_dir, folder, *extra):
                             *extra, timeout=400)
 
 
-def test_callbacks(folder) -> list[str]:
+def resume_callbacks(folder) -> list[str]:
     """The test-only callback overrides, given again on resume: a run folder's ``_target_`` overrides are never replayed."""
     return [*(o for o in RESUMABLE_DDP if o.startswith("+callbacks.")), f"+callbacks.dump.dirpath={folder}"]
 
@@ -152,7 +152,7 @@ def test_two_ranks_stop_together_at_a_sigterm_to_rank_0_and_resume_to_the_uninte
     assert f"interrupted at step 3 by SIGTERM; resume with: python train.py resume={run.resolve()}" in stderr
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
     assert not (run / "summary.json").exists()
-    resumed = train_subprocess(f"resume={run}", *test_callbacks(run), *wait, timeout=400)  # a folder's _target_s are not replayed
+    resumed = train_subprocess(f"resume={run}", *resume_callbacks(run), *wait, timeout=400)  # a folder's _target_s are not replayed
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_ddp_run(run, ddp_straight)
 
@@ -165,7 +165,7 @@ def test_two_ranks_killed_mid_epoch_resume_to_the_uninterrupted_weights(tmp_path
     killed = tmp_path / "killed"
     kill = ["+callbacks.kill._target_=tests.helpers.KillAtStep", "+callbacks.kill.step=3", f"+callbacks.kill.marker={tmp_path / 'killed.marker'}"]
     assert run(killed, *kill).returncode == -9  # at step 3: its last.ckpt is from step 2, half-way through epoch 0
-    resumed = train_subprocess(f"resume={killed}", *test_callbacks(killed), *kill, timeout=400)
+    resumed = train_subprocess(f"resume={killed}", *resume_callbacks(killed), *kill, timeout=400)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     for log in ("train.log", "train_ddp_process_1.log"):  # each rank's log
         assert "resume: epoch 0 continues after batch 2" in (killed / log).read_text()

@@ -52,6 +52,7 @@ def test_fsdp_on_two_cpu_ranks_equals_one_process_and_resumes_its_masks(tmp_path
     assert summary(sharded)["adapter_weights_kept"] == summary(single)["adapter_weights_kept"]
 
     result = train_subprocess(*SHARDED, "trainer.max_steps=12", "trainer.max_epochs=12", f"data_dir={glue_dir}",
+                              "resume_changes=[trainer.max_steps,trainer.max_epochs]",
                               f"ckpt_path={sharded}/checkpoints/last.ckpt", f"hydra.run.dir={resumed}", *record,
                               f"+callbacks.shards.dirpath={resumed}", timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -97,7 +97,8 @@ def test_the_cli_trains_nf4_lora_with_exact_masks_records_it_and_resumes(tmp_pat
            "data.batch_size=4", "callbacks=resumable", "callbacks.last_checkpoint.every_n_train_steps=2"]
     train_in_process(tmp_path, *run, "trainer.max_steps=2")
     resumed = tmp_path / "resumed"  # the checkpoint holds bitsandbytes' quantization state beside the packed weights
-    train_in_process(resumed, *run, "trainer.max_steps=4", "trainer.max_epochs=2", f"ckpt_path={tmp_path}/checkpoints/last.ckpt")
+    train_in_process(resumed, *run, "trainer.max_steps=4", "trainer.max_epochs=2",
+                     "resume_changes=[trainer.max_steps,trainer.max_epochs]", f"ckpt_path={tmp_path}/checkpoints/last.ckpt")
     assert summary(resumed)["global_steps"] > 2 and summary(resumed)["quantization"]["method"] == "nf4"
     assert all(torch.equal(read_adapter(resumed / "adapter.safetensors")[1][n], m)
                for n, m in read_adapter(tmp_path / "adapter.safetensors")[1].items())
@@ -171,7 +172,7 @@ def test_prune_peft_model_and_the_callback_on_a_4bit_peft_model(rows, tmp_path):
     masks = prune_peft_model(model, sparsity=0.5, pruner="snip", batches=batched(examples[:8], 4))
     count, total = kept(masks)
     assert count == kept_count(total, 0.5) and all("lora_" in n for n in masks)
-    callback = SparseAdapterCallback(sparsity=0.5, pruner="snip", batches=2)
+    callback = SparseAdapterCallback(sparsity=0.5, pruner="snip", num_batches=2)
     trainer = trainer_for(model, examples[:16], tmp_path, callback, max_steps=2)
     trainer.train()
     assert kept(callback.masks)[0] == kept_count(total, 0.5)

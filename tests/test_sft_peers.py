@@ -28,7 +28,7 @@ def test_our_sft_loss_equals_trl_and_the_callback_holds_masks_in_sft_trainer(tmp
     module = sft_module()
     model, tokenizer = module.model, module.tokenizer
     tokenizer.chat_template = TEMPLATE
-    callback = SparseAdapterCallback(sparsity=0.5, pruner="snip", batches=1)
+    callback = SparseAdapterCallback(sparsity=0.5, pruner="snip", num_batches=1)
     args = SFTConfig(output_dir=str(tmp_path / "trl"), max_steps=3, per_device_train_batch_size=len(ROWS),
                      learning_rate=1e-2, report_to=[], use_cpu=True, save_strategy="no", logging_steps=1, seed=0,
                      completion_only_loss=True,

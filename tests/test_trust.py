@@ -259,12 +259,12 @@ def test_the_trainer_callback_reads_the_masks_of_the_checkpoint_being_resumed(gl
     masks = {}
     for run, seed in (("A", 0), ("B", 1)):  # two runs, other weights and other masks, each with a checkpoint-2
         model, tokenizer = peft_model(seed=seed)
-        callback = SparseAdapterCallback(sparsity=0.5, pruner="random", batches=1, seed=seed)
+        callback = SparseAdapterCallback(sparsity=0.5, pruner="random", num_batches=1, seed=seed)
         trainer_for(model, encode(tokenizer, rows), tmp_path / run, callback, max_steps=2, save_strategy="steps", save_steps=2).train()
         masks[run] = callback.masks
     assert any(not torch.equal(masks["A"][n], masks["B"][n]) for n in masks["A"])
     model, tokenizer = peft_model(seed=2)
-    callback = SparseAdapterCallback(sparsity=0.5, pruner="random", batches=1, seed=2)
+    callback = SparseAdapterCallback(sparsity=0.5, pruner="random", num_batches=1, seed=2)
     trainer = trainer_for(model, encode(tokenizer, rows), tmp_path / "B", callback, max_steps=4)  # output_dir: B
     trainer.train(resume_from_checkpoint=str(tmp_path / "A" / "checkpoint-2"))  # resumes A
     assert all(torch.equal(callback.masks[n], masks["A"][n]) for n in masks["A"])  # A's masks, not B's
@@ -274,6 +274,6 @@ def test_the_trainer_callback_reads_the_masks_of_the_checkpoint_being_resumed(gl
 
     save_masks(foreign, tmp_path / "A" / "checkpoint-2" / MASKS_FILE)
     model, tokenizer = peft_model(seed=2)
-    trainer = trainer_for(model, encode(tokenizer, rows), tmp_path / "C", SparseAdapterCallback(sparsity=0.5, batches=1), max_steps=4)
+    trainer = trainer_for(model, encode(tokenizer, rows), tmp_path / "C", SparseAdapterCallback(sparsity=0.5, num_batches=1), max_steps=4)
     with pytest.raises(ConfigError, match="checkpoint-2: its masks do not fit this model"):
         trainer.train(resume_from_checkpoint=str(tmp_path / "A" / "checkpoint-2"))
