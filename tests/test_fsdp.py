@@ -93,8 +93,13 @@ def test_the_trainer_callback_refuses_what_it_cannot_hold_exactly(setting, expec
     from sparse_adapter.hf_trainer import SparseAdapterCallback
     from tests.conftest import tiny_model
 
-    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], **setting)
-    model, _ = tiny_model()
-    with pytest.raises(ConfigError) as error:
-        SparseAdapterCallback().on_train_begin(args, TrainerState(), TrainerControl(), model=model)
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    try:
+        args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], **setting)
+        model, _ = tiny_model()
+        with pytest.raises(ConfigError) as error:
+            SparseAdapterCallback().on_train_begin(args, TrainerState(), TrainerControl(), model=model)
+    finally:  # TrainingArguments(deepspeed=...) registers a process-wide config: later tests must not see ZeRO
+        unset_hf_deepspeed_config()
     assert str(error.value).startswith(expected) and "\n" not in str(error.value)

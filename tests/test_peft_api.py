@@ -93,7 +93,7 @@ def test_the_callback_checks_every_keyword_when_built(keywords, argument):
 
 def test_the_callback_takes_the_count_under_its_old_name_with_a_warning():
     with pytest.warns(FutureWarning, match="num_batches"):
-        assert SparseAdapterCallback(num_batches=3).num_batches == 3
+        assert SparseAdapterCallback(batches=3).num_batches == 3
 
 
 @pytest.mark.parametrize("call, argument", [
