@@ -23,14 +23,25 @@ MAX_SUMMARY_BYTES = 16 << 20
 
 
 def backbone_spec(name: str):
-    """One of our own backbone configs by name, or a local model folder; never a config read from the run."""
-    from sparse_adapter.backbones import PretrainedBackbone
+    """One of our own backbone configs by name, or a local model folder; never a config read from the run.
+
+    The YAML is read as plain data (no Hydra in the library): its ``_target_`` may name only our two backbone
+    classes, so even an edited ``conf/backbone`` file cannot make this build anything else."""
+    import yaml
+
+    from sparse_adapter.backbones import PretrainedBackbone, RandomBackbone
+
+    classes = {f"sparse_adapter.backbones.{cls.__name__}": cls for cls in (PretrainedBackbone, RandomBackbone)}
+
+    def build(node):
+        if isinstance(node, dict) and "_target_" in node:
+            if node["_target_"] not in classes:
+                raise ConfigError(f"--backbone: conf/backbone/{name}.yaml names {node['_target_']!r}, not a backbone class")
+            return classes[node["_target_"]](**{k: build(v) for k, v in node.items() if k != "_target_"})
+        return node
 
     if (CONF / f"{name}.yaml").is_file():
-        from hydra.utils import instantiate
-        from omegaconf import OmegaConf
-
-        return instantiate(OmegaConf.load(CONF / f"{name}.yaml"), _convert_="object")
+        return build(yaml.safe_load((CONF / f"{name}.yaml").read_text()))
     if Path(name).expanduser().is_dir():
         return PretrainedBackbone(str(Path(name).expanduser()))
     raise ConfigError(f"--backbone: '{name}' is neither a config in conf/backbone/ nor a local model folder")
