@@ -1,7 +1,8 @@
 """Start-up cost of `import sparse_adapter` against `import torch` alone: one fresh process per sample,
 the variants interleaved, the median wall time of each, and `-X importtime`'s total for the package.
 
-    python benchmarks/import_time.py --checkout /path/to/old --checkout . --repeats 7 --out benchmarks/results/import_time.json
+    python benchmarks/import_time.py --checkout /path/to/old --checkout . --repeats 7 \
+        --out benchmarks/results/import_time.json
 
 Each ``--checkout`` is put first on PYTHONPATH, so two trees (before / after a change) compare on one
 interpreter and one machine.
@@ -52,7 +53,8 @@ def main() -> None:
         for c in checkouts:
             samples[f"import sparse_adapter ({c})"].append(wall("import sparse_adapter", c))
     torch_alone = statistics.median(samples["import torch"])
-    result = {"python": sys.version.split()[0], "repeats": args.repeats, "torch_median_s": round(torch_alone, 3), "checkouts": {}}
+    result = {"python": sys.version.split()[0], "repeats": args.repeats, "torch_median_s": round(torch_alone, 3),
+              "checkouts": {}}
     for c in checkouts:
         median = statistics.median(samples[f"import sparse_adapter ({c})"])
         total, beyond_torch = importtime(c)

@@ -3,6 +3,7 @@ files here, never copied). A block preceded by `<!-- no-test: reason -->` is ski
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import subprocess
@@ -54,7 +55,7 @@ def test_the_site_builds_strict(tmp_path):
     pytest.importorskip("mkdocs")
     site = tmp_path / "site"
     out = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)], cwd=str(ROOT),
-                         capture_output=True, text=True, env={**__import__("os").environ, "NO_MKDOCS_2_WARNING": "1"})
+                         capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
     api = (site / "api" / "index.html").read_text(encoding="utf-8")
     assert "attach_adapter" in api and "SparseAdapterCallback" in api and "prune_peft_model" in api

@@ -19,8 +19,8 @@ HEAVY = ("transformers", "lightning", "hydra", "omegaconf", "peft", "datasets", 
 def test_import_loads_no_framework_and_every_public_name_is_there_or_lazy():
     code = ("import sys, sparse_adapter\n"
             f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
-            "missing = [n for n in sparse_adapter.__all__ if n not in vars(sparse_adapter) and n not in sparse_adapter._LAZY]\n"
-            "print(missing)\n")
+            "names = set(vars(sparse_adapter)) | set(sparse_adapter._LAZY)\n"
+            "print([n for n in sparse_adapter.__all__ if n not in names])\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=str(ROOT))
     assert out.stdout.split("\n")[:2] == ["[]", "[]"], out.stdout
 
@@ -47,8 +47,8 @@ def test_wheel_installs_into_a_fresh_venv_with_the_library_only(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
-    subprocess.run([*pip, "--python", str(python), "install", "--no-deps", "--no-build-isolation", "--no-index", str(wheel)],
-                   check=True, capture_output=True, cwd=str(tmp_path))
+    subprocess.run([*pip, "--python", str(python), "install", "--no-deps", "--no-build-isolation", "--no-index",
+                    str(wheel)], check=True, capture_output=True, cwd=str(tmp_path))
     site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                check=True, capture_output=True, text=True).stdout.strip())
     top = {p.name for p in site.iterdir()}
@@ -56,8 +56,10 @@ def test_wheel_installs_into_a_fresh_venv_with_the_library_only(tmp_path):
     # torch and transformers come from this environment (appended after the venv's own site-packages)
     (site / "borrowed.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     code = ("import importlib.util, sparse_adapter; from sparse_adapter import AdapterConfig, prune; "
-            "print(sparse_adapter.__file__); print(importlib.util.find_spec('tasks'), importlib.util.find_spec('callbacks'))")
+            "print(sparse_adapter.__file__); "
+            "print(importlib.util.find_spec('tasks'), importlib.util.find_spec('callbacks'))")
     clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the checkout must not shadow the wheel
-    out = subprocess.run([str(python), "-c", code], check=True, capture_output=True, text=True, cwd=str(tmp_path), env=clean)
+    out = subprocess.run([str(python), "-c", code], check=True, capture_output=True, text=True, cwd=str(tmp_path),
+                         env=clean)
     where, app = out.stdout.splitlines()
     assert Path(where).is_relative_to(site) and app == "None None"
