@@ -33,7 +33,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-import transformers
 from safetensors import safe_open
 from torch import nn
 
@@ -217,6 +216,8 @@ def backbone_identity(model: nn.Module) -> dict:
 
 
 def head_identity(model: nn.Module) -> dict:
+    import transformers
+
     from sparse_adapter.backbones import TASK_MODEL_CLASSES
 
     task_head = None

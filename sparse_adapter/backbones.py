@@ -15,9 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-import transformers
 from torch import nn
-from transformers import AutoConfig, AutoTokenizer
 
 from sparse_adapter.errors import ConfigError
 
@@ -57,6 +55,8 @@ def resolve_location(name_or_path: str, package: str | None) -> tuple[str, bool]
 def model_class(task: str):
     if task not in TASK_MODEL_CLASSES:
         raise ConfigError(f"task head '{task}' is unknown (choose from {', '.join(TASK_MODEL_CLASSES)})")
+    import transformers  # here, not at the top: `import sparse_adapter` must not load transformers
+
     return getattr(transformers, TASK_MODEL_CLASSES[task])
 
 
@@ -83,6 +83,8 @@ class PretrainedBackbone:
     double_quant: bool = False  # NF4: quantize the block scales too (QLoRA)
 
     def build(self, task: str, **head_config) -> tuple[nn.Module, object]:
+        from transformers import AutoConfig, AutoTokenizer
+
         location, local = resolve_location(self.name_or_path, self.package)
         offline = not local and not hub_reachable()
         try:
@@ -121,6 +123,8 @@ class RandomBackbone:
     double_quant: bool = False
 
     def build(self, task: str, **head_config) -> tuple[nn.Module, object]:
+        from transformers import AutoConfig, AutoTokenizer
+
         location, _ = resolve_location(self.tokenizer.name_or_path, self.tokenizer.package)
         tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=True)
         try:
@@ -207,6 +211,8 @@ def _seeded(seed: int):
 @contextlib.contextmanager
 def quiet_transformers():
     """Silence the load report listing the (expected) newly initialised head."""
+    import transformers
+
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
     try:

@@ -7,11 +7,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
 from sparse_adapter.adapters.base import AdapterConfig, WrapperLayer, freeze_backbone, kaiming_uniform
 from sparse_adapter.adapters.layouts import replace_submodule
-from sparse_adapter.adapters.targets import in_features, merged, out_features, resolve
+from sparse_adapter.adapters.targets import in_features, is_conv1d, merged, out_features, resolve
 from sparse_adapter.errors import ConfigError
 
 
@@ -63,7 +62,7 @@ class LoRALinear(WrapperLayer):
         if self.channels is not None:
             full = update.new_zeros(out_features(self.base_layer), update.shape[1])
             update = full.index_copy(0, self.channels, update)
-        return update.T if isinstance(self.base_layer, Conv1D) else update
+        return update.T if is_conv1d(self.base_layer) else update
 
 
 @dataclass

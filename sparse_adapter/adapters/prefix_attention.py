@@ -7,7 +7,6 @@ import sys
 
 import torch
 from torch import nn
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from sparse_adapter.adapters.base import AdapterLayer
 
@@ -93,6 +92,8 @@ class PrefixAttention(AdapterLayer):
         as_heads = lambda t: t.view(1, self.length, -1, head_size).transpose(1, 2).expand(batch, -1, -1, -1)  # noqa: E731
         key = torch.cat([as_heads(prefix_key).to(key.dtype), key], dim=2)
         value = torch.cat([as_heads(prefix_value).to(value.dtype), value], dim=2)
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
         eager = getattr(sys.modules[type(attention).__module__], "eager_attention_forward", None)
         interface = ALL_ATTENTION_FUNCTIONS.get_interface(attention.config._attn_implementation, eager)
         return interface(attention, query, key, value, extend_mask(attention_mask, self.length),

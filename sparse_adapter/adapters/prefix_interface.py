@@ -7,13 +7,24 @@ import sys
 
 import torch
 from torch import nn
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
 from sparse_adapter.adapters.layouts import Slice, target_path
 from sparse_adapter.adapters.prefix_attention import PrefixAttention, causal_mask, extend_mask
 from sparse_adapter.adapters.targets import in_features, out_features
 
 INTERFACE = "sparse_adapter_prefix"  # the attention implementation a prefixed attention module sees
+_registered = False
+
+
+def register_interface() -> None:
+    """Register ``INTERFACE`` with transformers' attention functions, once, on first use (not at import:
+    importing this module must not load transformers' modeling code)."""
+    global _registered
+    if not _registered:
+        from transformers.modeling_utils import AttentionInterface
+
+        AttentionInterface.register(INTERFACE, _prefixed_attention)
+        _registered = True
 
 
 class PrefixedConfig:
@@ -44,6 +55,7 @@ class InterfacePrefixAttention(PrefixAttention):
 
     def __init__(self, attention: nn.Module, length: int, mlp_hidden: int, init_std: float, key: Slice | str):
         self._key = key
+        register_interface()
         super().__init__(attention, length, mlp_hidden, init_std)
         attention.config = PrefixedConfig(attention.config)
         attention.__dict__["prefix_owner"] = self  # outside the module tree: no cycle
@@ -54,6 +66,7 @@ class InterfacePrefixAttention(PrefixAttention):
         return in_features(module), width, width, module.weight
 
     def forward(self, *args, **kwargs):
+        register_interface()  # a module unpickled in a fresh process never ran __init__
         return self.attention(*args, **kwargs)
 
     def join(self, module: nn.Module, query, key, value, attention_mask, **kwargs):
@@ -69,6 +82,8 @@ class InterfacePrefixAttention(PrefixAttention):
         bias = kwargs.get("position_bias")
         if bias is not None:  # T5: the prefix's keys carry no relative position bias
             kwargs["position_bias"] = torch.cat([bias.new_zeros((*bias.shape[:-1], self.length)), bias], dim=-1)
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
         eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
         interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager)
         return interface(module, query, key, value, extend_mask(attention_mask, self.length), **kwargs)
@@ -76,6 +91,3 @@ class InterfacePrefixAttention(PrefixAttention):
 
 def _prefixed_attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
     return module.__dict__["prefix_owner"].join(module, query, key, value, attention_mask, **kwargs)
-
-
-AttentionInterface.register(INTERFACE, _prefixed_attention)

@@ -7,28 +7,47 @@ gives ``query`` and ``value`` one slice each; several targets on one module merg
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
 from sparse_adapter.adapters.layouts import Slice, has_layout, layouts_for, target_path, transformer_blocks
 from sparse_adapter.errors import ConfigError
 
-PROJECTIONS = (nn.Linear, Conv1D)  # what a module-name target may wrap (Conv1D: GPT-2, weight stored in×out)
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """Whether ``module`` is transformers' ``Conv1D`` (GPT-2, weight stored in×out), without importing
+    transformers: an instance exists only once its module is loaded, so a missing module means no."""
+    utils = sys.modules.get("transformers.pytorch_utils")
+    return utils is not None and isinstance(module, utils.Conv1D)
+
+
+def is_projection(module: nn.Module) -> bool:
+    """What a module-name target may wrap: ``nn.Linear`` or GPT-2's ``Conv1D``."""
+    return isinstance(module, nn.Linear) or is_conv1d(module)
+
+
+def __getattr__(name: str):
+    if name == "PROJECTIONS":  # the (Linear, Conv1D) pair, built on demand so importing this module skips transformers
+        from transformers.pytorch_utils import Conv1D
+
+        return (nn.Linear, Conv1D)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def in_features(module: nn.Module) -> int:
-    return module.weight.shape[0] if isinstance(module, Conv1D) else module.in_features
+    return module.weight.shape[0] if is_conv1d(module) else module.in_features
 
 
 def out_features(module: nn.Module) -> int:
     """Output width of a projection, or of the last projection inside a sublayer (BERT's ``intermediate``)."""
-    if isinstance(module, Conv1D):
+    if is_conv1d(module):
         return module.nf
     if isinstance(module, nn.Linear):
         return module.out_features
-    inner = [m for m in module.modules() if isinstance(m, PROJECTIONS)]
+    inner = [m for m in module.modules() if is_projection(m)]
     if not inner:
         raise ConfigError(f"adapter: cannot tell the output width of {type(module).__name__}")
     return out_features(inner[-1])
@@ -46,7 +65,7 @@ class Site:
 def body_projections(model: nn.Module) -> dict[str, nn.Module]:
     """Qualified name -> Linear/Conv1D of the backbone body (the task head is not a target)."""
     body = {id(m) for m in model.base_model.modules()}
-    return {name: m for name, m in model.named_modules() if isinstance(m, PROJECTIONS) and id(m) in body}
+    return {name: m for name, m in model.named_modules() if is_projection(m) and id(m) in body}
 
 
 def resolve(model: nn.Module, targets: list[str], tables: tuple[str, ...], setting: str = "adapter.targets") -> dict[str, list[Site]]:
