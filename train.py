@@ -43,5 +43,7 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    sys.argv[1:] = precheck(sys.argv[1:])  # one `error:` line for bad overrides; resume=DIR expanded
+    argv = precheck(sys.argv[1:])  # one `error:` line for bad overrides, before Hydra writes anything
+    if argv != sys.argv[1:]:  # resume=DIR: this command again, as the overrides that run was started with
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:-len(sys.argv)], sys.argv[0], *argv])
     main()
