@@ -37,9 +37,11 @@ def main() -> None:
     parser.add_argument("--before", type=Path, required=True)
     parser.add_argument("--after", type=Path, default=Path("."))
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--extra", action="append", default=[], help="label=path: another tree timed alongside")
     parser.add_argument("--out", type=Path, default=None)
     options = parser.parse_args()
     trees = {"before": options.before.resolve(), "after": options.after.resolve()}
+    trees.update({label: Path(path).resolve() for label, path in (e.split("=", 1) for e in options.extra)})
     times: dict[str, dict[str, list[float]]] = {name: {label: [] for label in trees} for name in COMMANDS}
     for name, args in COMMANDS.items():
         once(trees["after"], args)  # warm the file cache once
@@ -50,8 +52,8 @@ def main() -> None:
     for name, by_tree in times.items():
         medians = {label: statistics.median(values) for label, values in by_tree.items()}
         report[name] = {"median_s": medians, "runs_s": by_tree, "after/before": medians["after"] / medians["before"]}
-        print(f"train.py {name}: before {medians['before']:.2f} s, after {medians['after']:.2f} s "
-              f"(ratio {medians['after'] / medians['before']:.2f}; runs {options.runs} each)")
+        shown = ", ".join(f"{label} {median:.2f} s ({median / medians['before']:.2f}x)" for label, median in medians.items())
+        print(f"train.py {name}: {shown}; median of {options.runs} runs each")
     if options.out:
         options.out.write_text(json.dumps(report, indent=2) + "\n")
 
