@@ -14,7 +14,10 @@ import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from tasks.cli import precheck, run_checked  # noqa: E402
+import tasks  # noqa: E402,F401 (registers the config's resolvers; torch, Lightning and the rest load only for a run)
+
+# Hydra flags that only show something (help, the composed config, its sources): no run, so nothing to check first
+SHOW_ONLY = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--version", "--resolve", "--package", "-p"}
 
 
 def quiet_libraries() -> None:
@@ -38,10 +41,24 @@ def quiet_libraries() -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
+    from tasks.cli import run_checked
+
     quiet_libraries()
     return run_checked(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 
+def checked(argv: list[str]) -> list[str]:
+    """``tasks.cli.precheck``, skipped for a command that only shows something (``--help``, ``--cfg job``)."""
+    flags = {a.split("=", 1)[0] for a in argv if a.startswith("-")}
+    if flags & SHOW_ONLY and not any(a.startswith("resume=") for a in argv):
+        return argv
+    from tasks.cli import precheck
+
+    return precheck(argv)  # one `error:` line for bad overrides, before Hydra writes anything
+
+
 if __name__ == "__main__":
-    sys.argv[1:] = precheck(sys.argv[1:])  # one `error:` line for bad overrides; resume=DIR expanded
+    argv = checked(sys.argv[1:])
+    if argv != sys.argv[1:]:  # resume=DIR: this command again, as the overrides that run was started with
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:-len(sys.argv)], sys.argv[0], *argv])
     main()

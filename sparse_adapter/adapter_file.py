@@ -218,11 +218,11 @@ def backbone_identity(model: nn.Module) -> dict:
 def head_identity(model: nn.Module) -> dict:
     import transformers
 
-    from sparse_adapter.backbones import TASK_MODEL_CLASSES
+    from sparse_adapter.backbones import TASK_HEADS
 
     task_head = None
-    for key, auto_name in TASK_MODEL_CLASSES.items():
-        mapping = getattr(transformers, auto_name)._model_mapping
+    for key, head in TASK_HEADS.items():
+        mapping = getattr(transformers, head.auto_class)._model_mapping
         if type(model.config) in mapping and mapping[type(model.config)] is type(model):
             task_head = key
     config = model.config

@@ -18,13 +18,23 @@ from urllib.parse import urlparse
 from torch import nn
 
 from sparse_adapter.errors import ConfigError
+from sparse_adapter.registry import Registry
 
-TASK_MODEL_CLASSES = {
-    "sequence-classification": "AutoModelForSequenceClassification",
-    "question-answering": "AutoModelForQuestionAnswering",
-    "seq2seq-lm": "AutoModelForSeq2SeqLM",
-    "causal-lm": "AutoModelForCausalLM",
-}
+
+@dataclass(frozen=True)
+class TaskHead:
+    """A head a task family trains: transformers' Auto class that builds the model, PEFT's task type for export."""
+
+    auto_class: str
+    peft_task_type: str | None = None
+
+
+# head name (a family's ``task_head``) -> TaskHead; a family with a new head registers it in its own file
+TASK_HEADS = Registry("task head", "task head")
+TASK_HEADS.register("sequence-classification", TaskHead("AutoModelForSequenceClassification", "SEQ_CLS"))
+TASK_HEADS.register("question-answering", TaskHead("AutoModelForQuestionAnswering", "QUESTION_ANS"))
+TASK_HEADS.register("seq2seq-lm", TaskHead("AutoModelForSeq2SeqLM", "SEQ_2_SEQ_LM"))
+TASK_HEADS.register("causal-lm", TaskHead("AutoModelForCausalLM", "CAUSAL_LM"))
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -53,11 +63,10 @@ def resolve_location(name_or_path: str, package: str | None) -> tuple[str, bool]
 
 
 def model_class(task: str):
-    if task not in TASK_MODEL_CLASSES:
-        raise ConfigError(f"task head '{task}' is unknown (choose from {', '.join(TASK_MODEL_CLASSES)})")
+    head = TASK_HEADS.lookup(task)
     import transformers  # here, not at the top: `import sparse_adapter` must not load transformers
 
-    return getattr(transformers, TASK_MODEL_CLASSES[task])
+    return getattr(transformers, head.auto_class)
 
 
 def check_head(config, task: str) -> None:

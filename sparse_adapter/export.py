@@ -34,9 +34,14 @@ from sparse_adapter.io import atomic_path, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-PEFT_TASK_TYPES = {"sequence-classification": "SEQ_CLS", "question-answering": "QUESTION_ANS", "seq2seq-lm": "SEQ_2_SEQ_LM",
-                   "causal-lm": "CAUSAL_LM"}
 ADAPTER_FILE = "adapter.safetensors"
+
+
+def peft_task_type(task_head: str | None) -> str | None:
+    """PEFT's task type for one of our task heads (``backbones.TASK_HEADS``)."""
+    from sparse_adapter.backbones import TASK_HEADS  # transformers: only when a file is exported
+
+    return getattr(TASK_HEADS.get(task_head), "peft_task_type", None)
 
 
 def refuse_slices(metadata: dict, variant: str) -> None:
@@ -234,7 +239,7 @@ def export_peft(source: str | Path, out_dir: str | Path, force: bool = False) ->
         state[f"{root}{name}"] = tensor.contiguous()
     peft_config = {
         **fields,
-        "task_type": PEFT_TASK_TYPES.get(head.get("task_head")),
+        "task_type": peft_task_type(head.get("task_head")),
         "base_model_name_or_path": backbone.get("name") or None,
         "modules_to_save": sorted(set(head_modules)),
         "inference_mode": True,

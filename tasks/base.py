@@ -21,7 +21,7 @@ class AdapterModule(L.LightningModule):
     run restores them bit for bit. Subclasses define the loss and the metrics.
     """
 
-    task_head: str = ""  # key of sparse_adapter.backbones.TASK_MODEL_CLASSES
+    task_head: str = ""  # a name in sparse_adapter.backbones.TASK_HEADS
     encoder_decoder: bool | None = None  # the architecture the family needs (None: either)
 
     def __init__(self, backbone, adapter: AdapterConfig, optimizer: AdamWConfig, head_config: dict):

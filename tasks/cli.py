@@ -15,12 +15,11 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig
 
-from callbacks.interrupt import Interrupted
 from sparse_adapter.errors import ConfigError, NumericalError, StorageError
+from sparse_adapter.registry import load_plugins
 from tasks import rundir
 from tasks.compose import CONF, compose_checked, composing, one_line, rephrase  # noqa: F401 (public here too)
 from tasks.replay import replayable
-from tasks.validation import validate_config
 
 EXIT_CODE = 2
 FAILURES = (ConfigError, NumericalError, StorageError)
@@ -34,14 +33,18 @@ def report(error: BaseException) -> None:
 
 def run_checked(cfg: DictConfig, output_dir: Path) -> float:
     """``tasks.experiment.run``, with bad input and failed runs reported as one line and exit code 2."""
-    from tasks.experiment import run
-
+    from callbacks.interrupt import Interrupted
     from tasks import sweep
+    from tasks.experiment import run
+    from tasks.validation import validate_config
 
     swept = sweep.in_sweep()
     if swept:
         sweep.clear_failure(output_dir)
     try:
+        load_plugins(cfg.get("plugins"))  # again in this process: a launcher's or DDP's job may be a fresh interpreter
+        if swept and not sweep.points_checked():  # a sweeper that picks its own points (Optuna): checked as each runs
+            validate_config(cfg)
         return run(cfg, output_dir)
     except FAILURES as error:
         report(error)
@@ -120,7 +123,10 @@ def precheck(argv: list[str]) -> list[str]:
             return argv
         if flags:
             return argv  # --cfg, --help, -cn ...: Hydra's own handling
+        from tasks.validation import validate_config  # torch and transformers: not for --help or --cfg
+
         cfg = compose_checked(argv)
+        load_plugins(cfg.get("plugins"))  # the user's own extension modules, named on their command line or config
         validate_config(cfg)  # before Hydra creates the run directory
         explicit_dir = next((a.split("=", 1)[1] for a in reversed(argv) if _key(a) == "hydra.run.dir"), None)
         if explicit_dir and cfg.get("skip_finished") and Path(explicit_dir).is_dir():

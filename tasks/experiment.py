@@ -28,7 +28,7 @@ from sparse_adapter.runs import training_budget
 from tasks import rundir
 from tasks.precision import resolve_precision
 from tasks.resume import check_allowed_changes, check_matches, optimisation_record, read_checkpoint
-from tasks.validation import check_budget, max_positions, validate_config
+from tasks.validation import check_budget, max_positions
 
 log = logging.getLogger(__name__)
 SUMMARY = "summary.json"
@@ -80,8 +80,8 @@ def run(cfg: DictConfig, output_dir: Path) -> float:
     """Train and validate once; write ``summary.json`` and ``adapter.safetensors`` in ``output_dir``.
 
     The directory is locked for the run (``tasks.rundir``): a second run there is refused, not mixed in.
+    ``cfg`` was validated where it was composed (``tasks.cli``, ``tasks.sweep``).
     """
-    validate_config(cfg)
     in_place = "skip_finished" if cfg.get("skip_finished") else "requeued" if rundir.requeued() else None
     if in_place and rundir.is_launching_process():
         rundir.set_aside_unreadable(output_dir)

@@ -7,24 +7,21 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sparse_adapter.errors import ConfigError
+from sparse_adapter.schema import check_ranges, ranged
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 
 
 @dataclass
 class AdamWConfig:
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-6
-    weight_decay: float = 0.1
-    warmup_ratio: float = 0.1
+    lr: float = ranged(1e-3, gt=0.0)
+    betas: tuple[float, float] = ranged((0.9, 0.98), ge=0.0, lt=1.0, each=True)
+    eps: float = ranged(1e-6, gt=0.0)
+    weight_decay: float = ranged(0.1, ge=0.0)
+    warmup_ratio: float = ranged(0.1, ge=0.0, lt=1.0)
 
     def validate(self) -> None:
-        if self.lr <= 0:
-            raise ConfigError(f"optimizer.lr={self.lr} must be positive")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ConfigError(f"optimizer.warmup_ratio={self.warmup_ratio} must be in [0, 1)")
+        check_ranges(self, prefix="optimizer")
 
     def build(self, model: nn.Module, total_steps: int) -> dict:
         """Optimizer and per-step schedule for Lightning; biases and norms get no weight decay."""

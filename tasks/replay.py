@@ -21,8 +21,8 @@ from tasks.compose import CONF
 # Hydra's instantiation keywords (_target_, _args_, _partial_, _convert_, _recursive_, ...)
 KEYWORD = re.compile(r"^_[A-Za-z]+_$")
 # plain strings that the run imports or executes: the task's LightningModule/DataModule classes (tasks.family),
-# a weights package (sparse_adapter.backbones), a model folder's own Python files (transformers)
-CODE_KEYS = frozenset({"module", "datamodule", "package", "trust_remote_code", "auto_map"})
+# a weights package (sparse_adapter.backbones), a model folder's own Python files (transformers), extension modules
+CODE_KEYS = frozenset({"module", "datamodule", "package", "trust_remote_code", "auto_map", "plugins"})
 OPTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 

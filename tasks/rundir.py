@@ -15,7 +15,6 @@ import os
 from pathlib import Path
 
 from sparse_adapter.errors import ConfigError, StorageError
-from sparse_adapter.io import disk_fault
 
 log = logging.getLogger(__name__)
 SUMMARY = "summary.json"
@@ -31,6 +30,8 @@ def is_launching_process() -> bool:
 def check_writable(directory: Path, setting: str = "hydra.run.dir") -> None:
     """A run directory that cannot take files (read-only, no permission, a full disk) is one error before any
     model loads, not a traceback after the last training step. A 64 KiB probe is written, synced and removed."""
+    from sparse_adapter.io import disk_fault  # torch: imported when a run directory is probed, not for --help
+
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)

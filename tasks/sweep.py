@@ -1,7 +1,8 @@
 """Sweeps (``train.py -m``) that check every point first and finish the other jobs when one fails.
 
 Before Hydra starts anything, ``check_points`` expands the sweep exactly as Hydra's basic sweeper does
-(``hydra.sweeper.params`` of an experiment, then the command line; ``BasicSweeper.split_arguments``),
+(``hydra.sweeper.params`` of an experiment, then the command line; a later value of a key replaces an
+earlier one; the cartesian product in command-line order, through Hydra's public override parser),
 composes and validates each point, and refuses the sweep with one line listing every bad point.
 Sweepers that choose their own points (Optuna) are left to check each trial as it runs.
 
@@ -14,6 +15,7 @@ record is a file in the job's directory, wherever the job ran.
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import os
 import sys
@@ -24,7 +26,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from sparse_adapter.errors import ConfigError
-from sparse_adapter.io import write_json_atomic
+from sparse_adapter.registry import load_plugins
 
 FAILED = "failed.json"
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
@@ -37,7 +39,6 @@ def _label(point: list[str], varying: set[str]) -> str:
 
 def sweep_points(overrides: list[str], compose) -> tuple[list[list[str]], set[str]] | None:
     """(the override list of each job a basic sweep would launch, the swept keys); None for a sweeper that picks its own points."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()
@@ -46,9 +47,15 @@ def sweep_points(overrides: list[str], compose) -> tuple[list[list[str]], set[st
         return None
     params = [f"{key}={value}" for key, value in (cfg.hydra.sweeper.get("params") or {}).items()]
     every = parser.parse_overrides([*params, *overrides])
-    batches = BasicSweeper.split_arguments(every, None)
+    choices: dict[str, list[str]] = {}  # key -> its overrides, one per value; a later override of a key replaces it
+    for override in every:
+        key = override.get_key_element()
+        if override.is_sweep_override() and not override.is_discrete_sweep():
+            raise ConfigError(f"{override.input_line}: range and interval sweeps need a sweeper that samples (hparams_search=optuna)")
+        values = override.sweep_string_iterator() if override.is_sweep_override() else [override.get_value_element_as_str()]
+        choices[key] = [f"{key}={value}" for value in values]
     varying = {o.key_or_group for o in every if o.is_sweep_override()}
-    return [list(point) for batch in batches for point in batch], varying
+    return [list(point) for point in itertools.product(*choices.values())], varying
 
 
 def first_point(overrides: list[str]) -> list[str]:
@@ -96,6 +103,7 @@ def check_points(overrides: list[str]) -> int:
         for point in points:
             try:
                 cfg = compose_checked(point)
+                load_plugins(cfg.get("plugins"))
                 validate_config(cfg)
             except ConfigError as error:
                 bad.append(f"[{_label(point, varying)}] {one_line(str(error))}")
@@ -105,6 +113,13 @@ def check_points(overrides: list[str]) -> int:
     check_writable(next(p for p in (target, *target.parents) if p.exists()), setting="hydra.sweep.dir")
     lock_sweep_dir(target)
     return len(points)
+
+
+def points_checked() -> bool:
+    """Whether ``check_points`` validated every point of the running sweep before its first job."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().sweeper.get("_target_") == BASIC_SWEEPER
 
 
 def in_sweep() -> bool:
@@ -117,6 +132,8 @@ def in_sweep() -> bool:
 def record_failure(output_dir: Path, message: str) -> None:
     """The job failed at run time: say so in its directory, for ``SweepFailures`` at the end of the sweep."""
     from hydra.core.hydra_config import HydraConfig
+
+    from sparse_adapter.io import write_json_atomic
 
     job = HydraConfig.get().job
     write_json_atomic({"job": job.num, "overrides": job.override_dirname, "error": message, "time": time.time()}, Path(output_dir) / FAILED)

@@ -47,7 +47,7 @@ def test_every_python_block_runs(page, tmp_path, monkeypatch):
     with torch.random.fork_rng(devices=[]):  # the Trainer seeds the global RNGs; leave them as they were
         for number, (code, reason) in enumerate(python_blocks(page), 1):
             if reason is None:
-                exec(compile(code, f"{page.relative_to(ROOT)}:block{number}", "exec"), namespace)
+                exec(compile(code, f"{page.relative_to(ROOT)}:block{number}", "exec", dont_inherit=True), namespace)
     random.setstate(state)
 
 

@@ -1,10 +1,10 @@
-"""Adapter variants, one module each, and the registry that names them."""
+"""Adapter variants, one module each, each registered by name in ``ADAPTERS`` (``sparse_adapter.registry``)."""
 
 from __future__ import annotations
 
 from torch import nn
 
-from sparse_adapter.adapters.base import AdapterConfig
+from sparse_adapter.adapters.base import ADAPTERS, AdapterConfig  # each variant below registers itself in ADAPTERS
 from sparse_adapter.adapters.full import FullFineTuningConfig
 from sparse_adapter.adapters.fusion import FusionConfig
 from sparse_adapter.adapters.houlsby import HoulsbyConfig
@@ -17,17 +17,6 @@ from sparse_adapter.adapters.prefix import PrefixConfig
 from sparse_adapter import arguments as check
 from sparse_adapter.errors import ConfigError
 
-ADAPTERS: dict[str, type[AdapterConfig]] = {
-    "none": FullFineTuningConfig,
-    "houlsby": HoulsbyConfig,
-    "pfeiffer": PfeifferConfig,
-    "lora": LoRAConfig,
-    "parallel": ParallelConfig,
-    "prefix": PrefixConfig,
-    "mam": MAMConfig,
-    "ia3": IA3Config,
-    "fusion": FusionConfig,
-}
 
 
 def attach_adapter(model: nn.Module, adapter: AdapterConfig | str, **options) -> list[str]:
@@ -49,10 +38,7 @@ def attach_adapter(model: nn.Module, adapter: AdapterConfig | str, **options) ->
 
 def adapter_name(config: AdapterConfig) -> str:
     """The registry name of a config's class (what an adapter file records)."""
-    for name, cls in ADAPTERS.items():
-        if type(config) is cls:
-            return name
-    raise ConfigError(f"adapter config {type(config).__name__} is not registered in ADAPTERS")
+    return ADAPTERS.name_of(type(config))
 
 
 __all__ = [

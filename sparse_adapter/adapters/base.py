@@ -5,14 +5,19 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from sparse_adapter.adapters.layouts.registry import UnknownArchitecture
+from sparse_adapter.adapters.layouts.registry import UnknownArchitecture, check_points
 from sparse_adapter.errors import ConfigError
+from sparse_adapter.registry import Registry
+from sparse_adapter.schema import check_ranges
 
 INITS = ("bert", "lora")
+# adapter name -> its config class; each variant registers itself: @ADAPTERS.register("houlsby") above its @dataclass
+ADAPTERS = Registry("adapter config", "adapter")
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
 
@@ -25,6 +30,7 @@ class AdapterConfig:
     """
 
     size_field = None  # class attribute, not a dataclass field
+    needs: ClassVar[tuple[str, ...]] = ()  # attachment points (layout names) the variant needs in some part
 
     def attach(self, model: nn.Module) -> list[str]:
         """Insert the adapters and freeze the backbone; return the prunable parameter names.
@@ -34,6 +40,8 @@ class AdapterConfig:
         """
         self.validate()
         try:
+            name = ADAPTERS.name_of(type(self)) if type(self) in ADAPTERS.values() else type(self).__name__
+            check_points(model, self.needs, name)
             prunable = self.insert(model)
         except UnknownArchitecture as error:  # serial, parallel, prefix need the block structure
             variant = type(self).__name__.removesuffix("Config").lower()
@@ -57,14 +65,11 @@ class AdapterConfig:
         return dataclasses.replace(self, **{self.size_field: getattr(self, self.size_field) * factor})
 
     def validate(self) -> None:
-        if self.size_field is not None and getattr(self, self.size_field) <= 0:
-            raise ConfigError(f"adapter.{self.size_field}={getattr(self, self.size_field)} must be a positive integer")
+        """Ranges come from the fields (``sparse_adapter.schema.ranged``); choices are checked here."""
+        check_ranges(self, prefix="adapter")
         init = getattr(self, "init", None)
         if init is not None and init not in INITS:
             raise ConfigError(f"adapter.init='{init}' is unknown (choose from {', '.join(INITS)})")
-        dropout = getattr(self, "dropout", 0.0)
-        if not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"adapter.dropout={dropout} must be in [0, 1)")
         activation = getattr(self, "activation", None)
         if activation is not None and activation not in ACTIVATIONS:
             raise ConfigError(f"adapter.activation='{activation}' is unknown (choose from {', '.join(ACTIVATIONS)})")

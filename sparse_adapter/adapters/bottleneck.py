@@ -14,6 +14,7 @@ from torch import nn
 
 from sparse_adapter.adapters.base import ACTIVATIONS, AdapterConfig, AdapterLayer, freeze_backbone, init_linear
 from sparse_adapter.adapters.layouts import replace_submodule, transformer_blocks
+from sparse_adapter.schema import ranged
 
 
 class Bottleneck(AdapterLayer):
@@ -63,11 +64,11 @@ class AfterModule(nn.Module):
 
 @dataclass
 class BottleneckConfig(AdapterConfig):
-    bottleneck: int = 64
+    bottleneck: int = ranged(64, ge=1)
     activation: str = "relu"
-    dropout: float = 0.0
+    dropout: float = ranged(0.0, ge=0.0, lt=1.0)
     init: str = "bert"  # "bert": both projections N(0, init_std) as the official code; "lora": zero up
-    init_std: float = 0.02
+    init_std: float = ranged(0.02, gt=0.0)
 
     size_field = "bottleneck"
     sublayers: ClassVar[tuple[str, ...]] = ()  # which layout slots get an adapter; set by subclasses
@@ -78,7 +79,7 @@ class BottleneckConfig(AdapterConfig):
         prunable = []
         for block_name, block, layout in transformer_blocks(model):
             for sublayer in self.sublayers:
-                path = getattr(layout, sublayer)
+                path = layout.point(sublayer)
                 if not path:  # e.g. after_ffn in BART's cross-attention part
                     continue
                 adapter = Bottleneck(hidden, self.bottleneck, self.activation, self.dropout, self.init, self.init_std)

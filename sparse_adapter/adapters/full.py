@@ -4,9 +4,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from sparse_adapter.adapters.base import AdapterConfig
+from sparse_adapter.adapters.base import ADAPTERS, AdapterConfig
 
 
+@ADAPTERS.register("none")
 @dataclass
 class FullFineTuningConfig(AdapterConfig):
     def insert(self, model: nn.Module) -> list[str]:

@@ -18,13 +18,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sparse_adapter.adapters.base import AdapterConfig, AdapterLayer, freeze_backbone
+from sparse_adapter.adapters.base import ADAPTERS, AdapterConfig, AdapterLayer, freeze_backbone
 from sparse_adapter.adapters.bottleneck import Bottleneck, on_hidden
 from sparse_adapter.adapters.houlsby import HoulsbyConfig
 from sparse_adapter.adapters.layouts import replace_submodule, transformer_blocks
 from sparse_adapter.adapters.pfeiffer import PfeifferConfig
 from sparse_adapter.adapter_file import check_backbone, read_adapter
 from sparse_adapter.errors import ConfigError
+from sparse_adapter.schema import ranged
 
 SOURCES = {"houlsby": HoulsbyConfig, "pfeiffer": PfeifferConfig}  # what AdapterFusion fuses: bottleneck adapters
 
@@ -69,13 +70,15 @@ class FusedAdapters(nn.Module):
         return self.fusion(hidden, outputs)
 
 
+@ADAPTERS.register("fusion")
 @dataclass
 class FusionConfig(AdapterConfig):
     sources: list[str] = field(default_factory=list)  # adapter files or run dirs from stage 1 (globs matching one)
-    init_std: float = 0.02
+    init_std: float = ranged(0.02, gt=0.0)
     shared_slots_only: bool = False  # sources adapting different slots: fuse only the slots all of them adapt
 
     def validate(self) -> None:
+        super().validate()
         if not self.sources:
             raise ConfigError(
                 "adapter.sources is empty: AdapterFusion needs adapters trained beforehand, e.g. "

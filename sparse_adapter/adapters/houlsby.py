@@ -2,9 +2,11 @@
 
 from dataclasses import dataclass
 
+from sparse_adapter.adapters.base import ADAPTERS
 from sparse_adapter.adapters.bottleneck import BottleneckConfig
 
 
+@ADAPTERS.register("houlsby")
 @dataclass
 class HoulsbyConfig(BottleneckConfig):
-    sublayers = ("after_attention", "after_ffn")
+    sublayers = needs = ("after_attention", "after_ffn")

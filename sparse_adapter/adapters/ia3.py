@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from sparse_adapter.adapters.base import AdapterConfig, WrapperLayer, freeze_backbone
+from sparse_adapter.adapters.base import ADAPTERS, AdapterConfig, WrapperLayer, freeze_backbone
 from sparse_adapter.adapters.layouts import has_layout, layouts_for, replace_submodule
 from sparse_adapter.adapters.targets import in_features, merged, out_features, resolve
 from sparse_adapter.errors import ConfigError
@@ -59,6 +59,7 @@ class IA3InputScale(WrapperLayer):
         return self.inner(x * self.scale, *args, **kwargs)
 
 
+@ADAPTERS.register("ia3")
 @dataclass
 class IA3Config(AdapterConfig):
     targets: list[str] = field(default_factory=lambda: ["key", "value", "ffn"])

@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparse_adapter.adapters.base import AdapterConfig, WrapperLayer, freeze_backbone, kaiming_uniform
+from sparse_adapter.adapters.base import ADAPTERS, AdapterConfig, WrapperLayer, freeze_backbone, kaiming_uniform
 from sparse_adapter.adapters.layouts import replace_submodule
 from sparse_adapter.adapters.targets import in_features, is_conv1d, merged, out_features, resolve
 from sparse_adapter.errors import ConfigError
+from sparse_adapter.schema import ranged
 
 
 class LoRALinear(WrapperLayer):
@@ -65,14 +66,15 @@ class LoRALinear(WrapperLayer):
         return update.T if is_conv1d(self.base_layer) else update
 
 
+@ADAPTERS.register("lora")
 @dataclass
 class LoRAConfig(AdapterConfig):
-    r: int = 8
-    alpha: float = 16.0
+    r: int = ranged(8, ge=1)
+    alpha: float = ranged(16.0, gt=0.0)
     targets: list[str] = field(default_factory=lambda: ["query", "value"])
-    dropout: float = 0.0
+    dropout: float = ranged(0.0, ge=0.0, lt=1.0)
     init: str = "bert"
-    init_std: float = 0.02
+    init_std: float = ranged(0.02, gt=0.0)
 
     size_field = "r"
 

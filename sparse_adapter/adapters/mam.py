@@ -15,28 +15,25 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from sparse_adapter.adapters.base import AdapterConfig, freeze_backbone
+from sparse_adapter.adapters.base import ADAPTERS, AdapterConfig, freeze_backbone
 from sparse_adapter.adapters.parallel import insert_parallel
 from sparse_adapter.adapters.prefix import insert_prefix
 from sparse_adapter.errors import ConfigError
+from sparse_adapter.schema import ranged
 
 
+@ADAPTERS.register("mam")
 @dataclass
 class MAMConfig(AdapterConfig):
-    size: int = 30  # prefix length and parallel bottleneck alike (equal weight budgets)
+    size: int = ranged(30, ge=1)  # prefix length and parallel bottleneck alike (equal weight budgets)
     scaling: float = 4.0  # parallel adapter's s
     activation: str = "relu"
-    mlp_hidden: int = 0  # prefix reparametrisation width (0: off)
-    dropout: float = 0.0
+    mlp_hidden: int = ranged(0, ge=0)  # prefix reparametrisation width (0: off)
+    dropout: float = ranged(0.0, ge=0.0, lt=1.0)
     init: str = "bert"
-    init_std: float = 0.02
+    init_std: float = ranged(0.02, gt=0.0)
 
     size_field = "size"
-
-    def validate(self) -> None:
-        super().validate()
-        if self.mlp_hidden < 0:
-            raise ConfigError(f"adapter.mlp_hidden={self.mlp_hidden} must be ≥ 0 (0: no reparametrisation)")
 
     def insert(self, model: nn.Module) -> list[str]:
         freeze_backbone(model)

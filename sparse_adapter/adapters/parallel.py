@@ -9,9 +9,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sparse_adapter.adapters.base import AdapterConfig, freeze_backbone
+from sparse_adapter.adapters.base import ADAPTERS, AdapterConfig, freeze_backbone
 from sparse_adapter.adapters.bottleneck import Bottleneck
 from sparse_adapter.adapters.layouts import layouts_for, replace_submodule, require_slot, transformer_blocks
+from sparse_adapter.schema import ranged
 
 
 class ParallelFFN(nn.Module):
@@ -102,14 +103,15 @@ def insert_parallel(model: nn.Module, bottleneck: int, scaling: float, activatio
     return prunable
 
 
+@ADAPTERS.register("parallel")
 @dataclass
 class ParallelConfig(AdapterConfig):
-    bottleneck: int = 64
+    bottleneck: int = ranged(64, ge=1)
     scaling: float = 4.0  # s in He et al. (2022)
     activation: str = "relu"
-    dropout: float = 0.0
+    dropout: float = ranged(0.0, ge=0.0, lt=1.0)
     init: str = "bert"
-    init_std: float = 0.02
+    init_std: float = ranged(0.02, gt=0.0)
 
     size_field = "bottleneck"
 

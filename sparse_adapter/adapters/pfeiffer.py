@@ -2,9 +2,11 @@
 
 from dataclasses import dataclass
 
+from sparse_adapter.adapters.base import ADAPTERS
 from sparse_adapter.adapters.bottleneck import BottleneckConfig
 
 
+@ADAPTERS.register("pfeiffer")
 @dataclass
 class PfeifferConfig(BottleneckConfig):
-    sublayers = ("after_ffn",)
+    sublayers = needs = ("after_ffn",)

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from sparse_adapter.adapters.base import AdapterConfig, freeze_backbone
+from sparse_adapter.adapters.base import ADAPTERS, AdapterConfig, freeze_backbone
 from sparse_adapter.adapters.layouts import replace_submodule, require_slot, transformer_blocks
 from sparse_adapter.adapters.prefix_attention import BartPrefixAttention, PrefixAttention
 from sparse_adapter.adapters.prefix_interface import InterfacePrefixAttention
 from sparse_adapter.errors import ConfigError
+from sparse_adapter.schema import ranged
 
 PREFIX_WRAPPERS: dict[str, type[PrefixAttention]] = {
     "bert": PrefixAttention, "bart": BartPrefixAttention, "interface": InterfacePrefixAttention,
@@ -44,19 +45,14 @@ def insert_prefix(model: nn.Module, length: int, mlp_hidden: int, init_std: floa
     return prunable
 
 
+@ADAPTERS.register("prefix")
 @dataclass
 class PrefixConfig(AdapterConfig):
-    length: int = 30  # prefix vectors per layer (keys and values each)
-    mlp_hidden: int = 0  # > 0: reparametrise the prefix through an MLP of this width (merged after training)
-    init_std: float = 0.02
+    length: int = ranged(30, ge=1)  # prefix vectors per layer (keys and values each)
+    mlp_hidden: int = ranged(0, ge=0)  # > 0: reparametrise the prefix through an MLP of this width (merged after training)
+    init_std: float = ranged(0.02, gt=0.0)
 
     size_field = "length"
-
-    def validate(self) -> None:
-        if self.length <= 0:
-            raise ConfigError(f"adapter.length={self.length} must be a positive integer (prefix vectors per layer)")
-        if self.mlp_hidden < 0:
-            raise ConfigError(f"adapter.mlp_hidden={self.mlp_hidden} must be ≥ 0 (0: no reparametrisation)")
 
     def insert(self, model: nn.Module) -> list[str]:
         freeze_backbone(model)

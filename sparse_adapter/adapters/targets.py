@@ -71,6 +71,8 @@ def body_projections(model: nn.Module) -> dict[str, nn.Module]:
 def resolve(model: nn.Module, targets: list[str], tables: tuple[str, ...], setting: str = "adapter.targets") -> dict[str, list[Site]]:
     """Target name -> the sites it names. ``tables`` are the layout slots of abstract names (``linears``
     for LoRA; ``scaled``/``scaled_input`` for IA³); any other name is a module-name suffix."""
+    if not all(isinstance(target, str) for target in targets):
+        raise ConfigError(f"{setting}={list(targets)}: expected names (strings) of projections, e.g. [query,value]")
     abstract = {}
     if has_layout(model):
         abstract = {name: table for layout in layouts_for(model).values() for table in tables for name in getattr(layout, table)}

@@ -12,8 +12,8 @@ import math
 import torch
 
 from sparse_adapter.errors import ConfigError
+from sparse_adapter.registry import Registry
 
-SCOPES = ("global", "layer", "er", "nm")
 
 
 def kept_count(total: int, sparsity: float) -> int:
@@ -154,13 +154,15 @@ def per_matrix(counts_for):
     return allocate
 
 
-# scope -> allocation(scores, sparsity, generator, min_density=, n=, m=) -> masks
-ALLOCATIONS = {
-    "global": lambda scores, sparsity, generator, min_density=0.0, **_: global_masks(scores, sparsity, generator, min_density),
-    "layer": per_matrix(uniform_counts),
-    "er": per_matrix(er_counts),
-    "nm": lambda scores, sparsity, generator, n=2, m=4, **_: nm_masks(scores, n, m, generator),
-}
+# scope -> allocation(scores, sparsity, generator, min_density=, n=, m=) -> masks; a new one registers itself:
+# ALLOCATIONS.register("mine", per_matrix(my_counts)) (or any function of that signature), then pruner.scope=mine
+ALLOCATIONS = Registry("allocation", "pruner.scope")
+ALLOCATIONS.register("global", lambda scores, sparsity, generator, min_density=0.0, **_: global_masks(
+    scores, sparsity, generator, min_density))
+ALLOCATIONS.register("layer", per_matrix(uniform_counts))
+ALLOCATIONS.register("er", per_matrix(er_counts))
+ALLOCATIONS.register("nm", lambda scores, sparsity, generator, n=2, m=4, **_: nm_masks(scores, n, m, generator))
+SCOPES = ALLOCATIONS  # the scope names (a live view: registered allocations included)
 
 
 def select(
@@ -173,6 +175,4 @@ def select(
     every matrix a positive budget of its own already. ``n``/``m``: the N:M scope's pattern
     (``sparsity`` is then 1 - n/m, checked by ``PrunerConfig.validate``).
     """
-    if scope not in ALLOCATIONS:
-        raise ConfigError(f"pruner.scope='{scope}' is unknown (choose from {', '.join(SCOPES)})")
-    return ALLOCATIONS[scope](scores, sparsity, generator, min_density=min_density, n=n, m=m)
+    return ALLOCATIONS.lookup(scope)(scores, sparsity, generator, min_density=min_density, n=n, m=m)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 
 import torch
@@ -13,6 +13,7 @@ from torch import nn
 from sparse_adapter import arguments as check
 from sparse_adapter.backbones import second_order_attention
 from sparse_adapter.errors import ConfigError, NumericalError
+from sparse_adapter.schema import check_ranges, ranged
 from sparse_adapter.pruning.allocation import SCOPES, kept_count, select
 from sparse_adapter.pruning.controls import CONTROLS, apply_control
 from sparse_adapter.pruning.scorers import SCORERS, LossFn
@@ -49,16 +50,17 @@ class PrunerConfig:
 
     scorer: str | None = "snip"
     scope: str = "global"
-    batches: int = 10
-    temperature: float = 200.0  # GraSP's logit temperature
+    batches: int = ranged(10, ge=0)
+    temperature: float = ranged(200.0, gt=0.0)  # GraSP's logit temperature
     min_density: float = 0.0  # global scope: every matrix keeps at least this fraction (0 = the paper's plain ranking)
-    iterations: int | None = None
+    iterations: int | None = ranged(None, ge=1)
     control: str = "none"
-    n: int = 2  # scope=nm: keep n ...
-    m: int = 4  # ... of every m consecutive weights
+    n: int = ranged(2, ge=1)  # scope=nm: keep n ...
+    m: int = ranged(4, ge=2)  # ... of every m consecutive weights
     zero_init: str = "lookahead"
-    lookahead_lr: float = 1e-3
+    lookahead_lr: float = ranged(1e-3, gt=0.0)
     on_degenerate: str = "warn"
+    options: dict = field(default_factory=dict)  # the scorer's own settings (``register(..., settings=...)``)
 
     @property
     def enabled(self) -> bool:
@@ -72,6 +74,20 @@ class PrunerConfig:
     def rounds(self) -> int:
         return self.iterations if self.iterations is not None else SCORERS[self.scorer].rounds
 
+    def scorer_options(self) -> dict:
+        """The scorer's own settings, its declared defaults filled in (``pruner.options``); checked by ``validate``."""
+        declared = getattr(SCORERS.get(self.scorer), "settings", None) if self.enabled else None
+        if declared is None:
+            if self.options:
+                raise ConfigError(f"pruner.options: scorer '{self.scorer}' has no settings; drop {dict(self.options)}")
+            return {}
+        known = [f.name for f in fields(declared)]
+        if unknown := sorted(set(self.options) - set(known)):
+            raise ConfigError(f"pruner.options.{unknown[0]}: not a setting of scorer '{self.scorer}' ({', '.join(known)})")
+        options = declared(**self.options)
+        check_ranges(options, prefix="pruner.options")
+        return asdict(options)
+
     def settings(self) -> dict:
         """Every setting the masks depend on (summaries, adapter files, the report's row identity)."""
         if not self.enabled:
@@ -84,6 +100,8 @@ class PrunerConfig:
             settings["batches"] = self.batches
         if self.scorer == "grasp":
             settings["temperature"] = self.temperature
+        if self.options:
+            settings["options"] = self.scorer_options()
         if self.needs_batches and (self.zero_init, self.lookahead_lr) != ("lookahead", 1e-3):  # non-defaults only:
             settings["zero_init"] = self.zero_init  # older records (no key) ran the defaults' masks on non-zero inits
             if self.zero_init == "lookahead":
@@ -97,14 +115,13 @@ class PrunerConfig:
 
     def validate(self, sparsity: float) -> None:
         check_sparsity(sparsity)
+        check_ranges(self, prefix="pruner")
         if self.control not in CONTROLS:
             raise ConfigError(f"pruner.control='{self.control}' is unknown (choose from {', '.join(CONTROLS)})")
         if self.zero_init not in ZERO_INIT_MODES:
             raise ConfigError(f"pruner.zero_init='{self.zero_init}' is unknown (choose from {', '.join(ZERO_INIT_MODES)})")
         if self.on_degenerate not in DEGENERATE_MODES:
             raise ConfigError(f"pruner.on_degenerate='{self.on_degenerate}' is unknown (choose from {', '.join(DEGENERATE_MODES)})")
-        if isinstance(self.lookahead_lr, bool) or not isinstance(self.lookahead_lr, (int, float)) or not self.lookahead_lr > 0:
-            raise ConfigError(f"pruner.lookahead_lr={self.lookahead_lr} must be a positive number (the look-ahead's Adam step)")
         if not self.enabled:
             if self.control != "none":
                 raise ConfigError(f"pruner.control={self.control} needs a pruner: pruner=none trains the dense adapter, it has no mask to {self.control}")
@@ -113,12 +130,9 @@ class PrunerConfig:
             raise ConfigError(f"pruner.scorer='{self.scorer}' is unknown (choose from none, {', '.join(SCORERS)})")
         if self.scope not in SCOPES:
             raise ConfigError(f"pruner.scope='{self.scope}' is unknown (choose from {', '.join(SCOPES)})")
+        self.scorer_options()
         if self.needs_batches and self.batches < 1:
             raise ConfigError(f"pruner.batches={self.batches}: pruner '{self.scorer}' needs at least one scoring batch")
-        if self.temperature <= 0:
-            raise ConfigError(f"pruner.temperature={self.temperature} must be positive")
-        if self.iterations is not None and (isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1):
-            raise ConfigError(f"pruner.iterations={self.iterations} must be an integer ≥ 1 (1 = one-shot pruning)")
         if self.control == "invert" and self.rounds > 1:
             raise ConfigError(f"pruner.control=invert ranks by one scoring; it cannot follow pruner.iterations={self.rounds} (set pruner.iterations=1)")
         if not 0.0 <= self.min_density <= 1.0 - sparsity:
@@ -232,7 +246,7 @@ def prune_with_report(
         with pruned_temporarily(params, masks), lookahead(params, ahead, loss_fn, batches, config.lookahead_lr, masks):
             scores = SCORERS[config.scorer](
                 params=params, loss_fn=loss_fn, batches=batches, generator=generator,
-                temperature=config.temperature, double_backward=double_backward, model=model,
+                temperature=config.temperature, double_backward=double_backward, model=model, **config.scorer_options(),
             )
         for name, score in scores.items():  # a NaN ranks arbitrarily: refuse it before it picks the topology
             if not bool(torch.isfinite(score).all()):

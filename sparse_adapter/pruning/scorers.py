@@ -14,24 +14,29 @@ import torch
 from torch import nn
 
 from sparse_adapter.errors import ConfigError
+from sparse_adapter.registry import Registry
 
 LossFn = Callable[..., torch.Tensor]  # loss_fn(batch, temperature=1.0) -> scalar loss
 Scorer = Callable[..., dict[str, torch.Tensor]]
 
-SCORERS: dict[str, Scorer] = {}
+def _describe(function: Scorer, info: dict) -> Scorer:
+    function.needs_batches = info.get("needs_batches", False)
+    function.rounds = info.get("rounds", 1)
+    function.check = info.get("check") or (lambda model, params: None)
+    function.settings = info.get("settings")  # a dataclass of the scorer's own hyperparameters (pruner.options)
+    return function
 
 
-def register(name: str, *, needs_batches: bool = False, rounds: int = 1, check: Callable | None = None):
+SCORERS = Registry("scorer", "pruner.scorer", _describe)
+
+
+def register(name: str, *, needs_batches: bool = False, rounds: int = 1, check: Callable | None = None,
+             settings: type | None = None):
     """``rounds``: how many pruning rounds the scorer runs when ``pruner.iterations`` is not set;
-    ``check(model, params)``: raises ConfigError before training if the scorer cannot score this adapter."""
-    def decorator(function: Scorer) -> Scorer:
-        function.needs_batches = needs_batches
-        function.rounds = rounds
-        function.check = check or (lambda model, params: None)
-        SCORERS[name] = function
-        return function
-
-    return decorator
+    ``check(model, params)``: raises ConfigError before training if the scorer cannot score this adapter;
+    ``settings``: a dataclass of the scorer's own hyperparameters (types and ``ranged`` bounds), set as
+    ``pruner.options`` and passed to the scorer as keyword arguments."""
+    return SCORERS.register(name, needs_batches=needs_batches, rounds=rounds, check=check, settings=settings)
 
 
 @register("random")

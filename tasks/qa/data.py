@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from sparse_adapter.backbones import hub_reachable
 from sparse_adapter.errors import ConfigError
+from sparse_adapter.schema import ranged
 from tasks.family import check_positions
 from tasks.data import TaskDataModule
 from tasks.family import TaskFamily
@@ -33,8 +34,8 @@ class SquadTask(TaskFamily):
     train_file: str = "train-v1.1-subset-du2017.json"
     validation_file: str = "dev-v1.1.json"
     hub_name: str = "rajpurkar/squad"
-    n_best_size: int = 20
-    max_answer_length: int = 30
+    n_best_size: int = ranged(20, ge=1)
+    max_answer_length: int = ranged(30, ge=1)
     num_samples: int = 8  # sample predictions logged as a table
     module: str = "tasks.qa.module.QAModule"
     datamodule: str = "tasks.qa.data.SquadDataModule"

@@ -1,12 +1,12 @@
 """Where adapters attach inside each Hugging Face architecture: one file per family, one registry."""
 
-from sparse_adapter.adapters.layouts.base import Layout, Slice, Target, target_path
+from sparse_adapter.adapters.layouts.base import LAYOUTS, Layout, Slice, Target, target_path
 from sparse_adapter.adapters.layouts.registry import (
-    LAYOUTS, has_layout, layout_for, layouts_for, layouts_of_type, replace_submodule, require_slot, sliced_names,
+    check_points, has_layout, layout_for, layouts_for, layouts_of_type, replace_submodule, require_slot, sliced_names,
     transformer_blocks,
 )
 
 __all__ = [
-    "LAYOUTS", "Layout", "Slice", "Target", "has_layout", "layout_for", "layouts_for", "layouts_of_type", "replace_submodule",
-    "require_slot", "sliced_names", "target_path", "transformer_blocks",
+    "LAYOUTS", "Layout", "Slice", "Target", "check_points", "has_layout", "layout_for", "layouts_for",
+    "layouts_of_type", "replace_submodule", "require_slot", "sliced_names", "target_path", "transformer_blocks",
 ]

@@ -1,6 +1,6 @@
 """BART: encoder, decoder self-attention + FFN, and the decoder's cross-attention as three parts."""
 
-from sparse_adapter.adapters.layouts.base import Layout
+from sparse_adapter.adapters.layouts.base import LAYOUTS, Layout
 
 
 def _attention(attention: str) -> dict[str, str]:
@@ -36,3 +36,5 @@ CROSS = Layout(  # the decoder's cross-attention over the encoder output (no FFN
 )
 
 PARTS = {"encoder": _stack("encoder.layers"), "decoder": _stack("decoder.layers"), "cross": CROSS}
+
+LAYOUTS.register("bart", PARTS)

@@ -1,6 +1,8 @@
 """What a layout is: paths, relative to one transformer block, of the modules adapters attach to.
 
-Adapters never rely on class names, so a new architecture is one family file and one registry line.
+Adapters never rely on class names, so a new architecture is one family file that registers its parts
+(``LAYOUTS.register(model_types, parts)``). The named fields below are the attachment points the
+built-in variants use; ``points`` holds any other a variant needs (``AdapterConfig.needs``).
 An architecture is one or more *parts*, each a stack of blocks with its own layout: an encoder has
 one ("encoder"); an encoder–decoder (BART, T5) has the encoder, the decoder's self-attention and
 FFN ("decoder") and the decoder's cross-attention ("cross"), the last two over the same decoder
@@ -12,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sparse_adapter.errors import ConfigError
+from sparse_adapter.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -52,12 +55,30 @@ class Layout:
     # parallel adapter where the FFN is one module called with its input (Llama's mlp, GPT-2's mlp,
     # T5's DenseReluDense): the adapter reads that input and adds to the module's output
     ffn_module: str | None = None
+    # any other attachment point, by name: what a variant outside this package needs (``Layout.point``)
+    points: dict[str, Target] = field(default_factory=dict)
+
+    def point(self, name: str):
+        """The attachment point ``name`` (a named field or one of ``points``); None if this part lacks it."""
+        return getattr(self, name) if name in POINT_FIELDS else self.points.get(name)
+
+    def available(self) -> list[str]:
+        """The attachment points this part has."""
+        return [name for name in (*POINT_FIELDS, *self.points) if self.point(name)]
 
     def require(self, slot: str, adapter: str) -> str:
         path = getattr(self, slot)
         if not path:
             raise ConfigError(f"adapter={adapter}: this architecture's layout has no '{slot}' slot yet")
         return path
+
+
+POINT_FIELDS = ("after_attention", "after_ffn", "linears", "self_attention", "ffn_output", "scaled", "scaled_input",
+                "ffn_linears", "ffn_module")
+
+# model type -> its parts' layouts, or a function of the model config giving them (T5: gated FFN or not); each
+# architecture file registers itself: LAYOUTS.register(("llama", "mistral"), PARTS)
+LAYOUTS = Registry("architecture", "backbone.model_type")
 
 
 def target_path(target: Target) -> str:

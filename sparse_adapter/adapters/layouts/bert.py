@@ -1,6 +1,6 @@
 """BERT-like encoders (BERT, RoBERTa, XLM-R, ELECTRA): post-LayerNorm blocks with explicit dropouts."""
 
-from sparse_adapter.adapters.layouts.base import Layout
+from sparse_adapter.adapters.layouts.base import LAYOUTS, Layout
 
 BERT_LIKE = Layout(
     blocks="encoder.layer",
@@ -21,3 +21,5 @@ BERT_LIKE = Layout(
 )
 
 PARTS = {"encoder": BERT_LIKE}
+
+LAYOUTS.register(("bert", "roberta", "xlm-roberta", "electra"), PARTS)

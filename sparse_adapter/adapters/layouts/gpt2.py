@@ -1,7 +1,7 @@
 """GPT-2: pre-norm blocks, ``Conv1D`` projections (weight stored in×out) and one fused ``c_attn``
 computing query, key and value; the abstract names address its thirds."""
 
-from sparse_adapter.adapters.layouts.base import Layout, Slice
+from sparse_adapter.adapters.layouts.base import LAYOUTS, Layout, Slice
 
 _QKV = "attn.c_attn"
 
@@ -26,3 +26,5 @@ DECODER = Layout(
 )
 
 PARTS = {"decoder": DECODER}
+
+LAYOUTS.register("gpt2", PARTS)

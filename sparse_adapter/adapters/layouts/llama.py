@@ -6,7 +6,7 @@ under GQA, which every slot takes from the modules themselves. Prefix tuning joi
 transformers' attention interface, after RoPE (the prefix is not rotated) and after the cache.
 """
 
-from sparse_adapter.adapters.layouts.base import Layout
+from sparse_adapter.adapters.layouts.base import LAYOUTS, Layout
 
 DECODER = Layout(
     blocks="layers",
@@ -30,3 +30,5 @@ DECODER = Layout(
 )
 
 PARTS = {"decoder": DECODER}
+
+LAYOUTS.register(("llama", "mistral", "qwen2", "qwen3"), PARTS)

@@ -1,41 +1,22 @@
 """Model type -> the layouts of its parts, and the lookups every variant shares.
 
-A new architecture is one family file (its ``PARTS``) and one line in ``LAYOUTS``.
+A new architecture is one family file that registers its ``PARTS`` in ``LAYOUTS`` (imported below for
+the built-in ones; a plugin module imports its own).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 
 from torch import nn
 
-from sparse_adapter.adapters.layouts.bart import PARTS as BART
-from sparse_adapter.adapters.layouts.base import Layout, Slice
-from sparse_adapter.adapters.layouts.bert import PARTS as BERT_LIKE
-from sparse_adapter.adapters.layouts.gpt2 import PARTS as GPT2
-from sparse_adapter.adapters.layouts.llama import PARTS as LLAMA_LIKE
-from sparse_adapter.adapters.layouts.t5 import parts as t5_parts
+from sparse_adapter.adapters.layouts import bart, bert, gpt2, llama, t5  # noqa: F401 (the built-ins register)
+from sparse_adapter.adapters.layouts.base import LAYOUTS, Layout, Slice
 from sparse_adapter.errors import ConfigError
 
 
 class UnknownArchitecture(ConfigError):
     """No layout for this model type: the variant that needed one names itself (``AdapterConfig.attach``)."""
 
-# model type -> its parts' layouts, or a function of the model config giving them (T5: gated FFN or not)
-LAYOUTS: dict[str, dict[str, Layout] | Callable[[object], dict[str, Layout]]] = {
-    "bert": BERT_LIKE,
-    "roberta": BERT_LIKE,
-    "xlm-roberta": BERT_LIKE,
-    "electra": BERT_LIKE,
-    "bart": BART,
-    "llama": LLAMA_LIKE,
-    "mistral": LLAMA_LIKE,
-    "qwen2": LLAMA_LIKE,
-    "qwen3": LLAMA_LIKE,
-    "gpt2": GPT2,
-    "t5": t5_parts,
-    "mt5": t5_parts,
-}
 
 
 def has_layout(model: nn.Module) -> bool:
@@ -87,6 +68,20 @@ def require_slot(model: nn.Module, slot: str, adapter: str) -> None:
         raise ConfigError(
             f"adapter={adapter}: the '{model.config.model_type}' layout has no '{slot}' slot in "
             f"{', '.join(layouts)} yet"
+        )
+
+
+def check_points(model: nn.Module, needs: tuple[str, ...], adapter: str) -> None:
+    """A variant's attachment points (``AdapterConfig.needs``), each present in some chosen part of the model."""
+    if not needs:
+        return
+    layouts = layouts_for(model)
+    has = {name for layout in layouts.values() for name in layout.available()}
+    missing = [name for name in needs if name not in has]
+    if missing:
+        raise ConfigError(
+            f"adapter={adapter} needs the attachment point(s) {', '.join(missing)}, which the"
+            f" '{model.config.model_type}' architecture does not have (it has: {', '.join(sorted(has))})"
         )
 
 

@@ -3,7 +3,7 @@ three parts. Pre-norm sublayers ``layer.i``; the FFN is ``DenseReluDense`` with 
 (T5 v1.1, mT5, Flan-T5), ``wi_0``/``wi_1``. The relative position bias is the model's own: a
 prefix joins at the attention interface with zero bias, the sequence's bias untouched."""
 
-from sparse_adapter.adapters.layouts.base import Layout
+from sparse_adapter.adapters.layouts.base import LAYOUTS, Layout
 
 
 def _attention(path: str) -> dict[str, str]:
@@ -45,3 +45,6 @@ def parts(config) -> dict[str, Layout]:
     """The layouts for this config: gated FFNs name their two input projections."""
     gated = bool(getattr(config, "is_gated_act", False))
     return {"encoder": _stack("encoder.block", 1, gated), "decoder": _stack("decoder.block", 2, gated), "cross": _cross()}
+
+
+LAYOUTS.register(("t5", "mt5"), parts)
