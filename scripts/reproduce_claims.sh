@@ -40,7 +40,7 @@ case "$stage" in
   lr)
     $py train.py -m row=dense task=mrpc,stsb seed=42 optimizer.lr=2e-4,5e-4,1e-3,2e-3 "${budget[@]}" "hydra.sweep.dir=$out/lr"
     $py train.py -m row=finetune task=mrpc,stsb seed=42 optimizer.lr=2e-5,5e-5 "${budget[@]}" "hydra.sweep.dir=$out/lr"
-    $py -m sparse_adapter.report "$out/lr" --out "$out/lr-report"
+    $py -m paper.report "$out/lr" --out "$out/lr-report"
     ;;
   reference)
     for seed in 1 2 3; do  # seed by seed, so that a stopped session leaves finished pairs
@@ -59,7 +59,7 @@ case "$stage" in
     $py train.py -m experiment=claims_finetune "hydra.sweep.dir=$out/grid"
     $py train.py -m experiment=claims "hydra.sweep.dir=$out/grid"
     $py train.py -m experiment=claims_references "hydra.sweep.dir=$out/grid"
-    $py -m sparse_adapter.report "$out/grid" --out "$out/report"
+    $py -m paper.report "$out/grid" --out "$out/report"
     ;;
   mrpc_variants)  # MRPC first (fusion last: it fuses the Pfeiffer adapters of all four tasks)
     table4=(experiment=table4 hydra.sweeper.params.seed=42 "${adapter_lr[@]}" "${budget[@]}" "hydra.sweep.dir=$out/table4")
@@ -73,17 +73,17 @@ case "$stage" in
     $py train.py -m "${table4[@]}" "hydra.sweeper.params.task='cola,stsb,rte'" \
       "hydra.sweeper.params.row='t4_pfeiffer,t4_pfeiffer_snip'"   # the fusion rows' sources: dense for t4_fusion, SNIP for t4_fusion_snip
     $py train.py -m "${table4[@]}" hydra.sweeper.params.task=mrpc "hydra.sweeper.params.row='t4_fusion,t4_fusion_snip'"
-    $py -m sparse_adapter.report "$out/table4" "$out/variants" --out "$out/variants-report"
+    $py -m paper.report "$out/table4" "$out/variants" --out "$out/variants-report"
     ;;
   zero_init)  # seed first: a grid stopped midway holds whole seeds
     $py train.py -m seed=42,43,44 task=mrpc,stsb row=zi_lora_dense,zi_lora_random_s50,zi_lora_snip_s50 trainer.precision=32-true \
       "${adapter_lr[@]}" "${budget[@]}" "hydra.sweep.dir=$out/zero_init"
-    $py -m sparse_adapter.report "$out/zero_init" --out "$out/zero_init-report"
+    $py -m paper.report "$out/zero_init" --out "$out/zero_init-report"
     ;;
   variants)
     lr_chosen || exit 0
     $py train.py -m experiment=table4 hydra.sweeper.params.seed=42 "${adapter_lr[@]}" "${budget[@]}" "hydra.sweep.dir=$out/table4"
-    $py -m sparse_adapter.report "$out/table4" "$out/variants" --out "$out/variants-report"
+    $py -m paper.report "$out/table4" "$out/variants" --out "$out/variants-report"
     ;;
   pai)  # row by row (each row's 9 jobs end together, so each claim gets its verdict as soon as it can)
     lr_chosen || exit 0
@@ -102,7 +102,7 @@ case "$stage" in
     else
       run_rows "${rows[@]}"
     fi
-    $py -m sparse_adapter.report "$out/grid" "$out/pai" --out "$out/pai-report"
+    $py -m paper.report "$out/grid" "$out/pai" --out "$out/pai-report"
     ;;
   bf16)
     lr_chosen || exit 0

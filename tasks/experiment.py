@@ -24,7 +24,7 @@ from sparse_adapter.distributed import unshard_
 from sparse_adapter.errors import ConfigError
 from sparse_adapter.io import save_adapter, write_json_atomic
 from sparse_adapter.pruning import PrunerConfig, check_sparsity
-from sparse_adapter.runs import training_budget
+from tasks.budget import training_budget
 from tasks import rundir
 from tasks.precision import resolve_precision
 from tasks.resume import check_allowed_changes, check_matches, optimisation_record, read_checkpoint

@@ -3,11 +3,11 @@
 import pytest
 from omegaconf import OmegaConf
 
-from sparse_adapter.paired import (
+from paper.paired import (
     CLAIMS, average_over_tasks, differences, early_score, interval, paired_table, paper_difference, per_task_table, verdict,
 )
-from sparse_adapter.report import report
-from sparse_adapter.runs import load_summaries
+from paper.report import report
+from paper.runs import load_summaries
 from tests.test_report import write_run
 
 SNIP_VS_DENSE = next(c for c in CLAIMS if (c.row, c.reference) == ("snip", "dense"))
@@ -159,7 +159,7 @@ def test_every_pai_check_has_its_rows_in_the_pai_grid_or_the_claims_grid():
     that the PaI grid or the claims grid trains at 3 seeds, at the same budget."""
     import re
 
-    from sparse_adapter.paired import CHECKS
+    from paper.paired import CHECKS
     from tests.conftest import ROOT
 
     script = (ROOT / "scripts" / "reproduce_claims.sh").read_text()

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from sparse_adapter.report import load_summaries, main, markdown_table, row_key
+from paper.report import load_summaries, main, markdown_table, row_key
 
 
 def write_run(folder, task, row, seed, value, metric="accuracy", **extra):
@@ -57,7 +57,7 @@ def test_no_summaries_is_a_clear_error(tmp_path):
 
 
 def test_a_table_appears_once_one_of_its_own_rows_ran(tmp_path):
-    from sparse_adapter.report import report
+    from paper.report import report
 
     write_run(tmp_path, "rte", "snip", 1, 0.6)
     write_run(tmp_path, "rte", "dense", 1, 0.5)
@@ -66,7 +66,7 @@ def test_a_table_appears_once_one_of_its_own_rows_ran(tmp_path):
 
 
 def test_a_run_whose_table_is_not_shown_is_listed_under_other_runs(tmp_path):
-    from sparse_adapter.report import report
+    from paper.report import report
 
     write_run(tmp_path, "mrpc", "t4_pfeiffer", 1, 0.82)
     write_run(tmp_path, "mrpc", "dense", 1, 0.745)  # Table 1 needs a pruner row to appear
@@ -76,7 +76,7 @@ def test_a_run_whose_table_is_not_shown_is_listed_under_other_runs(tmp_path):
 
 
 def test_pruning_checks_get_their_own_table_without_a_paper_column(tmp_path):
-    from sparse_adapter.report import report
+    from paper.report import report
 
     write_run(tmp_path, "mrpc", "snip", 1, 0.81)
     write_run(tmp_path, "mrpc", "snip_shuffle", 1, 0.79, pruner_settings={"scorer": "snip", "control": "shuffle"})
@@ -108,7 +108,7 @@ def test_runs_of_other_backbones_or_budgets_are_never_averaged_together(tmp_path
     write_run(tmp_path / "b", "rte", "snip", 1, 0.40, backbone="tiny-bert", budget=budget)
     write_run(tmp_path / "c", "rte", "snip", 1, 0.55, backbone="minilm", budget={**budget, "epochs": 1})
     write_run(tmp_path / "d", "rte", "snip", 2, 0.70, backbone="minilm", budget={**budget, "lr": 2e-4})
-    from sparse_adapter.report import report
+    from paper.report import report
 
     text = report(load_summaries([tmp_path]))
     sections = re.split(r"^## ", text, flags=re.M)[1:]
@@ -131,7 +131,7 @@ def test_each_table_has_a_trivial_baseline_row_and_marks_cells_that_do_not_beat_
 
 
 def test_report_states_the_machine_time_of_each_group(tmp_path):
-    from sparse_adapter.report import report
+    from paper.report import report
 
     write_run(tmp_path, "mrpc", "dense", 1, 0.8, wall_seconds=5400.0)
     write_run(tmp_path, "mrpc", "snip", 1, 0.8, wall_seconds=1800.0)

@@ -9,8 +9,11 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-TASKS = [("cola", "CoLA"), ("mrpc", "MRPC"), ("stsb", "STS-B"), ("rte", "RTE"), ("sst2", "SST-2"), ("xsum", "XSum R2"), ("squad", "SQuAD F1")]
-GLUE = {"cola", "mrpc", "stsb", "rte", "sst2"}  # ``Avg.`` averages these only (the paper's GLUE average)
+from paper.definitions import tasks
+
+TASKS = [(task.key, task.name) for task in tasks()]  # (key, column name), in column order (paper/data/tasks.yaml)
+FAMILY = {task.key: task.family for task in tasks()}  # verdicts pool (task, seed) pairs within one family only
+GLUE = {key for key, family in FAMILY.items() if family == "glue"}  # ``Avg.`` averages these only (the paper's GLUE average)
 
 
 def row_key(summary: dict) -> str:
@@ -88,29 +91,6 @@ def base_row_key(summary: dict) -> str:
     if abs(summary["sparsity"] - 0.4) < 1e-9:
         return "er" if summary.get("scope") == "er" else summary["pruner"]
     return f"{summary['pruner']}_s{round(100 * summary['sparsity'])}"
-
-
-def training_budget(config: dict) -> dict:
-    """What a run's numbers depend on besides its row, task and seed (from its resolved config).
-
-    The report never averages runs whose budgets differ: a 32-step run beside a 5-epoch run, or a
-    tiny random backbone beside MiniLM, would make a number that describes neither.
-    """
-    trainer, data, optimizer = config.get("trainer", {}), config.get("data", {}), config.get("optimizer", {})
-    return {
-        "epochs": trainer.get("max_epochs"),
-        "max_steps": trainer.get("max_steps", -1),
-        "lr": optimizer.get("lr"),
-        "batch_size": data.get("batch_size"),
-        "accumulate_grad_batches": trainer.get("accumulate_grad_batches", 1),
-        "max_train_samples": data.get("max_train_samples"),
-        "max_length": data.get("max_length"),
-        "backbone_overrides": dict(config.get("backbone", {}).get("config") or {}),
-        # QA and seq2seq windows; absent for GLUE, so GLUE budgets (and their grouping) are unchanged
-        **{key: data[key] for key in ("doc_stride", "max_target_length") if key in data},
-        **({"group_by_length": True} if data.get("group_by_length") else {}),  # recorded only when on: older runs group as before
-        **({"precision": trainer["precision"]} if trainer.get("precision", "32-true") not in ("32-true", "32", 32) else {}),  # ditto
-    }
 
 
 REQUIRED = ("task", "adapter", "pruner", "sparsity", "seed", "main_metric", "metrics", "trained_params_pct")  # what the tables read
