@@ -9,6 +9,9 @@
 #                                           # (LANES=2: two 1-thread sweeps side by side; PAI_ROWS=...: which rows)
 #   bash scripts/reproduce_claims.sh zero_init  # issue 34: LoRA at PEFT's default init (B = 0): dense, random-0.5, look-ahead SNIP-0.5
 #                                           # (MRPC, STS-B, seeds 42-44)
+#   bash scripts/reproduce_claims.sh squad  # issue 36: SQuAD lr sweep (seed 42; dense adapter and full fine-tuning), then, once
+#                                           # the winners are set in conf/experiment/claims_squad*.yaml, dense, SNIP-0.4,
+#                                           # SNIP-0.8 and fine-tuning at seeds 42-44 (SQUAD_ADAPTER_LRS, SQUAD_FINETUNE_LRS)
 #   bash scripts/reproduce_claims.sh bf16   # issue 25: dense and SNIP-0.4 in bf16-mixed (MRPC, STS-B, 3 seeds) against the fp32 grid
 #   bash scripts/reproduce_claims.sh all    # mrpc_variants, lr, reference, grid, variants, pai, bf16: what a fresh session restarts
 #   bash scripts/reproduce_claims.sh clean  # drop the checkpoints of finished grid jobs
@@ -104,6 +107,21 @@ case "$stage" in
     fi
     $py -m paper.report "$out/grid" "$out/pai" --out "$out/pai-report"
     ;;
+  squad)  # the lr sweep's jobs are skipped once finished, so re-running goes straight on to the grid
+    squad=("hydra.sweeper.params.seed=42" "hydra.sweep.dir=$out/squad/lr")
+    $py train.py -m experiment=claims_squad "${squad[@]}" hydra.sweeper.params.row=dense \
+      "optimizer.lr=${SQUAD_ADAPTER_LRS:-5e-4,1e-3,2e-3}"
+    $py train.py -m experiment=claims_squad_finetune "${squad[@]}" "optimizer.lr=${SQUAD_FINETUNE_LRS:-3e-5,5e-5,1e-4}"
+    $py -m paper.report "$out/squad/lr" --out "$out/squad/lr-report" --no-plots
+    if grep -q "^# lr: provisional" conf/experiment/claims_squad.yaml; then
+      echo "squad: the grid waits for the lr choice (set the winners in conf/experiment/claims_squad*.yaml," \
+        "then drop the 'lr: provisional' line; $out/squad/lr-report/report.md has the sweep)" >&2
+      exit 0
+    fi
+    $py train.py -m experiment=claims_squad "hydra.sweep.dir=$out/squad/grid"
+    $py train.py -m experiment=claims_squad_finetune "hydra.sweep.dir=$out/squad/grid"
+    $py -m paper.report "$out/squad/grid" --out "$out/squad/report"
+    ;;
   bf16)
     lr_chosen || exit 0
     $py train.py -m experiment=claims_bf16 "hydra.sweep.dir=$out/bf16"
@@ -112,5 +130,5 @@ case "$stage" in
   all) for step in mrpc_variants lr reference grid variants pai bf16 zero_init; do bash "$0" "$step" "$out"; done ;;
   clean)  # finished jobs need no checkpoint (they are never committed: .gitignore)
     for summary in $(find "$out" -name summary.json); do rm -rf "$(dirname "$summary")/checkpoints"; done ;;
-  *) echo "usage: $0 lr|reference|grid|mrpc_variants|variants|pai|bf16|zero_init|all|clean [out]" >&2; exit 2 ;;
+  *) echo "usage: $0 lr|reference|grid|mrpc_variants|variants|pai|bf16|zero_init|squad|all|clean [out]" >&2; exit 2 ;;
 esac
