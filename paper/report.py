@@ -19,7 +19,7 @@ import statistics
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from paper.definitions import Table, published, row_labels, table2_columns, tables
+from paper.definitions import published, row_labels, table2_columns, tables
 from paper.paired import ALSO, paired_table, per_task_table
 from paper.runs import GLUE, TASKS, group_key, learning_curve, load_summaries, lr_of, one_lr_per_row, pruner_label, row_key
 

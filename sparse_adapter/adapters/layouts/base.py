@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sparse_adapter.errors import ConfigError
-
 
 @dataclass(frozen=True)
 class Slice:
@@ -52,12 +50,6 @@ class Layout:
     # parallel adapter where the FFN is one module called with its input (Llama's mlp, GPT-2's mlp,
     # T5's DenseReluDense): the adapter reads that input and adds to the module's output
     ffn_module: str | None = None
-
-    def require(self, slot: str, adapter: str) -> str:
-        path = getattr(self, slot)
-        if not path:
-            raise ConfigError(f"adapter={adapter}: this architecture's layout has no '{slot}' slot yet")
-        return path
 
 
 def target_path(target: Target) -> str:
