@@ -34,7 +34,8 @@ def records(name: str, items, kind: type) -> list:
     for index, item in enumerate(items or []):
         if not isinstance(item, dict) or set(item) - allowed:
             unknown = sorted(set(item) - allowed) if isinstance(item, dict) else item
-            raise DefinitionError(f"{DATA / name}: entry {index + 1}: unknown keys {unknown} (allowed: {sorted(allowed)})")
+            raise DefinitionError(f"{DATA / name}: entry {index + 1}: unknown keys {unknown} "
+                                  f"(allowed: {sorted(allowed)})")
         try:
             out.append(kind(**item))
         except TypeError as error:
@@ -49,7 +50,7 @@ class Claim:
     reference: str
     kind: str = "beats"  # or "matches": the row is no worse than the reference
     measure: str = "final"  # or "early": mean dev metric over the first EARLY of training (needs quarter-epoch evals)
-    paper: str | None = None  # which of the paper's GLUE averages hold both rows: "BERT" (Tables 1, 3) or "RoBERTa" (Table 2)
+    paper: str | None = None  # the paper's GLUE averages holding both rows: "BERT" (Tables 1, 3), "RoBERTa" (Table 2)
 
     def __post_init__(self):
         if self.kind not in ("beats", "matches") or self.measure not in ("final", "early"):
@@ -109,7 +110,8 @@ def families() -> dict[str, str]:
 
 def table2_columns() -> list[tuple[str, set[str]]]:
     """The paper's Table 2 layout: (column title, the tasks of its family)."""
-    return [(column["title"], {t.key for t in tasks() if t.family == column["family"]}) for column in _tasks()["table2_columns"]]
+    columns = _tasks()["table2_columns"]
+    return [(column["title"], {t.key for t in tasks() if t.family == column["family"]}) for column in columns]
 
 
 @cache

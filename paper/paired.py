@@ -30,6 +30,7 @@ MARGIN = claim_setting("margin")  # points of dev metric ×100: what "matches" m
 EARLY = claim_setting("early")  # "converges faster": the mean dev metric over the evaluations in this first fraction
 CLAIMS = claims()  # paper/data/claims.yaml
 CHECKS = checks()  # pruning-at-initialization checks (issue 24; not claims of the paper)
+PerTask = dict[str, dict[int, float]]  # task → seed → (row − reference)
 ALSO = {task.key: task.also for task in task_definitions() if task.also}  # e.g. SQuAD: exact match beside F1
 
 
@@ -37,7 +38,8 @@ def paper_difference(claim: Claim) -> str:
     """The paper's own (row − reference) of its GLUE averages, e.g. '+0.6 (BERT)'; its Figure 4 for convergence."""
     if claim.measure == "early":
         return "Figure 4"
-    averages = {"BERT": published()["bert_avg"], "RoBERTa": published()["roberta_avg_table2"]}.get(claim.paper or "", {})
+    tables = {"BERT": "bert_avg", "RoBERTa": "roberta_avg_table2"}
+    averages = published()[tables[claim.paper]] if claim.paper in tables else {}
     if claim.row not in averages or claim.reference not in averages:
         return "–"
     return f"{averages[claim.row] - averages[claim.reference]:+.1f} ({claim.paper})".replace("-", "−")
@@ -72,27 +74,30 @@ def scores(runs: list[dict], measure: str = "final", metric: str | None = None) 
     return found
 
 
-def differences(runs: list[dict], claim: Claim, metric: str | None = None) -> dict[str, dict[int, float]]:
+def differences(runs: list[dict], claim: Claim, metric: str | None = None) -> PerTask:
     """task → seed → (row − reference) for every seed where both ran (main metric unless ``metric``)."""
     by_key = scores(runs, claim.measure, metric)
-    found: dict[str, dict[int, float]] = defaultdict(dict)
+    found: PerTask = defaultdict(dict)
     for (row, task, seed), value in by_key.items():
         if row == claim.row and (claim.reference, task, seed) in by_key:
             found[task][seed] = value - by_key[(claim.reference, task, seed)]
     return found
 
 
-def by_family(per_task: dict[str, dict[int, float]]) -> dict[str, dict[str, dict[int, float]]]:
+def by_family(per_task: PerTask) -> dict[str, PerTask]:
     """family → its tasks' differences, in the report's family order: verdicts never pool across families
     (a SQuAD F1 difference is no replicate of a CoLA Matthews one)."""
     order = list(families())
-    grouped: dict[str, dict[str, dict[int, float]]] = {}
-    for family in sorted({FAMILY.get(t, t) for t in per_task}, key=lambda f: (f not in order, order.index(f) if f in order else f)):
+    grouped: dict[str, PerTask] = {}
+    def position(family: str) -> tuple:
+        return (0, order.index(family), "") if family in order else (1, 0, family)
+
+    for family in sorted({FAMILY.get(t, t) for t in per_task}, key=position):
         grouped[family] = {t: seeds for t, seeds in per_task.items() if FAMILY.get(t, t) == family}
     return grouped
 
 
-def average_over_tasks(per_task: dict[str, dict[int, float]], tasks: list[str]) -> dict[int, float]:
+def average_over_tasks(per_task: PerTask, tasks: list[str]) -> dict[int, float]:
     """seed → mean difference over ``tasks``, for the seeds that ran all of them."""
     seeds = set.intersection(*(set(per_task.get(t, {})) for t in tasks)) if tasks else set()
     return {seed: statistics.mean(per_task[t][seed] for t in tasks) for seed in sorted(seeds)}
@@ -117,6 +122,11 @@ def interval(values: list[float]) -> tuple[float, float, float] | None:
     return mean, mean - half, mean + half
 
 
+def ci_text(bounds: tuple[float, float, float]) -> str:
+    """'+1.4 [-0.5, +3.3]': a mean and its 95% interval."""
+    return f"{bounds[0]:+.1f} [{bounds[1]:+.1f}, {bounds[2]:+.1f}]"
+
+
 def verdict(values: list[float], kind: str) -> str:
     """'reproduced', 'within noise' or 'not reproduced' for one claim's pooled (task, seed) differences."""
     bounds = interval(values)
@@ -129,7 +139,7 @@ def verdict(values: list[float], kind: str) -> str:
     return "not reproduced" if high < threshold else "within noise"
 
 
-def claims_with_pairs(runs: list[dict]) -> tuple[list[tuple[str, str]], list[tuple[Claim, dict[str, dict[int, float]]]]]:
+def claims_with_pairs(runs: list[dict]) -> tuple[list[tuple[str, str]], list[tuple[Claim, PerTask]]]:
     """The tasks present (key, name) and every claim with at least one pair, with its differences."""
     present = {r["task"] for r in runs}
     tasks = [(t, name) for t, name in TASKS if t in present]
@@ -137,7 +147,7 @@ def claims_with_pairs(runs: list[dict]) -> tuple[list[tuple[str, str]], list[tup
     return tasks, found
 
 
-def claim_lines(runs: list[dict]) -> tuple[list[tuple[str, str]], list[tuple[Claim, str, dict[str, dict[int, float]]]]]:
+def claim_lines(runs: list[dict]) -> tuple[list[tuple[str, str]], list[tuple[Claim, str, PerTask]]]:
     """Like ``claims_with_pairs``, one entry per (claim, task family): a claim's text names its family
     ("… [QA (SQuAD)]") when the runs hold more than one family."""
     tasks, found = claims_with_pairs(runs)
@@ -168,10 +178,11 @@ def paired_table(runs: list[dict]) -> str | None:
         cells = [describe(list(per_task.get(t, {}).values())) + (also_cell(runs, claim, t) if t in per_task else "")
                  for t, _ in tasks]
         family = FAMILY.get(next(iter(per_task)))  # Avg.: over the family's tasks present (GLUE: the paper's average)
-        average = describe(list(average_over_tasks(per_task, [t for t, _ in tasks if FAMILY.get(t) == family]).values()))
+        mine = [t for t, _ in tasks if FAMILY.get(t) == family]
+        average = describe(list(average_over_tasks(per_task, mine).values()))
         pooled = [value for seeds in per_task.values() for value in seeds.values()]
         bounds = interval(pooled)
-        ci = f"{bounds[0]:+.1f} [{bounds[1]:+.1f}, {bounds[2]:+.1f}] (n={len(pooled)})" if bounds else f"n={len(pooled)}"
+        ci = f"{ci_text(bounds)} (n={len(pooled)})" if bounds else f"n={len(pooled)}"
         lines.append(f"| {text} | {claim.row} − {claim.reference} | " + " | ".join(cells)
                      + f" | {average} | {ci} | {verdict(pooled, claim.kind)} | {paper_difference(claim)} |")
     header = ("| Claim | difference | " + " | ".join(name for _, name in tasks)
@@ -191,8 +202,7 @@ def per_task_table(runs: list[dict]) -> str | None:
         for task, _ in tasks:
             values = list(per_task.get(task, {}).values())
             bounds = interval(values)
-            cells.append(f"{bounds[0]:+.1f} [{bounds[1]:+.1f}, {bounds[2]:+.1f}] {verdict(values, claim.kind)}" if bounds
-                         else f"n={len(values)}")
+            cells.append(f"{ci_text(bounds)} {verdict(values, claim.kind)}" if bounds else f"n={len(values)}")
         lines.append(f"| {claim.text} | " + " | ".join(cells) + " |")
     header = "| Claim | " + " | ".join(f"{name}: mean [95% CI] verdict" for _, name in tasks) + " |"
     return "\n".join([header, "|---" * (len(tasks) + 1) + "|", *lines])

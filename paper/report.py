@@ -21,7 +21,9 @@ from pathlib import Path
 
 from paper.definitions import published, row_labels, table2_columns, tables
 from paper.paired import ALSO, paired_table, per_task_table
-from paper.runs import GLUE, TASKS, group_key, learning_curve, load_summaries, lr_of, one_lr_per_row, pruner_label, row_key
+from paper.runs import (
+    GLUE, TASKS, group_key, learning_curve, load_summaries, lr_of, one_lr_per_row, pruner_label, row_key,
+)
 
 __all__ = ["load_summaries", "main", "markdown_table", "report", "row_key"]
 ROW_LABELS = row_labels()  # paper/data/rows.yaml
@@ -34,12 +36,16 @@ def describe_group(key: str) -> str:
     if len(budget) == 1:
         return f"backbone {budget['backbone']}, budget not recorded"
     parts = [f"backbone {budget['backbone']}"]
-    parts.append(f"{budget['epochs']} epochs" if budget.get("max_steps", -1) in (-1, None) else f"{budget['max_steps']} steps (≤ {budget['epochs']} epochs)")
+    by_epochs = budget.get("max_steps", -1) in (-1, None)
+    steps = f"{budget['max_steps']} steps (≤ {budget['epochs']} epochs)"
+    parts.append(f"{budget['epochs']} epochs" if by_epochs else steps)
     batch = budget["batch_size"] * (budget.get("accumulate_grad_batches") or 1)
     parts.append(f"batch {batch}")
     parts.append(f"max length {budget['max_length']}")
-    parts += [f"{label} {budget[key]}" for key, label in (("doc_stride", "stride"), ("max_target_length", "max target")) if key in budget]
-    parts.append(f"first {budget['max_train_samples']} training rows" if budget.get("max_train_samples") else "all training rows")
+    windows = (("doc_stride", "stride"), ("max_target_length", "max target"))
+    parts += [f"{label} {budget[key]}" for key, label in windows if key in budget]
+    rows = budget.get("max_train_samples")
+    parts.append(f"first {rows} training rows" if rows else "all training rows")
     parts += ["batches grouped by length"] if budget.get("group_by_length") else []
     parts += [f"{k}={v}" for k, v in sorted((budget.get("backbone_overrides") or {}).items())]
     return ", ".join(parts)
@@ -48,7 +54,8 @@ def describe_group(key: str) -> str:
 def machine_time(runs: list[dict]) -> str:
     """What the runs cost: the sum of their wall times (a resumed job counts every piece)."""
     timed = [r["wall_seconds"] for r in runs if r.get("wall_seconds") is not None]
-    return f"{len(runs)} run{'s' * (len(runs) != 1)}; {sum(timed) / 3600:.1f} h of wall time in the {len(timed)} that record it (sum of `wall_seconds`)."
+    return (f"{len(runs)} run{'s' * (len(runs) != 1)}; {sum(timed) / 3600:.1f} h of wall time in the {len(timed)} "
+            "that record it (sum of `wall_seconds`).")
 
 
 Cells = dict[tuple[str, float | None, str], list[float]]
@@ -112,7 +119,10 @@ def markdown_table(runs: list[dict], rows: list[str], reference: tuple[str, dict
     main = [values is grouped for *_, values in columns]  # a further metric's column has no trivial baseline
     glue = [t for (t, *_), is_main in zip(columns, main) if is_main and t in GLUE]
     reference_name, reference_values = reference
-    reference_cell = (lambda text: f" {text} |" if text else " |") if reference_name else (lambda text: "")  # none: no column
+
+    def reference_cell(text: str) -> str:  # no reference: no column
+        return (f" {text} |" if text else " |") if reference_name else ""
+
     header = ("| Method | lr | " + " | ".join(name for _, name, _ in columns) + " | Avg. | #Param | seeds |"
               + reference_cell(reference_name))
     lines = [header, "|---" * (len(columns) + 5 + bool(reference_name)) + "|"]
@@ -121,7 +131,8 @@ def markdown_table(runs: list[dict], rows: list[str], reference: tuple[str, dict
         average = f"{statistics.mean(values):.1f}" if values and None not in values else "–"
         values = [floors.get(t) if is_main else None for (t, *_), is_main in zip(columns, main)]
         shown = " | ".join("–" if v is None else f"{v:.1f}" for v in values)
-        lines.append(f"| Trivial baseline (best constant predictor) | – | {shown} | {average} | 0 | – |" + reference_cell(""))
+        lines.append(f"| Trivial baseline (best constant predictor) | – | {shown} | {average} | 0 | – |"
+                     + reference_cell(""))
     for row in rows:
         for lr in sorted({lr for (r, lr, _) in grouped if r == row}, key=lambda v: (v is None, v)):
             present = [values.get((row, lr, t), []) for t, _, values in columns]
@@ -130,7 +141,8 @@ def markdown_table(runs: list[dict], rows: list[str], reference: tuple[str, dict
             paper = reference_values.get(row, "")
             lines.append(
                 f"| {ROW_LABELS.get(row, row)} | {'–' if lr is None else f'{lr:g}'} | "
-                + " | ".join(mean_std(v, floors.get(t) if is_main else None) for v, (t, *_), is_main in zip(present, columns, main))
+                + " | ".join(mean_std(v, floors.get(t) if is_main else None)
+                             for v, (t, *_), is_main in zip(present, columns, main))
                 + f" | {average} | {param_pct(runs, row)} | {max(len(v) for v in present)} |" + reference_cell(paper)
             )
     return "\n".join(lines)
@@ -168,10 +180,11 @@ def table2(runs: list[dict]) -> str | None:
         notes.append(f"{title}: {', '.join(present)} on {describe_group(key)}")
     header = "| Method | " + " | ".join(columns) + " | paper (GLUE / XSum / SQuAD) |"
     lines = [header, "|---" * (len(columns) + 2) + "|",
-             "| Trivial baseline (constant predictor / LEAD-1) | " + " | ".join(c["_baseline"] for c in columns.values()) + " | |"]
+             "| Trivial baseline (constant predictor / LEAD-1) | "
+             + " | ".join(c["_baseline"] for c in columns.values()) + " | |"]
     paper = published()["table2"]
-    lines += [f"| {ROW_LABELS.get(row, row)} | " + " | ".join(c.get(row, "–") for c in columns.values()) + f" | {paper.get(row, '')} |"
-              for row in rows]
+    lines += [f"| {ROW_LABELS.get(row, row)} | " + " | ".join(c.get(row, "–") for c in columns.values())
+              + f" | {paper.get(row, '')} |" for row in rows]
     return "\n".join(lines) + "\n\n" + "\n".join(f"* {note}" for note in notes) + "\n"
 
 
@@ -196,7 +209,8 @@ def report(runs: list[dict]) -> str:
         if paired := paired_table(group):
             parts.append(f"### Paired differences (row − reference, same seed; dev metric ×100)\n\n{paired}\n")
             parts.append(f"### The same claims task by task (each task's seeds alone)\n\n{per_task_table(group)}\n")
-    parts.append("† not above the task's trivial baseline: the best constant predictor on dev (the majority class; for STS-B a constant score, correlation 0; "
+    parts.append("† not above the task's trivial baseline: the best constant predictor on dev "
+                 "(the majority class; for STS-B a constant score, correlation 0; "
                  "for XSum LEAD-1, the first sentence; SQuAD has none).\n")
     return "\n".join(parts)
 
@@ -217,7 +231,8 @@ def plot(runs: list[dict], out: Path) -> list[Path]:
     by_pruner: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
         if run["adapter"] != "none" and not run.get("large_sparse"):
-            by_pruner[pruner_label(run)][(run["task"], round(run["sparsity"], 3))].append(100 * run["metrics"][run["main_metric"]])
+            point = (run["task"], round(run["sparsity"], 3))
+            by_pruner[pruner_label(run)][point].append(100 * run["metrics"][run["main_metric"]])
     if any(name != "dense" for name in by_pruner):
         figure, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.4), squeeze=False)
         for axis, (task, title) in zip(axes[0], tasks):
@@ -226,7 +241,8 @@ def plot(runs: list[dict], out: Path) -> list[Path]:
                 if not xs:
                     continue
                 ys = [statistics.mean(points[(task, s)]) for s in xs]
-                axis.plot(xs, ys, "o-" if len(xs) > 1 else "o", label=name, color=f"C{index}")  # same colour in every panel
+                style = "o-" if len(xs) > 1 else "o"
+                axis.plot(xs, ys, style, label=name, color=f"C{index}")  # same colour in every panel
             axis.set_title(title)
         written.append(_finish(figure, axes[0], "sparsity s", out / "metric_vs_sparsity.png"))
 
@@ -237,7 +253,8 @@ def plot(runs: list[dict], out: Path) -> list[Path]:
         width = 0.8 / len(rows)
         for index, row in enumerate(rows):
             values = [statistics.mean(grouped[(row, t)]) if grouped.get((row, t)) else 0.0 for t, _ in tasks]
-            axis.bar([i + index * width for i in range(len(tasks))], values, width, label=ROW_LABELS[row].replace("Adapter (dense)", "dense r=64"))
+            label = ROW_LABELS[row].replace("Adapter (dense)", "dense r=64")
+            axis.bar([i + index * width for i in range(len(tasks))], values, width, label=label)
         axis.set_xticks([i + 0.4 - width / 2 for i in range(len(tasks))], [name for _, name in tasks])
         axis.set_ylabel("dev metric ×100")
         axis.legend(fontsize=7)
@@ -262,10 +279,11 @@ def plot(runs: list[dict], out: Path) -> list[Path]:
                     axis.plot(xs, means, "o-", label=ROW_LABELS.get(row, row), markersize=3, color=f"C{index}")
                     spread = [statistics.stdev(by_fraction[x]) if len(by_fraction[x]) > 1 else 0.0 for x in xs]
                     if any(spread):  # ± one std over seeds: how far apart two rows must be to mean anything
-                        axis.fill_between(xs, [m - d for m, d in zip(means, spread)], [m + d for m, d in zip(means, spread)],
-                                          color=f"C{index}", alpha=0.15, linewidth=0)
+                        low, high = [m - d for m, d in zip(means, spread)], [m + d for m, d in zip(means, spread)]
+                        axis.fill_between(xs, low, high, color=f"C{index}", alpha=0.15, linewidth=0)
             axis.set_title(title)
-        written.append(_finish(figure, axes[0], "fraction of training (mean ± std over seeds)", out / "convergence.png"))
+        xlabel = "fraction of training (mean ± std over seeds)"
+        written.append(_finish(figure, axes[0], xlabel, out / "convergence.png"))
     return written
 
 
@@ -299,7 +317,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     runs = load_summaries(args.folders)
     if not runs:
-        raise SystemExit(f"error: no complete summary.json under {', '.join(map(str, args.folders))} (any skipped run is named above)")
+        folders = ", ".join(map(str, args.folders))
+        raise SystemExit(f"error: no complete summary.json under {folders} (any skipped run is named above)")
     text = report(runs)
     print(text)
     if args.out:

@@ -13,7 +13,7 @@ from paper.definitions import tasks
 
 TASKS = [(task.key, task.name) for task in tasks()]  # (key, column name), in column order (paper/data/tasks.yaml)
 FAMILY = {task.key: task.family for task in tasks()}  # verdicts pool (task, seed) pairs within one family only
-GLUE = {key for key, family in FAMILY.items() if family == "glue"}  # ``Avg.`` averages these only (the paper's GLUE average)
+GLUE = {key for key, family in FAMILY.items() if family == "glue"}  # ``Avg.`` averages these only (the paper's)
 
 
 def row_key(summary: dict) -> str:
@@ -26,7 +26,7 @@ def row_key(summary: dict) -> str:
 
 # what a pruner setting is when a summary does not record it (runs from before it existed)
 PRUNER_DEFAULTS = {"scope": "global", "iterations": 1, "control": "none", "min_density": 0.0}
-ROW_IDENTITY = ("scorer", *PRUNER_DEFAULTS, "n", "m")  # what tells two pruners apart (older summaries record none of it)
+ROW_IDENTITY = ("scorer", *PRUNER_DEFAULTS, "n", "m")  # what tells two pruners apart (older summaries record none)
 
 
 def pruner_settings(summary: dict) -> dict:
@@ -93,7 +93,8 @@ def base_row_key(summary: dict) -> str:
     return f"{summary['pruner']}_s{round(100 * summary['sparsity'])}"
 
 
-REQUIRED = ("task", "adapter", "pruner", "sparsity", "seed", "main_metric", "metrics", "trained_params_pct")  # what the tables read
+# what the tables read
+REQUIRED = ("task", "adapter", "pruner", "sparsity", "seed", "main_metric", "metrics", "trained_params_pct")
 
 
 _warned: set[str] = set()
@@ -136,7 +137,8 @@ def load_summaries(folders: list[Path]) -> list[dict]:
             try:
                 summary = json.loads(path.read_bytes().decode("utf-8"))
             except (OSError, UnicodeDecodeError, ValueError) as error:
-                warn(f"{path}: skipped (not readable JSON: {str(error).splitlines()[0] if str(error) else type(error).__name__})")
+                reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+                warn(f"{path}: skipped (not readable JSON: {reason})")
                 continue
             if isinstance(summary, dict) and summary.get("status") != "complete":
                 warn(f"{path}: skipped (status {summary.get('status')!r}, not 'complete')")

@@ -50,7 +50,8 @@ def check_large_sparse(adapter, pruner: PrunerConfig, sparsity: float, large_spa
         raise ConfigError(f"large_sparse: adapter '{type(adapter).__name__}' has no bottleneck or rank to scale")
     if abs(sparsity - (1.0 - 1.0 / large_sparse)) > 1e-9:
         raise ConfigError(
-            f"sparsity={sparsity} contradicts large_sparse={large_sparse}, which sets sparsity 1-1/k = {1.0 - 1.0 / large_sparse:.4f}; drop one"
+            f"sparsity={sparsity} contradicts large_sparse={large_sparse}, which sets sparsity 1-1/k = "
+            f"{1.0 - 1.0 / large_sparse:.4f}; drop one"
         )
 
 
@@ -189,8 +190,9 @@ def build(cfg: DictConfig) -> Built:
     record = {
         "task": task.name, "backbone": cfg.backbone_name, "adapter": cfg.adapter_name,
         "adapter_config": dict(vars(adapter)), "pruner": pruner.scorer or "none",
-        "scope": pruner.scope if pruner.enabled else None, "sparsity": sparsity, "large_sparse": cfg.get("large_sparse"),
-        "seed": cfg.seed, "pruner_settings": pruner.settings(), "precision": precision,
+        "scope": pruner.scope if pruner.enabled else None, "sparsity": sparsity,
+        "large_sparse": cfg.get("large_sparse"), "seed": cfg.seed, "pruner_settings": pruner.settings(),
+        "precision": precision,
         **optimisation_record(config_dict, optimizer),
     }
     if recorded is None and pruner.enabled:
@@ -199,13 +201,13 @@ def build(cfg: DictConfig) -> Built:
         pruner.check_model(module.model, module.prunable_parameters())
     data_dir = to_absolute_path(cfg.data_dir) if cfg.get("data_dir") else None
     datamodule = task.datamodule_class()(
-        task=task, tokenizer=module.tokenizer, data_dir=data_dir, seed=cfg.seed, max_positions=max_positions(module.model),
-        **cfg.data,
+        task=task, tokenizer=module.tokenizer, data_dir=data_dir, seed=cfg.seed,
+        max_positions=max_positions(module.model), **cfg.data,
     )
     datamodule.setup("fit")  # fail on bad data before any training
     record["train_rows"] = len(datamodule.datasets["train"])
-    resume_changes = {} if recorded is None else check_matches(cfg.ckpt_path, recorded, record, cfg.get("resume_changes"))
-    return Built(task, module, datamodule, optimizer, pruner, sparsity, precision, config_dict, budget, record, resume_changes)
+    changes = {} if recorded is None else check_matches(cfg.ckpt_path, recorded, record, cfg.get("resume_changes"))
+    return Built(task, module, datamodule, optimizer, pruner, sparsity, precision, config_dict, budget, record, changes)
 
 
 def fit(cfg: DictConfig, built: Built, stop: SignalStop, started: float) -> Fitted:
@@ -226,7 +228,8 @@ def fit(cfg: DictConfig, built: Built, stop: SignalStop, started: float) -> Fitt
     checkpointing = any(isinstance(c, ModelCheckpoint) for c in callbacks)  # Lightning refuses one with it off
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, enable_checkpointing=checkpointing,
                           precision=built.precision)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)  # a checkpoint is data
+    # weights_only: a checkpoint is data
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     closing = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
     metrics = {k.removeprefix("val/"): float(v) for k, v in closing.items()}
     return Fitted(trainer, metrics, pruning, run_state, loggers)
