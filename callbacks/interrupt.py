@@ -52,7 +52,8 @@ class Interrupted(Exception):
     def message(self, run_dir: Path | None = None) -> str:
         name = signal.Signals(self.signum).name
         if self.step is None:
-            return f"interrupted by {name} before training started; nothing was saved: rerunning the command starts afresh"
+            return (f"interrupted by {name} before training started; nothing was saved: "
+                    "rerunning the command starts afresh")
         where = f"interrupted at step {self.step} by {name}"
         if self.at_once:
             where = f"interrupted at step {self.step} by a second {name}, at once (no checkpoint of this step)"
@@ -60,7 +61,8 @@ class Interrupted(Exception):
                 saved = f"step {self.saved_step}" if self.saved_step is not None else "an earlier step"
                 where += f"; the last checkpoint ({saved}) is {self.checkpoint}"
         if self.checkpoint is None:
-            return f"{where}; no checkpoint was saved (start runs with callbacks=resumable to resume them): rerunning the command starts afresh"
+            return (f"{where}; no checkpoint was saved (start runs with callbacks=resumable to resume them): "
+                    "rerunning the command starts afresh")
         directory = run_dir if run_dir is not None else self.checkpoint.parent.parent
         return f"{where}; resume with: python train.py resume={directory}"
 
@@ -70,7 +72,8 @@ class SignalStop(L.Callback):
 
     ``install()`` before the model loads: a signal before training raises at once (nothing to save).
     Lightning installs its own SIGTERM handler when ``fit`` starts, so ours is installed again at
-    ``on_train_start``. A second SIGINT stops at once, as Ctrl+C twice does elsewhere, and says which checkpoint is left.
+    ``on_train_start``. A second SIGINT stops at once, as Ctrl+C twice does elsewhere, and says which checkpoint is
+    left.
     """
 
     def __init__(self):

@@ -32,7 +32,8 @@ def test_verdicts_pool_within_a_task_family(tmp_path):
     lines = [line for line in table.splitlines() if "snip − dense" in line]
     assert len(lines) == 2  # one line (and one verdict) per family, never GLUE and SQuAD pairs pooled
     glue, qa = lines
-    assert glue.startswith(f"| {SNIP_VS_DENSE.text} [GLUE] |") and qa.startswith(f"| {SNIP_VS_DENSE.text} [QA (SQuAD)] |")
+    assert glue.startswith(f"| {SNIP_VS_DENSE.text} [GLUE] |")
+    assert qa.startswith(f"| {SNIP_VS_DENSE.text} [QA (SQuAD)] |")
     # GLUE: MRPC differences (2, -1, 3): n=3; its Avg. is MRPC's; the SQuAD cell is empty on this line
     assert "| +1.3 ± 2.1 (2/3 > 0) | – | +1.3 ± 2.1 (2/3 > 0) | +1.3 [-3.8, +6.5] (n=3) | within noise |" in glue
     # QA: F1 differences (10, 10, 10), EM beside them (5, 5, 6); the interval is F1's alone: a constant +10
@@ -52,7 +53,8 @@ def test_tables_show_squad_f1_and_em_and_average_glue_only(tmp_path):
     table = markdown_table(mixed(tmp_path), ["dense", "snip"])
     header, _, dense, snip = table.splitlines()
     assert header.startswith("| Method | lr | MRPC | SQuAD F1 | SQuAD EM | Avg. |")
-    assert dense.startswith("| Adapter (dense) | – | 75.0 ± 5.0 | 52.0 ± 2.0 | 42.0 ± 2.0 | 75.0 |")  # Avg.: MRPC only
+    # Avg.: MRPC only
+    assert dense.startswith("| Adapter (dense) | – | 75.0 ± 5.0 | 52.0 ± 2.0 | 42.0 ± 2.0 | 75.0 |")
     assert snip.startswith("| SparseAdapter SNIP | – | 76.3 ± 5.9 | 62.0 ± 2.0 | 47.3 ± 2.5 | 76.3 |")
 
 
@@ -61,14 +63,16 @@ def test_squad_in_its_own_budget_reaches_table2_and_its_own_verdicts(tmp_path):
     for seed in (1, 2, 3):
         write_run(tmp_path, "mrpc", "dense", seed, 0.70, budget=glue_budget, backbone="minilm")
         write_run(tmp_path, "mrpc", "snip", seed, 0.70 + seed / 100, budget=glue_budget, backbone="minilm")
-        squad_run(tmp_path, "dense", seed, 0.50, 0.40, budget={**BUDGET, "doc_stride": 128}, backbone="minilm")
-        squad_run(tmp_path, "snip", seed, 0.55, 0.41 + seed / 100, budget={**BUDGET, "doc_stride": 128}, backbone="minilm")
+        squad = {"budget": {**BUDGET, "doc_stride": 128}, "backbone": "minilm"}
+        squad_run(tmp_path, "dense", seed, 0.50, 0.40, **squad)
+        squad_run(tmp_path, "snip", seed, 0.55, 0.41 + seed / 100, **squad)
     text = report(load_summaries([tmp_path]))
     cross = text.split("## Table 2 layout")[1].split("\n## ")[0]
     assert "| Adapter (dense) | 70.0 | 55.0 |" not in cross and "| Adapter (dense) | 70.0 | 50.0 |" in cross
     squad_section = next(part for part in text.split("\n## ") if "stride 128" in part.splitlines()[0])
     assert "SQuAD F1 | SQuAD EM" in squad_section and "MRPC" not in squad_section.split("### Paired")[0]
-    [line] = [line for line in squad_section.splitlines() if line.startswith(f"| {SNIP_VS_DENSE.text} | snip − dense")]
+    [line] = [line for line in squad_section.splitlines()
+              if line.startswith(f"| {SNIP_VS_DENSE.text} | snip − dense")]
     assert "(n=3) | reproduced |" in line  # F1 +5 on every seed
 
 
@@ -84,12 +88,14 @@ def test_the_squad_grid_runs_the_rows_of_table2s_squad_claims():
                               for name in ("claims_squad", "claims_squad_finetune"))
     rows = set()
     for cfg in (adapters, finetune):
-        assert cfg.task.name == "squad" and cfg.hydra.runtime.choices.backbone == "minilm" and "last_checkpoint" in cfg.callbacks
+        assert cfg.task.name == "squad" and cfg.hydra.runtime.choices.backbone == "minilm"
+        assert "last_checkpoint" in cfg.callbacks
         assert str(cfg.hydra.sweeper.params.seed) == "42,43,44" and list(cfg.hydra.sweeper.params)[0] == "seed"
         rows |= set(str(cfg.hydra.sweeper.params.row).split(","))
     for key in ("trainer.max_epochs", "data", "backbone.config", "trainer.precision", "hydra.sweep.dir"):
         assert OmegaConf.select(adapters, key) == OmegaConf.select(finetune, key), key
-    squad_claims = [c for c in CLAIMS if (c.row, c.reference) in {("snip", "dense"), ("snip_s80", "dense"), ("dense", "finetune")}]
+    table2 = {("snip", "dense"), ("snip_s80", "dense"), ("dense", "finetune")}
+    squad_claims = [c for c in CLAIMS if (c.row, c.reference) in table2]
     assert len(squad_claims) == 3 and all({c.row, c.reference} <= rows for c in squad_claims)
     assert rows == {"dense", "snip", "snip_s80", "finetune"}
 

@@ -158,5 +158,6 @@ def test_the_schedule_is_transformers_linear_warmup_with_the_lrs_it_always_had(t
         seen.append([group["lr"] for group in optimizer.param_groups])
         optimizer.step()
         scheduler.step()
-    assert seen == [[pytest.approx(2e-3 * hand_written(step, warmup), rel=1e-12, abs=1e-15)] * 2 for step in range(total_steps + 2)]
+    want = [[pytest.approx(2e-3 * hand_written(step, warmup), rel=1e-12, abs=1e-15)] * 2 for step in range(total_steps + 2)]
+    assert seen == want
     assert scheduler.state_dict()["last_epoch"] == total_steps + 2  # the step count checkpoints always held
