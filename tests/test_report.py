@@ -10,7 +10,8 @@ from paper.report import load_summaries, main, markdown_table, row_key
 
 def write_run(folder, task, row, seed, value, metric="accuracy", **extra):
     summary = {"status": "complete", "task": task, "row": row, "adapter": "houlsby", "pruner": "snip", "sparsity": 0.4,
-               "seed": seed, "main_metric": metric, "metrics": {metric: value}, "trained_params_pct": 1.2, "global_steps": 10, **extra}
+               "seed": seed, "main_metric": metric, "metrics": {metric: value}, "trained_params_pct": 1.2,
+               "global_steps": 10, **extra}
     run_dir = folder / f"{row}-{task}-{seed}"
     run_dir.mkdir(parents=True)
     (run_dir / "summary.json").write_text(json.dumps(summary))
@@ -115,7 +116,8 @@ def test_runs_of_other_backbones_or_budgets_are_never_averaged_together(tmp_path
     assert len(sections) == 3  # minilm 5 epochs, minilm 1 epoch, tiny-bert 5 epochs
     assert any(s.startswith("backbone minilm, 5 epochs, batch 32, max length 128, all training rows") for s in sections)
     minilm = next(s for s in sections if s.startswith("backbone minilm, 5 epochs"))
-    assert "| SparseAdapter SNIP | 0.001 | 60.0 |" in minilm and "| SparseAdapter SNIP | 0.0002 | 70.0 |" in minilm  # lr apart
+    # lr apart
+    assert "| SparseAdapter SNIP | 0.001 | 60.0 |" in minilm and "| SparseAdapter SNIP | 0.0002 | 70.0 |" in minilm
     assert "50.0" not in text and "65.0" not in text  # no mean across backbones, budgets or lrs
 
 

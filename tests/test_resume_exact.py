@@ -1,4 +1,5 @@
-"""A run SIGKILLed anywhere resumes to the uninterrupted run bit for bit; settings that change the optimisation are refused.
+"""A run SIGKILLed anywhere resumes to the uninterrupted run bit for bit; settings that change the optimisation are
+refused.
 
 Step-limited (``trainer.max_steps``) on purpose: Lightning's fit loop treats such runs as restarting mid-epoch even
 from an epoch-end checkpoint, counted the finished epoch twice and skipped the last epoch (issue 35: a 5-epoch,
@@ -16,20 +17,23 @@ from tests.cli_support import FAST, call_train, error_lines, train_subprocess
 
 # 24 rows in batches of 4: 6 steps an epoch, 3 epochs but stopped by max_steps at step 15 (mid epoch 2);
 # last.ckpt every 4 steps and at each epoch end: steps 4, 6, 8, 12, 15
-RUN = [*FAST, "data.max_train_samples=24", "data.batch_size=4", "trainer.max_epochs=3", "trainer.max_steps=15", "seed=7",
+RUN = [*FAST, "data.max_train_samples=24", "data.batch_size=4", "trainer.max_epochs=3", "trainer.max_steps=15",
+       "seed=7",
        "callbacks=resumable", "callbacks.last_checkpoint.every_n_train_steps=4"]
 # One run killed four times, each process resumed (or, with no checkpoint yet, rerun) from what the last one left:
 # (kill point, KillAt where/step, the step of the last.ckpt it leaves; None: nothing saved)
 KILLS = [
     ("during pruning's scoring", "scoring", 0, None),
     ("during validation", "validation", 6, 4),  # epoch 0's dev pass, steps 5-6 lost: resumes mid-epoch from step 4
-    ("after the epoch-end checkpoint", "step", 13, 12),  # epoch 1 ended at step 12; epoch 2, the last, was skipped (issue 35)
+    # epoch 1 ended at step 12; epoch 2, the last, was skipped (issue 35)
+    ("after the epoch-end checkpoint", "step", 13, 12),
     ("during the closing dev scoring", "final_validation", 0, 15),  # trainer.validate after the last step
 ]
 
 
 def kill_overrides(marker, where: str, step: int) -> list[str]:
-    return ["+callbacks.kill._target_=tests.helpers.KillAt", f"+callbacks.kill.where={where}", f"+callbacks.kill.step={step}",
+    return ["+callbacks.kill._target_=tests.helpers.KillAt", f"+callbacks.kill.where={where}",
+            f"+callbacks.kill.step={step}",
             f"+callbacks.kill.marker={marker}"]
 
 
@@ -56,7 +60,8 @@ def chain(tmp_path_factory, glue_dir):
             result = train_subprocess(*RUN, f"data_dir={glue_dir}", *kill, f"hydra.run.dir={run}")
         assert result.returncode == -9, (point, result.stderr[-3000:])
         checkpoint = run / "checkpoints" / "last.ckpt"
-        assert (torch.load(checkpoint, weights_only=True)["global_step"] if checkpoint.exists() else None) == saved_at, point
+        saved = torch.load(checkpoint, weights_only=True)["global_step"] if checkpoint.exists() else None
+        assert saved == saved_at, point
         assert not (run / "summary.json").exists() and not (run / "adapter.safetensors").exists()
         copies[point] = root / f"after-{number}"
         shutil.copytree(run, copies[point])
