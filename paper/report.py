@@ -46,6 +46,7 @@ def describe_group(key: str) -> str:
     parts += [f"{label} {budget[key]}" for key, label in windows if key in budget]
     rows = budget.get("max_train_samples")
     parts.append(f"first {rows} training rows" if rows else "all training rows")
+    parts += [f"first {budget['max_eval_samples']} dev rows"] if budget.get("max_eval_samples") else []
     parts += ["batches grouped by length"] if budget.get("group_by_length") else []
     parts += [f"{k}={v}" for k, v in sorted((budget.get("backbone_overrides") or {}).items())]
     return ", ".join(parts)

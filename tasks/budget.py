@@ -25,5 +25,7 @@ def training_budget(config: dict) -> dict:
         # QA and seq2seq windows; absent for GLUE, so GLUE budgets (and their grouping) are unchanged
         **{key: data[key] for key in ("doc_stride", "max_target_length") if key in data},
         **({"group_by_length": True} if data.get("group_by_length") else {}),
+        # a dev subset (e.g. SQuAD's first half) scores other questions than the whole dev set: never averaged together
+        **({"max_eval_samples": data["max_eval_samples"]} if data.get("max_eval_samples") else {}),
         **({"precision": trainer["precision"]} if trainer.get("precision", "32-true") not in FULL_PRECISION else {}),
     }

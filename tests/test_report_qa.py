@@ -110,3 +110,21 @@ def test_the_papers_definitions_are_plain_data(name):
     text = (DATA / name).read_text(encoding="utf-8")
     assert "!!" not in text and "_target_" not in text
     assert isinstance(yaml.safe_load(text), (dict, list))
+
+
+def test_a_dev_subset_is_part_of_the_budget_only_when_set():
+    """A SQuAD grid scored on part of the dev set is never grouped with whole-dev runs; GLUE budgets are unchanged."""
+    import json
+
+    from paper.report import describe_group
+    from paper.runs import group_key
+    from tasks.budget import training_budget
+
+    config = {"trainer": {"max_epochs": 2}, "optimizer": {"lr": 1e-3},
+              "data": {"batch_size": 12, "max_length": 384, "doc_stride": 128, "max_eval_samples": None}}
+    whole = training_budget(config)
+    half = training_budget({**config, "data": {**config["data"], "max_eval_samples": 5285}})
+    assert "max_eval_samples" not in whole and half["max_eval_samples"] == 5285
+    keys = [group_key({"backbone": "minilm", "budget": budget}) for budget in (whole, half)]
+    assert keys[0] != keys[1] and "first 5285 dev rows" in describe_group(keys[1])
+    assert "dev rows" not in describe_group(keys[0]) and json.loads(keys[0])["doc_stride"] == 128
