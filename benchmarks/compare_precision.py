@@ -15,8 +15,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from sparse_adapter.paired import interval, verdict
-from sparse_adapter.runs import load_summaries, row_key
+from paper.paired import interval, verdict
+from paper.runs import load_summaries, row_key
 
 
 def jobs(folder: Path) -> dict[tuple[str, str, int], dict]:

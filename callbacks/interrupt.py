@@ -3,8 +3,8 @@
 SLURM sends SIGTERM before it preempts a job or at its time limit; Ctrl+C sends SIGINT. Lightning's own
 SIGTERM handling ends the process with exit code 0 and no checkpoint, and Python's SIGINT raises in the
 middle of a step. Here a signal only sets a flag; after the current optimizer step (the state
-``LastCheckpoint`` saves anyway) the run writes ``last.ckpt`` atomically and, once that step is logged, raises ``Interrupted``,
-which ``tasks.cli`` turns into one line and exit code 128 + signal (143, 130).
+``LastCheckpoint`` saves anyway) the run writes ``last.ckpt`` atomically and, once that step is logged, raises
+``Interrupted``, which ``tasks.cli`` turns into one line and exit code 128 + signal (143, 130).
 
 Under ``hydra/launcher=submitit_slurm`` submitit installs a handler for its preemption/timeout signal
 (``SUBMITIT_PREEMPT_SIGNAL``, USR2, sent ``signal_delay_s`` before the end). That signal is taken the same
@@ -41,7 +41,8 @@ class Interrupted(Exception):
     def __init__(self, signum: int, step: int | None, checkpoint: Path | None, requeue: Callable | None = None,
                  at_once: bool = False, saved_step: int | None = None):
         self.signum, self.step, self.checkpoint, self.requeue = signum, step, checkpoint, requeue
-        self.at_once, self.saved_step = at_once, saved_step  # a second Ctrl+C: stopped mid-step; the checkpoint is older
+        # a second Ctrl+C: stopped mid-step; the checkpoint is older
+        self.at_once, self.saved_step = at_once, saved_step
         super().__init__(self.message())
 
     @property
@@ -51,7 +52,8 @@ class Interrupted(Exception):
     def message(self, run_dir: Path | None = None) -> str:
         name = signal.Signals(self.signum).name
         if self.step is None:
-            return f"interrupted by {name} before training started; nothing was saved: rerunning the command starts afresh"
+            return (f"interrupted by {name} before training started; nothing was saved: "
+                    "rerunning the command starts afresh")
         where = f"interrupted at step {self.step} by {name}"
         if self.at_once:
             where = f"interrupted at step {self.step} by a second {name}, at once (no checkpoint of this step)"
@@ -59,7 +61,8 @@ class Interrupted(Exception):
                 saved = f"step {self.saved_step}" if self.saved_step is not None else "an earlier step"
                 where += f"; the last checkpoint ({saved}) is {self.checkpoint}"
         if self.checkpoint is None:
-            return f"{where}; no checkpoint was saved (start runs with callbacks=resumable to resume them): rerunning the command starts afresh"
+            return (f"{where}; no checkpoint was saved (start runs with callbacks=resumable to resume them): "
+                    "rerunning the command starts afresh")
         directory = run_dir if run_dir is not None else self.checkpoint.parent.parent
         return f"{where}; resume with: python train.py resume={directory}"
 
@@ -69,7 +72,8 @@ class SignalStop(L.Callback):
 
     ``install()`` before the model loads: a signal before training raises at once (nothing to save).
     Lightning installs its own SIGTERM handler when ``fit`` starts, so ours is installed again at
-    ``on_train_start``. A second SIGINT stops at once, as Ctrl+C twice does elsewhere, and says which checkpoint is left.
+    ``on_train_start``. A second SIGINT stops at once, as Ctrl+C twice does elsewhere, and says which checkpoint is
+    left.
     """
 
     def __init__(self):
@@ -121,7 +125,8 @@ class SignalStop(L.Callback):
         saver = self._saver(trainer) if trainer is not None else None
         checkpoint = saver.path if saver is not None and saver.path.is_file() else None
         step = trainer.global_step if trainer is not None else 0
-        return Interrupted(signum, step, checkpoint, at_once=True, saved_step=saver._saved_at if saver is not None else None)
+        saved_step = saver.saved_at if saver is not None else None
+        return Interrupted(signum, step, checkpoint, at_once=True, saved_step=saved_step)
 
     def interrupted(self, step: int | None, checkpoint: Path | None) -> Interrupted:
         requeue = self._requeue if self.received not in STOP_SIGNALS else None
@@ -180,7 +185,7 @@ class SignalStop(L.Callback):
         checkpoint = None
         saver = self._saver(trainer)
         if saver is not None:
-            if saver._saved_at != trainer.global_step:
+            if saver.saved_at != trainer.global_step:
                 saver.save(trainer)
             checkpoint = saver.path
         self.pending = self.interrupted(trainer.global_step, checkpoint)

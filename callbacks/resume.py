@@ -1,4 +1,4 @@
-"""Resume = the same run: an atomic last.ckpt, and the state Lightning's checkpoint lacks.
+"""Resume = the same run: an atomic last.ckpt (Lightning's ModelCheckpoint), and the state Lightning's checkpoint lacks.
 
 Lightning restores weights, optimizer, scheduler and loop counters. A run that continues as if
 never stopped also needs every RNG (dropout), the position in the epoch's data order, and a record
@@ -18,6 +18,7 @@ import warnings
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from sparse_adapter.errors import StorageError
 from sparse_adapter.io import atomic_path
@@ -65,7 +66,8 @@ def start_next_epoch(checkpoint: dict, epoch: int) -> None:
     batches = loop["epoch_loop.batch_progress"]
     batches["current"] = {key: 0 for key in batches["current"]}
     batches["is_last_batch"] = False
-    loop["epoch_loop.scheduler_progress"]["current"] = {key: 0 for key in loop["epoch_loop.scheduler_progress"]["current"]}
+    schedulers = loop["epoch_loop.scheduler_progress"]
+    schedulers["current"] = {key: 0 for key in schedulers["current"]}
     for tracker in loop["epoch_loop.automatic_optimization.optim_progress"]["optimizer"].values():
         tracker["current"] = {key: 0 for key in tracker["current"]}
 
@@ -158,36 +160,52 @@ class RunState(L.Callback):
             trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step  # one per optimizer step
 
 
-class LastCheckpoint(L.Callback):
-    """Write ``dirpath/last.ckpt`` every ``every_n_train_steps`` optimizer steps and at each epoch end.
+class LastCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint(save_last=True)``: ``dirpath/last.ckpt`` every ``every_n_train_steps``
+    optimizer steps, plus what a resumable run needs of it.
 
-    Written to a uniquely named temporary file and renamed, so a kill at any moment leaves either the
-    previous checkpoint or the new one, never a truncated file.
+    - also at each epoch's end (after its validation), so that a resume starts the next epoch from its first
+      batch (``RunState``); ModelCheckpoint takes steps or epochs, not both;
+    - no other checkpoint (``save_top_k=0``) and never ``last-v1.ckpt``: the run directory's ``last.ckpt``
+      is what ``resume=<dir>`` and a requeued job read (``tasks.rundir.LAST_CHECKPOINT``);
+    - written to a uniquely named temporary file and renamed, so a kill at any moment leaves either the
+      previous checkpoint or the new one, never a truncated file; a full or read-only disk is one
+      ``StorageError`` (``sparse_adapter.io.atomic_path``).
     """
 
-    def __init__(self, dirpath: str, every_n_train_steps: int | None = 100, filename: str = "last.ckpt"):
-        self.path = Path(dirpath) / filename
-        self.every_n_train_steps = every_n_train_steps
-        self._saved_at: int | None = None
+    def __init__(self, dirpath: str, every_n_train_steps: int | None = 100):
+        super().__init__(dirpath=dirpath, every_n_train_steps=every_n_train_steps or None, save_last=True, save_top_k=0,
+                         enable_version_counter=False)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        step = trainer.global_step
-        if self.every_n_train_steps and step and step % self.every_n_train_steps == 0 and step != self._saved_at:
-            self.save(trainer)
+    @property
+    def path(self) -> Path:
+        return Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
+
+    @property
+    def saved_at(self) -> int | None:
+        """The global step of the last checkpoint this process wrote (None: none yet)."""
+        return self._last_global_step_saved if self._last_checkpoint_saved else None
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        """Even at a step just saved mid-epoch: this checkpoint resumes as the epoch done, after its validation."""
         self.save(trainer)
 
     def save(self, trainer: L.Trainer) -> None:
-        """Every rank calls ``save_checkpoint`` (it gathers state); rank 0 writes, through ``atomic_path``:
-        a full or read-only disk is one ``StorageError`` and leaves no temporary file behind."""
-        self._saved_at = trainer.global_step
+        """Write last.ckpt now (every rank calls it: saving gathers state)."""
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        """ModelCheckpoint's save, written atomically: every rank calls ``save_checkpoint`` (it gathers state),
+        rank 0 writes through ``atomic_path``."""
+        path = Path(filepath)
         if not trainer.is_global_zero:
-            trainer.save_checkpoint(self.path.with_name(f".{self.path.name}.rank.tmp"), weights_only=False)  # not written
-            return
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise StorageError(f"cannot write {self.path.parent}: {error.strerror or error}") from error
-        with atomic_path(self.path) as temporary:
-            trainer.save_checkpoint(temporary, weights_only=False)  # the full training state
+            trainer.save_checkpoint(path.with_name(f".{path.name}.rank.tmp"), weights_only=False)  # not written
+        else:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise StorageError(f"cannot write {path.parent}: {error.strerror or error}") from error
+            with atomic_path(path) as temporary:
+                trainer.save_checkpoint(temporary, weights_only=False)  # the full training state
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath

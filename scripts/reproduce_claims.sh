@@ -9,6 +9,9 @@
 #                                           # (LANES=2: two 1-thread sweeps side by side; PAI_ROWS=...: which rows)
 #   bash scripts/reproduce_claims.sh zero_init  # issue 34: LoRA at PEFT's default init (B = 0): dense, random-0.5, look-ahead SNIP-0.5
 #                                           # (MRPC, STS-B, seeds 42-44)
+#   bash scripts/reproduce_claims.sh squad  # issue 36: SQuAD lr sweep (seed 42; dense adapter and full fine-tuning), then, once
+#                                           # the winners are set in conf/experiment/claims_squad*.yaml, dense, SNIP-0.4,
+#                                           # SNIP-0.8 and fine-tuning at seeds 42-44 (SQUAD_ADAPTER_LRS, SQUAD_FINETUNE_LRS)
 #   bash scripts/reproduce_claims.sh bf16   # issue 25: dense and SNIP-0.4 in bf16-mixed (MRPC, STS-B, 3 seeds) against the fp32 grid
 #   bash scripts/reproduce_claims.sh all    # mrpc_variants, lr, reference, grid, variants, pai, bf16: what a fresh session restarts
 #   bash scripts/reproduce_claims.sh clean  # drop the checkpoints of finished grid jobs
@@ -40,7 +43,7 @@ case "$stage" in
   lr)
     $py train.py -m row=dense task=mrpc,stsb seed=42 optimizer.lr=2e-4,5e-4,1e-3,2e-3 "${budget[@]}" "hydra.sweep.dir=$out/lr"
     $py train.py -m row=finetune task=mrpc,stsb seed=42 optimizer.lr=2e-5,5e-5 "${budget[@]}" "hydra.sweep.dir=$out/lr"
-    $py -m sparse_adapter.report "$out/lr" --out "$out/lr-report"
+    $py -m paper.report "$out/lr" --out "$out/lr-report"
     ;;
   reference)
     for seed in 1 2 3; do  # seed by seed, so that a stopped session leaves finished pairs
@@ -59,7 +62,7 @@ case "$stage" in
     $py train.py -m experiment=claims_finetune "hydra.sweep.dir=$out/grid"
     $py train.py -m experiment=claims "hydra.sweep.dir=$out/grid"
     $py train.py -m experiment=claims_references "hydra.sweep.dir=$out/grid"
-    $py -m sparse_adapter.report "$out/grid" --out "$out/report"
+    $py -m paper.report "$out/grid" --out "$out/report"
     ;;
   mrpc_variants)  # MRPC first (fusion last: it fuses the Pfeiffer adapters of all four tasks)
     table4=(experiment=table4 hydra.sweeper.params.seed=42 "${adapter_lr[@]}" "${budget[@]}" "hydra.sweep.dir=$out/table4")
@@ -73,17 +76,17 @@ case "$stage" in
     $py train.py -m "${table4[@]}" "hydra.sweeper.params.task='cola,stsb,rte'" \
       "hydra.sweeper.params.row='t4_pfeiffer,t4_pfeiffer_snip'"   # the fusion rows' sources: dense for t4_fusion, SNIP for t4_fusion_snip
     $py train.py -m "${table4[@]}" hydra.sweeper.params.task=mrpc "hydra.sweeper.params.row='t4_fusion,t4_fusion_snip'"
-    $py -m sparse_adapter.report "$out/table4" "$out/variants" --out "$out/variants-report"
+    $py -m paper.report "$out/table4" "$out/variants" --out "$out/variants-report"
     ;;
   zero_init)  # seed first: a grid stopped midway holds whole seeds
     $py train.py -m seed=42,43,44 task=mrpc,stsb row=zi_lora_dense,zi_lora_random_s50,zi_lora_snip_s50 trainer.precision=32-true \
       "${adapter_lr[@]}" "${budget[@]}" "hydra.sweep.dir=$out/zero_init"
-    $py -m sparse_adapter.report "$out/zero_init" --out "$out/zero_init-report"
+    $py -m paper.report "$out/zero_init" --out "$out/zero_init-report"
     ;;
   variants)
     lr_chosen || exit 0
     $py train.py -m experiment=table4 hydra.sweeper.params.seed=42 "${adapter_lr[@]}" "${budget[@]}" "hydra.sweep.dir=$out/table4"
-    $py -m sparse_adapter.report "$out/table4" "$out/variants" --out "$out/variants-report"
+    $py -m paper.report "$out/table4" "$out/variants" --out "$out/variants-report"
     ;;
   pai)  # row by row (each row's 9 jobs end together, so each claim gets its verdict as soon as it can)
     lr_chosen || exit 0
@@ -102,7 +105,22 @@ case "$stage" in
     else
       run_rows "${rows[@]}"
     fi
-    $py -m sparse_adapter.report "$out/grid" "$out/pai" --out "$out/pai-report"
+    $py -m paper.report "$out/grid" "$out/pai" --out "$out/pai-report"
+    ;;
+  squad)  # the lr sweep's jobs are skipped once finished, so re-running goes straight on to the grid
+    squad=("hydra.sweeper.params.seed=42" "hydra.sweep.dir=$out/squad/lr")
+    $py train.py -m experiment=claims_squad "${squad[@]}" hydra.sweeper.params.row=dense \
+      "optimizer.lr=${SQUAD_ADAPTER_LRS:-5e-4,1e-3,2e-3}"
+    $py train.py -m experiment=claims_squad_finetune "${squad[@]}" "optimizer.lr=${SQUAD_FINETUNE_LRS:-3e-5,5e-5,1e-4}"
+    $py -m paper.report "$out/squad/lr" --out "$out/squad/lr-report" --no-plots
+    if grep -q "^# lr: provisional" conf/experiment/claims_squad.yaml; then
+      echo "squad: the grid waits for the lr choice (set the winners in conf/experiment/claims_squad*.yaml," \
+        "then drop the 'lr: provisional' line; $out/squad/lr-report/report.md has the sweep)" >&2
+      exit 0
+    fi
+    $py train.py -m experiment=claims_squad "hydra.sweep.dir=$out/squad/grid"
+    $py train.py -m experiment=claims_squad_finetune "hydra.sweep.dir=$out/squad/grid"
+    $py -m paper.report "$out/squad/grid" --out "$out/squad/report"
     ;;
   bf16)
     lr_chosen || exit 0
@@ -112,5 +130,5 @@ case "$stage" in
   all) for step in mrpc_variants lr reference grid variants pai bf16 zero_init; do bash "$0" "$step" "$out"; done ;;
   clean)  # finished jobs need no checkpoint (they are never committed: .gitignore)
     for summary in $(find "$out" -name summary.json); do rm -rf "$(dirname "$summary")/checkpoints"; done ;;
-  *) echo "usage: $0 lr|reference|grid|mrpc_variants|variants|pai|bf16|zero_init|all|clean [out]" >&2; exit 2 ;;
+  *) echo "usage: $0 lr|reference|grid|mrpc_variants|variants|pai|bf16|zero_init|squad|all|clean [out]" >&2; exit 2 ;;
 esac

@@ -14,4 +14,4 @@ $py train.py -m experiment=table1 "hydra.sweeper.params.row='dense,snip,random,m
 $py train.py -m experiment=table3 "hydra.sweeper.params.row='large_sparse2,large_sparse3,large_sparse4'" optimizer.lr=1e-3 "${budget[@]}"
 $py train.py -m experiment=table1 hydra.sweeper.params.row=finetune optimizer.lr=5e-5 "${budget[@]}"
 $py train.py -m experiment=table2 "hydra.sweeper.params.row='snip_s20,snip_s60,snip_s80'" optimizer.lr=1e-3 "${budget[@]}"
-$py -m sparse_adapter.report "$out" --out results/cpu
+$py -m paper.report "$out" --out results/cpu

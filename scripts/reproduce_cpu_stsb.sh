@@ -12,4 +12,4 @@ budget=(hydra.sweeper.params.seed=42 hydra.sweeper.params.task=stsb trainer.max_
 py=.venv/bin/python
 $py train.py -m experiment=table1 "hydra.sweeper.params.row='dense,snip,random,magnitude,er,grasp'" optimizer.lr=5e-4 "${budget[@]}"
 $py train.py -m experiment=table3 hydra.sweeper.params.row=large_sparse2 optimizer.lr=5e-4 "${budget[@]}"
-$py -m sparse_adapter.report "$out" --out "$(dirname "$out")"
+$py -m paper.report "$out" --out "$(dirname "$out")"

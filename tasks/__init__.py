@@ -1,3 +1,3 @@
-"""Lightning modules and data modules, one family per folder (classification, later QA and seq2seq)."""
+"""Lightning modules and data modules, one task family per folder (classification, qa, seq2seq, sft)."""
 
 from tasks import resolvers  # noqa: F401,E402  (registers the config's resolvers before any config is read)

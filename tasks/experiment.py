@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -24,9 +25,10 @@ from sparse_adapter.distributed import unshard_
 from sparse_adapter.errors import ConfigError
 from sparse_adapter.io import save_adapter, write_json_atomic
 from sparse_adapter.pruning import PrunerConfig, check_sparsity
-from sparse_adapter.runs import training_budget
+from tasks.budget import training_budget
 from tasks import rundir
 from tasks.precision import resolve_precision
+from tasks.summary import RunSummary
 from tasks.resume import check_allowed_changes, check_matches, optimisation_record, read_checkpoint
 from tasks.validation import check_budget, max_positions
 
@@ -48,7 +50,8 @@ def check_large_sparse(adapter, pruner: PrunerConfig, sparsity: float, large_spa
         raise ConfigError(f"large_sparse: adapter '{type(adapter).__name__}' has no bottleneck or rank to scale")
     if abs(sparsity - (1.0 - 1.0 / large_sparse)) > 1e-9:
         raise ConfigError(
-            f"sparsity={sparsity} contradicts large_sparse={large_sparse}, which sets sparsity 1-1/k = {1.0 - 1.0 / large_sparse:.4f}; drop one"
+            f"sparsity={sparsity} contradicts large_sparse={large_sparse}, which sets sparsity 1-1/k = "
+            f"{1.0 - 1.0 / large_sparse:.4f}; drop one"
         )
 
 
@@ -105,8 +108,51 @@ def run(cfg: DictConfig, output_dir: Path) -> float:
             rundir.release(output_dir)
 
 
+@dataclass
+class Built:
+    """Everything a run trains, built and checked before the first step."""
+
+    task: object
+    module: L.LightningModule
+    datamodule: L.LightningDataModule
+    optimizer: object
+    pruner: PrunerConfig
+    sparsity: float  # what is pruned: 0 for a dense adapter or full fine-tuning
+    precision: str
+    config: dict  # the resolved config, as logged
+    budget: dict
+    record: dict  # what the run is, saved in its checkpoints (callbacks.RunState) and checked on resume
+    resume_changes: dict
+
+
+@dataclass
+class Fitted:
+    """A trained run: its trainer, closing dev metrics and the callbacks the summary reads."""
+
+    trainer: L.Trainer
+    metrics: dict[str, float]
+    pruning: PruneAtInit
+    run_state: RunState
+    loggers: list
+
+
 def _run(cfg: DictConfig, output_dir: Path, stop: SignalStop) -> float:
     started = time.perf_counter()
+    built = build(cfg)
+    fitted = fit(cfg, built, stop, started)
+    unshard_(built.module.model)  # FSDP2: full tensors on every rank from here on, for the summary and adapter file
+    summary = summarise(cfg, built, fitted, started)
+    if fitted.trainer.is_global_zero:
+        write_results(built, fitted, summary, output_dir)
+    task, metrics = built.task, fitted.metrics
+    floor = (summary.baseline or {}).get("metrics", {}).get(task.main_metric, float("nan"))
+    log.info("%s %s=%.4f (trivial baseline %.4f; %s, %s, sparsity %.2f) in %.0fs", task.name, task.main_metric,
+             metrics[task.main_metric], floor, cfg.adapter_name, summary.pruner, summary.sparsity, summary.wall_seconds)
+    return metrics[task.main_metric]
+
+
+def build(cfg: DictConfig) -> Built:
+    """Instantiate and check the parts, build the module and the data; refuse a resume that is another run."""
     recorded = read_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else None
     check_allowed_changes(cfg.get("resume_changes"))
     task = instantiate(cfg.task, _convert_="object")
@@ -125,7 +171,8 @@ def _run(cfg: DictConfig, output_dir: Path, stop: SignalStop) -> float:
     log.info(
         "run: %s on %s | adapter=%s %s | pruner=%s sparsity=%.4f | seed=%s | precision=%s | %s",
         task.name, cfg.backbone_name, cfg.adapter_name, _compact(vars(adapter)), _compact(pruner.settings()),
-        sparsity if pruner.enabled else 0.0, cfg.seed, precision, _compact({k: v for k, v in budget.items() if k != "precision"}),
+        sparsity if pruner.enabled else 0.0, cfg.seed, precision,
+        _compact({k: v for k, v in budget.items() if k != "precision"}),
     )
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -141,9 +188,11 @@ def _run(cfg: DictConfig, output_dir: Path, stop: SignalStop) -> float:
     if not pruner.enabled:
         sparsity = 0.0  # a dense adapter or full fine-tuning: nothing is pruned, whatever `sparsity` says
     record = {
-        "task": task.name, "backbone": cfg.backbone_name, "adapter": cfg.adapter_name, "adapter_config": dict(vars(adapter)),
-        "pruner": pruner.scorer or "none", "scope": pruner.scope if pruner.enabled else None, "sparsity": sparsity,
-        "large_sparse": cfg.get("large_sparse"), "seed": cfg.seed, "pruner_settings": pruner.settings(), "precision": precision,
+        "task": task.name, "backbone": cfg.backbone_name, "adapter": cfg.adapter_name,
+        "adapter_config": dict(vars(adapter)), "pruner": pruner.scorer or "none",
+        "scope": pruner.scope if pruner.enabled else None, "sparsity": sparsity,
+        "large_sparse": cfg.get("large_sparse"), "seed": cfg.seed, "pruner_settings": pruner.settings(),
+        "precision": precision,
         **optimisation_record(config_dict, optimizer),
     }
     if recorded is None and pruner.enabled:
@@ -152,15 +201,22 @@ def _run(cfg: DictConfig, output_dir: Path, stop: SignalStop) -> float:
         pruner.check_model(module.model, module.prunable_parameters())
     data_dir = to_absolute_path(cfg.data_dir) if cfg.get("data_dir") else None
     datamodule = task.datamodule_class()(
-        task=task, tokenizer=module.tokenizer, data_dir=data_dir, seed=cfg.seed, max_positions=max_positions(module.model), **cfg.data
+        task=task, tokenizer=module.tokenizer, data_dir=data_dir, seed=cfg.seed,
+        max_positions=max_positions(module.model), **cfg.data,
     )
     datamodule.setup("fit")  # fail on bad data before any training
     record["train_rows"] = len(datamodule.datasets["train"])
-    resume_changes = check_matches(cfg.ckpt_path, recorded, record, cfg.get("resume_changes")) if recorded is not None else {}
+    changes = {} if recorded is None else check_matches(cfg.ckpt_path, recorded, record, cfg.get("resume_changes"))
+    return Built(task, module, datamodule, optimizer, pruner, sparsity, precision, config_dict, budget, record, changes)
 
+
+def fit(cfg: DictConfig, built: Built, stop: SignalStop, started: float) -> Fitted:
+    """Prune at initialization (or restore the masks), train with them held, then evaluate the dev set once."""
+    pruner, sparsity, optimizer, config_dict = built.pruner, built.sparsity, built.optimizer, built.config
+    module, datamodule = built.module, built.datamodule
     pruning = PruneAtInit(pruner, sparsity, seed=cfg.seed, resuming=bool(cfg.get("ckpt_path")))
     guard = FiniteGuard(hint=f"lower optimizer.lr (now {optimizer.lr:g}) or check the data")
-    run_state = RunState(record, started)
+    run_state = RunState(built.record, started)
     callbacks = [pruning, MaskEnforcement(), run_state, guard]
     callbacks += [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     callbacks.append(stop)  # last: a checkpoint callback's own save at the same step comes first
@@ -171,56 +227,62 @@ def _run(cfg: DictConfig, output_dir: Path, stop: SignalStop) -> float:
         logger.log_hyperparams(config_dict)
     checkpointing = any(isinstance(c, ModelCheckpoint) for c in callbacks)  # Lightning refuses one with it off
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, enable_checkpointing=checkpointing,
-                          precision=precision)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)  # a checkpoint is data
-    metrics = {k.removeprefix("val/"): float(v) for k, v in trainer.validate(module, datamodule=datamodule, verbose=False)[0].items()}
+                          precision=built.precision)
+    # weights_only: a checkpoint is data
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    closing = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+    metrics = {k.removeprefix("val/"): float(v) for k, v in closing.items()}
+    return Fitted(trainer, metrics, pruning, run_state, loggers)
 
-    unshard_(module.model)  # FSDP2: full tensors on every rank from here on, for the summary and the adapter file
-    summary = {
-        "status": "complete",
-        "task": task.name,
-        "backbone": cfg.backbone_name,
-        "adapter": cfg.adapter_name,
-        "row": cfg.get("row_name"),
-        "adapter_config": record["adapter_config"],
-        "pruner": record["pruner"],
-        "scope": record["scope"],
-        "pruner_settings": record["pruner_settings"],
-        "sparsity": sparsity,
-        "large_sparse": cfg.get("large_sparse"),
-        "seed": cfg.seed,
-        "budget": budget,
-        "precision": precision,
-        "quantization": module.quantization.describe(),
-        "resumed_from": str(cfg.ckpt_path) if cfg.get("ckpt_path") else None,
-        "resume_changes": resume_changes,  # settings allowed to differ from the checkpoint (resume_changes=[...])
-        "main_metric": task.main_metric,
-        "metrics": metrics,
-        "baseline": datamodule.trivial_baseline(),
-        **module.parameter_report(),
-        "skipped_rows": datamodule.skipped.as_dict() if hasattr(datamodule, "skipped") else {},
-        **(datamodule.summary_fields() if hasattr(datamodule, "summary_fields") else {}),  # e.g. the dataset an SFT run read
-        "samples": module.sample_predictions,
-        "empty_matrices": module.masks.empty(),
-        "silenced_modules": module.masks.silenced_modules(),
-        "tied_score_tensors": pruning.tied_score_tensors,
-        "lookahead_tensors": pruning.lookahead_tensors,
-        "layer_density": module.masks.densities(),
-        "prune_seconds": pruning.seconds,
-        "global_steps": trainer.global_step,
-        "epochs": trainer.current_epoch,
-        "wall_seconds": run_state.job_seconds(),  # all pieces of a resumed job
-        "wall_seconds_this_process": time.perf_counter() - started,
-        "cpu_threads": torch.get_num_threads(),  # what the wall time ran on: two jobs side by side each take fewer
-    }
-    if trainer.is_global_zero:
-        merge_adapters(module.model)  # after the summary's counts: e.g. a prefix MLP folds into its prefix
-        save_adapter(module.model, output_dir / "adapter.safetensors", {"task": task.name, "pruner": json.dumps(record["pruner_settings"])},
-                     masks=module.masks)
-        write_json_atomic(summary, output_dir / SUMMARY)
-        publish_samples(loggers, module.sample_predictions)
-        publish_summary(loggers, summary)
-    floor = (summary["baseline"] or {}).get("metrics", {}).get(task.main_metric, float("nan"))
-    log.info("%s %s=%.4f (trivial baseline %.4f; %s, %s, sparsity %.2f) in %.0fs", task.name, task.main_metric,
-             metrics[task.main_metric], floor, cfg.adapter_name, summary["pruner"], sparsity, summary["wall_seconds"])
-    return metrics[task.main_metric]
+
+def summarise(cfg: DictConfig, built: Built, fitted: Fitted, started: float) -> RunSummary:
+    """The run's summary.json record (``tasks.summary``): what was trained, what it scored, what it cost."""
+    module, datamodule, pruning, trainer = built.module, built.datamodule, fitted.pruning, fitted.trainer
+    return RunSummary(
+        task=built.task.name,
+        backbone=cfg.backbone_name,
+        adapter=cfg.adapter_name,
+        row=cfg.get("row_name"),
+        adapter_config=built.record["adapter_config"],
+        pruner=built.record["pruner"],
+        scope=built.record["scope"],
+        pruner_settings=built.record["pruner_settings"],
+        sparsity=built.sparsity,
+        large_sparse=cfg.get("large_sparse"),
+        seed=cfg.seed,
+        budget=built.budget,
+        precision=built.precision,
+        quantization=module.quantization.describe(),
+        resumed_from=str(cfg.ckpt_path) if cfg.get("ckpt_path") else None,
+        resume_changes=built.resume_changes,
+        main_metric=built.task.main_metric,
+        metrics=fitted.metrics,
+        baseline=datamodule.trivial_baseline(),
+        parameters=module.parameter_report(),
+        skipped_rows=datamodule.skipped.as_dict() if hasattr(datamodule, "skipped") else {},
+        data_fields=datamodule.summary_fields() if hasattr(datamodule, "summary_fields") else {},
+        samples=module.sample_predictions,
+        empty_matrices=module.masks.empty(),
+        silenced_modules=module.masks.silenced_modules(),
+        tied_score_tensors=pruning.tied_score_tensors,
+        lookahead_tensors=pruning.lookahead_tensors,
+        layer_density=module.masks.densities(),
+        prune_seconds=pruning.seconds,
+        global_steps=trainer.global_step,
+        epochs=trainer.current_epoch,
+        wall_seconds=fitted.run_state.job_seconds(),
+        wall_seconds_this_process=time.perf_counter() - started,
+        cpu_threads=torch.get_num_threads(),
+    )
+
+
+def write_results(built: Built, fitted: Fitted, summary: RunSummary, output_dir: Path) -> None:
+    """Rank 0: the adapter file (merged, sparse), then summary.json (its presence marks the run finished)."""
+    model, record = built.module.model, built.record
+    merge_adapters(model)  # after the summary's counts: e.g. a prefix MLP folds into its prefix
+    metadata = {"task": built.task.name, "pruner": json.dumps(record["pruner_settings"])}
+    save_adapter(model, output_dir / "adapter.safetensors", metadata, masks=built.module.masks)
+    as_json = summary.as_dict()
+    write_json_atomic(as_json, output_dir / SUMMARY)
+    publish_samples(fitted.loggers, built.module.sample_predictions)
+    publish_summary(fitted.loggers, as_json)

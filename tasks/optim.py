@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+from transformers import get_linear_schedule_with_warmup
 
 from sparse_adapter.schema import check_ranges, ranged
 
@@ -36,12 +38,17 @@ class AdamWConfig:
             betas=tuple(self.betas),
             eps=self.eps,
         )
-        warmup = int(self.warmup_ratio * total_steps)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        scheduler = warmup_then_linear_decay(optimizer, int(self.warmup_ratio * total_steps), total_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def warmup_then_linear_decay(optimizer: torch.optim.Optimizer, warmup: int, total_steps: int) -> LambdaLR:
+    """transformers' linear warm-up and decay, one step in: the peak lr × (s + 1)/(warmup + 1) at step s < warmup,
+    then linearly down to 0 at ``total_steps``.
+
+    ``get_linear_schedule_with_warmup`` starts at lr 0, an optimizer step that trains nothing; its schedule over
+    ``warmup + 1`` and ``total_steps + 1`` steps, read one step ahead, is this project's schedule since its start
+    (so checkpoints written before keep their step count: the scheduler's state is its step, as it always was).
+    """
+    linear = get_linear_schedule_with_warmup(optimizer, warmup + 1, total_steps + 1).lr_lambdas[0]
+    return LambdaLR(optimizer, lambda step: linear(step + 1))

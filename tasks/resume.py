@@ -15,14 +15,16 @@ from callbacks.resume import KEY
 from sparse_adapter.errors import ConfigError
 
 # settings a checkpoint records, in the order a mismatch lists them
-RECORDED = ("task", "backbone", "adapter", "adapter_config", "pruner", "scope", "sparsity", "large_sparse", "seed", "pruner_settings",
-            "precision", "optimizer_config", "schedule", "data_config", "train_rows")
-NESTED = {"adapter_config": "adapter", "pruner_settings": "pruner", "optimizer_config": "optimizer", "schedule": "trainer",
-          "data_config": "data"}  # dict-valued records, compared (and named) key by key
+RECORDED = ("task", "backbone", "adapter", "adapter_config", "pruner", "scope", "sparsity", "large_sparse", "seed",
+            "pruner_settings", "precision", "optimizer_config", "schedule", "data_config", "train_rows")
+# dict-valued records, compared (and named) key by key
+NESTED = {"adapter_config": "adapter", "pruner_settings": "pruner", "optimizer_config": "optimizer",
+          "schedule": "trainer", "data_config": "data"}
 # what changes the optimisation but not what the run is: a resume may change these when resume_changes names them
 CHANGEABLE = ("seed", "precision", "train_rows", "optimizer.", "trainer.", "data.")
-SCHEDULE = ("max_steps", "max_epochs", "accumulate_grad_batches", "gradient_clip_val")  # trainer settings that shape the steps
-DATA = ("batch_size", "max_length", "max_train_samples", "group_by_length")  # data settings that choose the training batches
+# trainer settings that shape the steps, and data settings that choose the training batches
+SCHEDULE = ("max_steps", "max_epochs", "accumulate_grad_batches", "gradient_clip_val")
+DATA = ("batch_size", "max_length", "max_train_samples", "group_by_length")
 
 
 def optimisation_record(cfg, optimizer) -> dict:
@@ -41,9 +43,10 @@ def read_checkpoint(path: str | Path) -> dict:
     if not path.exists():
         raise ConfigError(f"ckpt_path={path}: no such file")
     if not path.is_file():
-        raise ConfigError(f"ckpt_path={path}: not a file (pass the checkpoint, e.g. <run dir>/checkpoints/last.ckpt, or use resume=<run dir>)")
+        raise ConfigError(f"ckpt_path={path}: not a file (pass the checkpoint, e.g. <run dir>/checkpoints/last.ckpt, "
+                          "or use resume=<run dir>)")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only: no code runs
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data: no code runs
     except Exception as error:  # pickle, zip and torch errors all mean the same here
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ConfigError(f"ckpt_path={path}: not a readable checkpoint ({first})") from error
@@ -51,7 +54,8 @@ def read_checkpoint(path: str | Path) -> dict:
         raise ConfigError(f"ckpt_path={path}: not a Lightning checkpoint (no state_dict)")
     state = checkpoint.get(KEY)
     if not isinstance(state, dict) or not isinstance(state.get("run"), dict):
-        raise ConfigError(f"ckpt_path={path}: written without train.py's run record, so what it trained is unknown; start a new run")
+        raise ConfigError(f"ckpt_path={path}: written without train.py's run record, so what it trained is unknown; "
+                          "start a new run")
     return state["run"]
 
 
@@ -74,15 +78,19 @@ def check_matches(path: str | Path, recorded: dict, current: dict, allowed=()) -
     Settings named in ``allowed`` (``resume_changes``; only those in ``CHANGEABLE``) may differ: returns them
     as {name: {"checkpoint": value, "now": value}}, for the summary to record."""
     differing = _differences(recorded, current)
-    flat_saved = {**recorded, **{f"{p}.{k}": v for key, p in NESTED.items() for k, v in (recorded.get(key) or {}).items()}}
-    flat_now = {**current, **{f"{p}.{k}": v for key, p in NESTED.items() for k, v in (current.get(key) or {}).items()}}
+    def flat(record: dict) -> dict:
+        return {**record, **{f"{p}.{k}": v for key, p in NESTED.items() for k, v in (record.get(key) or {}).items()}}
+
+    flat_saved, flat_now = flat(recorded), flat(current)
     allowed = set(allowed or ())
     refused = [k for k in differing if k not in allowed]
     if refused:
         pairs = ", ".join(f"{k}={flat_saved.get(k)} (command line: {flat_now.get(k)})" for k in refused)
         changeable = [k for k in refused if k.startswith(CHANGEABLE)]
-        hint = f" (or, to change {', '.join(changeable)} on purpose, add resume_changes=[{','.join(changeable)}])" if changeable else ""
-        raise ConfigError(f"ckpt_path={path}: the checkpoint was trained with {pairs}; drop or fix these overrides to resume it{hint}")
+        hint = (f" (or, to change {', '.join(changeable)} on purpose, add resume_changes=[{','.join(changeable)}])"
+                if changeable else "")
+        raise ConfigError(f"ckpt_path={path}: the checkpoint was trained with {pairs}; drop or fix these overrides to "
+                          f"resume it{hint}")
     return {k: {"checkpoint": flat_saved.get(k), "now": flat_now.get(k)} for k in differing}
 
 

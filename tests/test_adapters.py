@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sparse_adapter.accounting import parameter_report
-from sparse_adapter.adapters import ADAPTERS, HoulsbyConfig, LoRAConfig, PfeifferConfig, attach_adapter
+from sparse_adapter.adapters import HoulsbyConfig, LoRAConfig, PfeifferConfig, attach_adapter
 from sparse_adapter.adapters.lora import LoRALinear
 from sparse_adapter.errors import ConfigError
 from sparse_adapter.pruning import MaskSet
@@ -75,13 +75,6 @@ def test_lora_equals_its_merged_weight():
     x = torch.randn(3, H)
     merged = layer.base_layer.weight + layer.scaling * layer.lora_B @ layer.lora_A
     torch.testing.assert_close(layer(x), x @ merged.T + layer.base_layer.bias)
-
-
-def test_large_sparse_scales_bottleneck_and_rank():
-    assert HoulsbyConfig(bottleneck=64).scaled(4).bottleneck == 256
-    assert LoRAConfig(r=8).scaled(3).r == 24
-    with pytest.raises(ConfigError, match="large_sparse"):
-        ADAPTERS["none"]().scaled(2)
 
 
 @pytest.mark.parametrize(

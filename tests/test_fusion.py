@@ -114,7 +114,7 @@ def test_two_stages_through_train_py(tmp_path, glue_dir):
 
 def test_table4_sweep_runs_fusion_over_the_sparse_pfeiffer_row_and_reports(tmp_path, glue_dir):
     """experiment=table4's sparse Pfeiffer and AdapterFusion rows: stage 2 finds stage 1 in the sweep."""
-    from sparse_adapter.report import load_summaries, report
+    from paper.report import load_summaries, report
     from tests.test_cli import train
 
     rows = "hydra.sweeper.params.row='t4_pfeiffer_snip,t4_fusion_snip'"

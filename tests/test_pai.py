@@ -16,7 +16,7 @@ from sparse_adapter.adapters.base import AdapterLayer
 from sparse_adapter.errors import ConfigError
 from sparse_adapter.pruning import SCORERS, PrunerConfig, kept_count, prune, schedule, select
 from sparse_adapter.pruning import pruner as pruner_module
-from sparse_adapter.runs import load_summaries, row_key
+from paper.runs import load_summaries, row_key
 from tests.cli_support import FAST, call_train, error_lines
 from tests.conftest import tiny_model
 from tests.test_scorers import float64  # noqa: F401 (autouse: every reference here is computed in float64)
@@ -279,7 +279,7 @@ def test_bad_pruner_settings_are_one_error_line(overrides, named, tmp_path, glue
 
 
 def test_plots_never_put_two_pruners_on_one_line():
-    from sparse_adapter.runs import pruner_label
+    from paper.runs import pruner_label
 
     def run(**settings):
         return {"pruner": settings.get("scorer", "snip"), "scope": settings.get("scope", "global"), "pruner_settings": settings}

@@ -3,11 +3,12 @@
 import pytest
 from omegaconf import OmegaConf
 
-from sparse_adapter.paired import (
-    CLAIMS, average_over_tasks, differences, early_score, interval, paired_table, paper_difference, per_task_table, verdict,
+from paper.paired import (
+    CLAIMS, average_over_tasks, differences, early_score, interval, paired_table, paper_difference, per_task_table,
+    verdict,
 )
-from sparse_adapter.report import report
-from sparse_adapter.runs import load_summaries
+from paper.report import report
+from paper.runs import load_summaries
 from tests.test_report import write_run
 
 SNIP_VS_DENSE = next(c for c in CLAIMS if (c.row, c.reference) == ("snip", "dense"))
@@ -48,7 +49,8 @@ def test_table_shows_mean_std_and_sign_count(tmp_path):
 
 
 def test_per_task_table_applies_the_rule_to_each_tasks_seeds_alone(tmp_path):
-    line = next(line for line in per_task_table(grid(tmp_path)).splitlines() if line.startswith(f"| {SNIP_VS_DENSE.text} |"))
+    lines = per_task_table(grid(tmp_path)).splitlines()
+    line = next(line for line in lines if line.startswith(f"| {SNIP_VS_DENSE.text} |"))
     # MRPC (2, -1, 3): ±t(0.975, 2) · 2.082 / √3 = ±5.17; STS-B (1, 2): ±t(0.975, 1) · 0.707 / √2 = ±6.35
     assert line.endswith("| +1.3 [-3.8, +6.5] within noise | +1.5 [-4.9, +7.9] within noise |")
     assert "task by task" in report(load_summaries([tmp_path]))
@@ -80,7 +82,7 @@ def test_verdicts(values, kind, expected):
 def test_early_score_averages_the_first_half_of_training(tmp_path):
     write_run(tmp_path, "mrpc", "dense", 1, 0.8, global_steps=100)
     (tmp_path / "dense-mrpc-1" / "csv" / "metrics.csv").write_text(
-        "step,val/accuracy\n24,0.60\n49,0.70\n74,0.75\n99,0.80\n99,0.80\n")  # the last evaluation repeats after training
+        "step,val/accuracy\n24,0.60\n49,0.70\n74,0.75\n99,0.80\n99,0.80\n")  # the last evaluation repeats
     [run] = load_summaries([tmp_path])
     assert early_score(run) == pytest.approx(65.0)  # fractions 0.25 and 0.5
 
@@ -138,12 +140,14 @@ def test_the_claims_grid_runs_every_row_each_claim_needs():
         for row in (claim.row, claim.reference):
             assert {(row, task, 42) for task in ("mrpc", "stsb", "cola")} <= jobs, (claim.text, row)
     three_seeds = ["finetune", "dense", "snip", "random", "snip_s80", "random_s80", "large_sparse4"]  # issue 12's list
-    assert {(row, task, seed) for row in three_seeds for task in ("mrpc", "stsb", "cola") for seed in (42, 43, 44)} <= jobs
+    tasks = ("mrpc", "stsb", "cola")
+    assert {(row, task, seed) for row in three_seeds for task in tasks for seed in (42, 43, 44)} <= jobs
 
 
 def test_the_papers_differences_are_its_tables_averages():
     """Each claim's paper column is row − reference of the paper's GLUE averages, computed by hand here."""
-    expected = {  # BERT-base Tables 1/3: SNIP 74.2, dense 73.6, Rand. 73.7, Mag. 73.2, ER 73.7, GraSP 74.0, r=256 75.1, FT 74.5
+    # BERT-base Tables 1/3: SNIP 74.2, dense 73.6, Rand. 73.7, Mag. 73.2, ER 73.7, GraSP 74.0, r=256 75.1, FT 74.5
+    expected = {
         ("snip", "dense", "final"): "+0.6 (BERT)", ("snip_s80", "dense", "final"): "−0.4 (RoBERTa)",  # 77.9 − 78.3
         ("snip", "random", "final"): "+0.5 (BERT)", ("snip_s80", "random_s80", "final"): "–",  # not in the paper
         ("snip", "magnitude", "final"): "+1.0 (BERT)", ("snip", "er", "final"): "+0.5 (BERT)",
@@ -159,7 +163,7 @@ def test_every_pai_check_has_its_rows_in_the_pai_grid_or_the_claims_grid():
     that the PaI grid or the claims grid trains at 3 seeds, at the same budget."""
     import re
 
-    from sparse_adapter.paired import CHECKS
+    from paper.paired import CHECKS
     from tests.conftest import ROOT
 
     script = (ROOT / "scripts" / "reproduce_claims.sh").read_text()

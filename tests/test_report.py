@@ -5,12 +5,13 @@ import re
 
 import pytest
 
-from sparse_adapter.report import load_summaries, main, markdown_table, row_key
+from paper.report import load_summaries, main, markdown_table, row_key
 
 
 def write_run(folder, task, row, seed, value, metric="accuracy", **extra):
     summary = {"status": "complete", "task": task, "row": row, "adapter": "houlsby", "pruner": "snip", "sparsity": 0.4,
-               "seed": seed, "main_metric": metric, "metrics": {metric: value}, "trained_params_pct": 1.2, "global_steps": 10, **extra}
+               "seed": seed, "main_metric": metric, "metrics": {metric: value}, "trained_params_pct": 1.2,
+               "global_steps": 10, **extra}
     run_dir = folder / f"{row}-{task}-{seed}"
     run_dir.mkdir(parents=True)
     (run_dir / "summary.json").write_text(json.dumps(summary))
@@ -57,7 +58,7 @@ def test_no_summaries_is_a_clear_error(tmp_path):
 
 
 def test_a_table_appears_once_one_of_its_own_rows_ran(tmp_path):
-    from sparse_adapter.report import report
+    from paper.report import report
 
     write_run(tmp_path, "rte", "snip", 1, 0.6)
     write_run(tmp_path, "rte", "dense", 1, 0.5)
@@ -66,7 +67,7 @@ def test_a_table_appears_once_one_of_its_own_rows_ran(tmp_path):
 
 
 def test_a_run_whose_table_is_not_shown_is_listed_under_other_runs(tmp_path):
-    from sparse_adapter.report import report
+    from paper.report import report
 
     write_run(tmp_path, "mrpc", "t4_pfeiffer", 1, 0.82)
     write_run(tmp_path, "mrpc", "dense", 1, 0.745)  # Table 1 needs a pruner row to appear
@@ -76,7 +77,7 @@ def test_a_run_whose_table_is_not_shown_is_listed_under_other_runs(tmp_path):
 
 
 def test_pruning_checks_get_their_own_table_without_a_paper_column(tmp_path):
-    from sparse_adapter.report import report
+    from paper.report import report
 
     write_run(tmp_path, "mrpc", "snip", 1, 0.81)
     write_run(tmp_path, "mrpc", "snip_shuffle", 1, 0.79, pruner_settings={"scorer": "snip", "control": "shuffle"})
@@ -108,14 +109,15 @@ def test_runs_of_other_backbones_or_budgets_are_never_averaged_together(tmp_path
     write_run(tmp_path / "b", "rte", "snip", 1, 0.40, backbone="tiny-bert", budget=budget)
     write_run(tmp_path / "c", "rte", "snip", 1, 0.55, backbone="minilm", budget={**budget, "epochs": 1})
     write_run(tmp_path / "d", "rte", "snip", 2, 0.70, backbone="minilm", budget={**budget, "lr": 2e-4})
-    from sparse_adapter.report import report
+    from paper.report import report
 
     text = report(load_summaries([tmp_path]))
     sections = re.split(r"^## ", text, flags=re.M)[1:]
     assert len(sections) == 3  # minilm 5 epochs, minilm 1 epoch, tiny-bert 5 epochs
     assert any(s.startswith("backbone minilm, 5 epochs, batch 32, max length 128, all training rows") for s in sections)
     minilm = next(s for s in sections if s.startswith("backbone minilm, 5 epochs"))
-    assert "| SparseAdapter SNIP | 0.001 | 60.0 |" in minilm and "| SparseAdapter SNIP | 0.0002 | 70.0 |" in minilm  # lr apart
+    # lr apart
+    assert "| SparseAdapter SNIP | 0.001 | 60.0 |" in minilm and "| SparseAdapter SNIP | 0.0002 | 70.0 |" in minilm
     assert "50.0" not in text and "65.0" not in text  # no mean across backbones, budgets or lrs
 
 
@@ -131,7 +133,7 @@ def test_each_table_has_a_trivial_baseline_row_and_marks_cells_that_do_not_beat_
 
 
 def test_report_states_the_machine_time_of_each_group(tmp_path):
-    from sparse_adapter.report import report
+    from paper.report import report
 
     write_run(tmp_path, "mrpc", "dense", 1, 0.8, wall_seconds=5400.0)
     write_run(tmp_path, "mrpc", "snip", 1, 0.8, wall_seconds=1800.0)

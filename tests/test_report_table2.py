@@ -1,6 +1,6 @@
 """The report's Table 2 layout across families: GLUE Avg. / XSum R2 / SQuAD F1."""
 
-from sparse_adapter.report import load_summaries, report
+from paper.report import load_summaries, report
 from tests.test_report import write_run
 
 GLUE_BUDGET = {"epochs": 5, "max_steps": -1, "lr": 1e-3, "batch_size": 32, "max_length": 128}

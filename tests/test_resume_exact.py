@@ -1,4 +1,5 @@
-"""A run SIGKILLed anywhere resumes to the uninterrupted run bit for bit; settings that change the optimisation are refused.
+"""A run SIGKILLed anywhere resumes to the uninterrupted run bit for bit; settings that change the optimisation are
+refused.
 
 Step-limited (``trainer.max_steps``) on purpose: Lightning's fit loop treats such runs as restarting mid-epoch even
 from an epoch-end checkpoint, counted the finished epoch twice and skipped the last epoch (issue 35: a 5-epoch,
@@ -16,21 +17,23 @@ from tests.cli_support import FAST, call_train, error_lines, train_subprocess
 
 # 24 rows in batches of 4: 6 steps an epoch, 3 epochs but stopped by max_steps at step 15 (mid epoch 2);
 # last.ckpt every 4 steps and at each epoch end: steps 4, 6, 8, 12, 15
-RUN = [*FAST, "data.max_train_samples=24", "data.batch_size=4", "trainer.max_epochs=3", "trainer.max_steps=15", "seed=7",
+RUN = [*FAST, "data.max_train_samples=24", "data.batch_size=4", "trainer.max_epochs=3", "trainer.max_steps=15",
+       "seed=7",
        "callbacks=resumable", "callbacks.last_checkpoint.every_n_train_steps=4"]
-# One run killed five times, each process resumed (or, with no checkpoint yet, rerun) from what the last one left:
+# One run killed four times, each process resumed (or, with no checkpoint yet, rerun) from what the last one left:
 # (kill point, KillAt where/step, the step of the last.ckpt it leaves; None: nothing saved)
 KILLS = [
     ("during pruning's scoring", "scoring", 0, None),
-    ("mid-epoch", "step", 5, 4),  # 4 batches into epoch 0
-    ("during validation", "validation", 6, 4),  # epoch 0's dev pass: resumes mid-epoch from step 4 again
-    ("after the epoch-end checkpoint", "step", 13, 12),  # epoch 1 ended at step 12; epoch 2, the last, was skipped (issue 35)
+    ("during validation", "validation", 6, 4),  # epoch 0's dev pass, steps 5-6 lost: resumes mid-epoch from step 4
+    # epoch 1 ended at step 12; epoch 2, the last, was skipped (issue 35)
+    ("after the epoch-end checkpoint", "step", 13, 12),
     ("during the closing dev scoring", "final_validation", 0, 15),  # trainer.validate after the last step
 ]
 
 
 def kill_overrides(marker, where: str, step: int) -> list[str]:
-    return ["+callbacks.kill._target_=tests.helpers.KillAt", f"+callbacks.kill.where={where}", f"+callbacks.kill.step={step}",
+    return ["+callbacks.kill._target_=tests.helpers.KillAt", f"+callbacks.kill.where={where}",
+            f"+callbacks.kill.step={step}",
             f"+callbacks.kill.marker={marker}"]
 
 
@@ -57,7 +60,8 @@ def chain(tmp_path_factory, glue_dir):
             result = train_subprocess(*RUN, f"data_dir={glue_dir}", *kill, f"hydra.run.dir={run}")
         assert result.returncode == -9, (point, result.stderr[-3000:])
         checkpoint = run / "checkpoints" / "last.ckpt"
-        assert (torch.load(checkpoint, weights_only=True)["global_step"] if checkpoint.exists() else None) == saved_at, point
+        saved = torch.load(checkpoint, weights_only=True)["global_step"] if checkpoint.exists() else None
+        assert saved == saved_at, point
         assert not (run / "summary.json").exists() and not (run / "adapter.safetensors").exists()
         copies[point] = root / f"after-{number}"
         shutil.copytree(run, copies[point])
@@ -85,7 +89,7 @@ def test_a_run_killed_anywhere_resumes_to_the_uninterrupted_weights_bit_for_bit(
 
 def test_a_run_folders_own_callback_override_is_refused_on_resume(chain, tmp_path, capsys):
     run = tmp_path / "run"
-    shutil.copytree(chain["mid-epoch"], run)
+    shutil.copytree(chain["during validation"], run)
     assert call_train(f"resume={run}") == 2  # its overrides.yaml names tests.helpers.KillAt: code, not replayed
     [line] = error_lines(capsys.readouterr().err)
     assert "+callbacks.kill._target_=tests.helpers.KillAt" in line and "never code" in line, line
@@ -119,7 +123,7 @@ def inert_kill(tmp_path) -> list[str]:
 
 def test_a_resume_that_changes_the_optimisation_is_refused_naming_each_setting(chain, tmp_path, capsys):
     run = tmp_path / "run"
-    shutil.copytree(chain["mid-epoch"], run)
+    shutil.copytree(chain["during validation"], run)
     assert call_train(f"resume={run}", *inert_kill(tmp_path), *CHANGES) == 2
     [line] = error_lines(capsys.readouterr().err)
     assert all(named in line for named in CHANGES.values()) and "resume_changes=[" in line, line
@@ -129,7 +133,7 @@ def test_a_resume_that_changes_the_optimisation_is_refused_naming_each_setting(c
 
 def test_resume_changes_allows_a_named_change_and_the_summary_records_it(chain, tmp_path, capsys):
     run = tmp_path / "run"
-    shutil.copytree(chain["mid-epoch"], run)
+    shutil.copytree(chain["during validation"], run)
     kill = inert_kill(tmp_path)
     assert call_train(f"resume={run}", *kill, "resume_changes=[sparsity]") == 2  # what the run is never changes
     assert "resume_changes: 'sparsity' cannot change" in error_lines(capsys.readouterr().err)[0]

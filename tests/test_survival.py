@@ -19,7 +19,7 @@ from sparse_adapter.adapters import HoulsbyConfig, LoRAConfig
 from sparse_adapter.errors import StorageError
 from sparse_adapter.export import main as export_main
 from sparse_adapter.io import write_json_atomic
-from sparse_adapter.report import main as report_main
+from paper.report import main as report_main
 from tests.cli_support import FAST, call_train, error_lines
 from tests.conftest import ROOT, tiny_backbone, tiny_model
 from tests.test_bad_input import Env, _edit_tensor_bytes, _rewrite_metadata, _unseal, sparse_adapter_file

@@ -136,3 +136,28 @@ def test_how_often_the_dev_set_is_evaluated_does_not_change_training(tmp_path, r
         trained.append({n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad})
     assert trained[0].keys() == trained[1].keys()
     assert all(torch.equal(trained[0][n], trained[1][n]) for n in trained[0])
+
+
+@pytest.mark.parametrize("total_steps, warmup_ratio", [(100, 0.1), (37, 0.1), (10, 0.0), (5, 0.5), (1, 0.1)])
+def test_the_schedule_is_transformers_linear_warmup_with_the_lrs_it_always_had(total_steps, warmup_ratio):
+    """tasks.optim builds on transformers' get_linear_schedule_with_warmup and gives, step by step, the lrs of the
+    hand-written schedule it replaced: (s + 1)/(w + 1) of the peak during warm-up, then linear decay to 0."""
+    from torch import nn
+
+    def hand_written(step: int, warmup: int) -> float:  # the replaced tasks.optim schedule, verbatim
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    model = nn.Linear(3, 2)
+    built = AdamWConfig(lr=2e-3, warmup_ratio=warmup_ratio).build(model, total_steps)
+    optimizer, scheduler = built["optimizer"], built["lr_scheduler"]["scheduler"]
+    warmup = int(warmup_ratio * total_steps)
+    seen = []
+    for step in range(total_steps + 2):
+        seen.append([group["lr"] for group in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    want = [[pytest.approx(2e-3 * hand_written(step, warmup), rel=1e-12, abs=1e-15)] * 2 for step in range(total_steps + 2)]
+    assert seen == want
+    assert scheduler.state_dict()["last_epoch"] == total_steps + 2  # the step count checkpoints always held

@@ -55,7 +55,6 @@ def test_mam_splits_its_weight_budget_equally():
     prefix = sum(named[n].numel() for n in prunable if ".prefix_" in n)
     parallel = sum(named[n].numel() for n in prunable if ".adapter." in n)
     assert prefix == parallel == LAYERS * 2 * 12 * H
-    assert MAMConfig(size=12).scaled(4).size == 48  # large_sparse scales both parts
 
 
 @pytest.mark.parametrize("model_type", ["bert", "roberta"])

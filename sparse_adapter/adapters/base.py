@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -57,12 +56,6 @@ class AdapterConfig:
     def merged(self) -> "AdapterConfig":
         """The config after ``merge_adapters`` (a reparametrised prefix becomes a plain one)."""
         return self
-
-    def scaled(self, factor: int) -> "AdapterConfig":
-        """The same adapter with its bottleneck (or rank) multiplied by ``factor``."""
-        if self.size_field is None:
-            raise ConfigError(f"large_sparse: adapter '{type(self).__name__}' has no bottleneck or rank to scale")
-        return dataclasses.replace(self, **{self.size_field: getattr(self, self.size_field) * factor})
 
     def validate(self) -> None:
         """Ranges come from the fields (``sparse_adapter.schema.ranged``); choices are checked here."""

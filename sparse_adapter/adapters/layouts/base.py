@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sparse_adapter.errors import ConfigError
 from sparse_adapter.registry import Registry
 
 
@@ -65,12 +64,6 @@ class Layout:
     def available(self) -> list[str]:
         """The attachment points this part has."""
         return [name for name in (*POINT_FIELDS, *self.points) if self.point(name)]
-
-    def require(self, slot: str, adapter: str) -> str:
-        path = getattr(self, slot)
-        if not path:
-            raise ConfigError(f"adapter={adapter}: this architecture's layout has no '{slot}' slot yet")
-        return path
 
 
 POINT_FIELDS = ("after_attention", "after_ffn", "linears", "self_attention", "ffn_output", "scaled", "scaled_input",

@@ -56,11 +56,6 @@ def sliced_names(model_type: str) -> set[str]:
     return {name for layout in parts.values() for name, target in layout.linears.items() if isinstance(target, Slice)}
 
 
-def layout_for(model: nn.Module) -> Layout:
-    """The first chosen part's layout (encoder-only and decoder-only models have one part)."""
-    return next(iter(layouts_for(model).values()))
-
-
 def require_slot(model: nn.Module, slot: str, adapter: str) -> None:
     """A clear error when no chosen part of the architecture has ``slot`` (the variant cannot attach)."""
     layouts = layouts_for(model)

@@ -9,8 +9,11 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-TASKS = [("cola", "CoLA"), ("mrpc", "MRPC"), ("stsb", "STS-B"), ("rte", "RTE"), ("sst2", "SST-2"), ("xsum", "XSum R2"), ("squad", "SQuAD F1")]
-GLUE = {"cola", "mrpc", "stsb", "rte", "sst2"}  # ``Avg.`` averages these only (the paper's GLUE average)
+from paper.definitions import tasks
+
+TASKS = [(task.key, task.name) for task in tasks()]  # (key, column name), in column order (paper/data/tasks.yaml)
+FAMILY = {task.key: task.family for task in tasks()}  # verdicts pool (task, seed) pairs within one family only
+GLUE = {key for key, family in FAMILY.items() if family == "glue"}  # ``Avg.`` averages these only (the paper's)
 
 
 def row_key(summary: dict) -> str:
@@ -23,7 +26,7 @@ def row_key(summary: dict) -> str:
 
 # what a pruner setting is when a summary does not record it (runs from before it existed)
 PRUNER_DEFAULTS = {"scope": "global", "iterations": 1, "control": "none", "min_density": 0.0}
-ROW_IDENTITY = ("scorer", *PRUNER_DEFAULTS, "n", "m")  # what tells two pruners apart (older summaries record none of it)
+ROW_IDENTITY = ("scorer", *PRUNER_DEFAULTS, "n", "m")  # what tells two pruners apart (older summaries record none)
 
 
 def pruner_settings(summary: dict) -> dict:
@@ -90,30 +93,8 @@ def base_row_key(summary: dict) -> str:
     return f"{summary['pruner']}_s{round(100 * summary['sparsity'])}"
 
 
-def training_budget(config: dict) -> dict:
-    """What a run's numbers depend on besides its row, task and seed (from its resolved config).
-
-    The report never averages runs whose budgets differ: a 32-step run beside a 5-epoch run, or a
-    tiny random backbone beside MiniLM, would make a number that describes neither.
-    """
-    trainer, data, optimizer = config.get("trainer", {}), config.get("data", {}), config.get("optimizer", {})
-    return {
-        "epochs": trainer.get("max_epochs"),
-        "max_steps": trainer.get("max_steps", -1),
-        "lr": optimizer.get("lr"),
-        "batch_size": data.get("batch_size"),
-        "accumulate_grad_batches": trainer.get("accumulate_grad_batches", 1),
-        "max_train_samples": data.get("max_train_samples"),
-        "max_length": data.get("max_length"),
-        "backbone_overrides": dict(config.get("backbone", {}).get("config") or {}),
-        # QA and seq2seq windows; absent for GLUE, so GLUE budgets (and their grouping) are unchanged
-        **{key: data[key] for key in ("doc_stride", "max_target_length") if key in data},
-        **({"group_by_length": True} if data.get("group_by_length") else {}),  # recorded only when on: older runs group as before
-        **({"precision": trainer["precision"]} if trainer.get("precision", "32-true") not in ("32-true", "32", 32) else {}),  # ditto
-    }
-
-
-REQUIRED = ("task", "adapter", "pruner", "sparsity", "seed", "main_metric", "metrics", "trained_params_pct")  # what the tables read
+# what the tables read
+REQUIRED = ("task", "adapter", "pruner", "sparsity", "seed", "main_metric", "metrics", "trained_params_pct")
 
 
 _warned: set[str] = set()
@@ -156,7 +137,8 @@ def load_summaries(folders: list[Path]) -> list[dict]:
             try:
                 summary = json.loads(path.read_bytes().decode("utf-8"))
             except (OSError, UnicodeDecodeError, ValueError) as error:
-                warn(f"{path}: skipped (not readable JSON: {str(error).splitlines()[0] if str(error) else type(error).__name__})")
+                reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+                warn(f"{path}: skipped (not readable JSON: {reason})")
                 continue
             if isinstance(summary, dict) and summary.get("status") != "complete":
                 warn(f"{path}: skipped (status {summary.get('status')!r}, not 'complete')")

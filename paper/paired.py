@@ -12,7 +12,9 @@ the interval lies above 0, not reproduced when it lies below, within noise other
 that the row *matches* its reference (is no worse) is a non-inferiority claim with a margin of
 ``MARGIN`` points: reproduced when the interval lies above −MARGIN, not reproduced when it lies
 below, within noise otherwise (a mean ≥ 0 alone proves nothing when the interval is wide). Tasks
-differ in spread, so pooling them widens the interval: the rule errs towards "within noise".
+differ in spread, so pooling them widens the interval: the rule errs towards "within noise". Pairs pool
+within one task family only (``paper/data/tasks.yaml``: GLUE, QA, ...): a claim with GLUE and SQuAD pairs
+gets one line and one verdict per family, SQuAD's F1 decides and its exact match is shown beside it.
 ``per_task_table`` applies the same rule to each task's seeds alone, so one task that moves shows.
 """
 
@@ -20,59 +22,24 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass
 
-from sparse_adapter.paper import PAPER_BERT_AVG, PAPER_ROBERTA_AVG_TABLE2
-from sparse_adapter.runs import GLUE, TASKS, learning_curve, one_lr_per_row, row_key
+from paper.definitions import Claim, checks, claim_setting, claims, families, published, tasks as task_definitions
+from paper.runs import FAMILY, TASKS, learning_curve, one_lr_per_row, row_key
 
-MARGIN = 1.0  # points of dev metric ×100: what "matches" may lose (non-inferiority margin), fixed before the grid's other rows ran
-EARLY = 0.5  # "converges faster": the mean dev metric over the evaluations in this first fraction of training
-
-
-@dataclass(frozen=True)
-class Claim:
-    text: str  # the paper's claim, in one line
-    row: str
-    reference: str
-    kind: str = "beats"  # or "matches": the row is no worse than the reference
-    measure: str = "final"  # or "early": mean dev metric over the first EARLY of training (needs quarter-epoch evals)
-    paper: str | None = None  # which of the paper's GLUE averages hold both rows: "BERT" (Tables 1, 3) or "RoBERTa" (Table 2)
-
-
-CLAIMS = [
-    Claim("SNIP at s=0.4 matches or beats the dense adapter", "snip", "dense", "matches", paper="BERT"),
-    Claim("SNIP at s=0.8 stays close to the dense adapter", "snip_s80", "dense", "matches", paper="RoBERTa"),
-    Claim("SNIP beats random pruning at s=0.4", "snip", "random", paper="BERT"),
-    Claim("SNIP beats random pruning at s=0.8", "snip_s80", "random_s80"),
-    Claim("SNIP beats magnitude pruning at s=0.4", "snip", "magnitude", paper="BERT"),
-    Claim("SNIP beats Erdős–Rényi pruning at s=0.4", "snip", "er", paper="BERT"),
-    Claim("SNIP beats GraSP at s=0.4", "snip", "grasp", paper="BERT"),
-    Claim("Large-Sparse r=256 (s=0.75) beats the dense adapter r=64", "large_sparse4", "dense", paper="BERT"),
-    Claim(f"Large-Sparse r=256 converges faster than dense r=64 (mean dev metric over the first {EARLY:.0%} of training)",
-          "large_sparse4", "dense", measure="early"),
-    Claim("Large-Sparse r=256 matches or beats full fine-tuning", "large_sparse4", "finetune", "matches", paper="BERT"),
-    Claim("the dense adapter comes close to full fine-tuning", "dense", "finetune", "matches", paper="BERT"),
-]
-# Pruning-at-initialization checks (issue 24; not claims of the paper): does SNIP's choice of weights matter?
-CHECKS = [
-    Claim("SNIP's choice beats its own mask shuffled within each matrix (s=0.4)", "snip", "snip_shuffle"),
-    Claim("SNIP's scores carry information: its best beat its worst at the same per-matrix counts (s=0.4)", "snip", "snip_invert"),
-    Claim("iterative SNIP (10 rounds) beats one-shot SNIP at s=0.8", "snip_s80_iter10", "snip_s80"),
-    Claim("iterative SNIP at s=0.8 stays close to the dense adapter (rescues s=0.8)", "snip_s80_iter10", "dense", "matches"),
-    Claim("per-matrix budgets (scope=layer) beat one global ranking at s=0.8", "snip_s80_layer", "snip_s80"),
-    Claim("SNIP beats data-free SynFlow (s=0.4)", "snip", "synflow"),
-    Claim("2:4 SNIP matches unstructured SNIP at s=0.5", "snip_nm24", "snip_s50", "matches"),
-    # issue 34: LoRA at PEFT's default init (B = 0), SNIP scoring B and A one Adam step ahead
-    Claim("look-ahead SNIP beats random pruning on a zero-init LoRA (s=0.5)", "zi_lora_snip_s50", "zi_lora_random_s50"),
-    Claim("look-ahead SNIP stays close to the dense zero-init LoRA (s=0.5)", "zi_lora_snip_s50", "zi_lora_dense", "matches"),
-]
+MARGIN = claim_setting("margin")  # points of dev metric ×100: what "matches" may lose (non-inferiority margin)
+EARLY = claim_setting("early")  # "converges faster": the mean dev metric over the evaluations in this first fraction
+CLAIMS = claims()  # paper/data/claims.yaml
+CHECKS = checks()  # pruning-at-initialization checks (issue 24; not claims of the paper)
+PerTask = dict[str, dict[int, float]]  # task → seed → (row − reference)
+ALSO = {task.key: task.also for task in task_definitions() if task.also}  # e.g. SQuAD: exact match beside F1
 
 
 def paper_difference(claim: Claim) -> str:
     """The paper's own (row − reference) of its GLUE averages, e.g. '+0.6 (BERT)'; its Figure 4 for convergence."""
     if claim.measure == "early":
         return "Figure 4"
-    averages = {"BERT": PAPER_BERT_AVG, "RoBERTa": PAPER_ROBERTA_AVG_TABLE2}.get(claim.paper or "", {})
+    tables = {"BERT": "bert_avg", "RoBERTa": "roberta_avg_table2"}
+    averages = published()[tables[claim.paper]] if claim.paper in tables else {}
     if claim.row not in averages or claim.reference not in averages:
         return "–"
     return f"{averages[claim.row] - averages[claim.reference]:+.1f} ({claim.paper})".replace("-", "−")
@@ -92,27 +59,45 @@ def early_score(run: dict) -> float | None:
     return statistics.mean(early) if len(early) >= 2 else None
 
 
-def scores(runs: list[dict], measure: str = "final") -> dict[tuple[str, str, int], float]:
-    """(row, task, seed) → dev main metric ×100 (or its early mean), each row at its most frequent lr."""
+def scores(runs: list[dict], measure: str = "final", metric: str | None = None) -> dict[tuple[str, str, int], float]:
+    """(row, task, seed) → dev main metric ×100 (or its early mean; or ``metric``, where a run has it), each row at
+    its most frequent lr."""
     found = {}
     for run in one_lr_per_row(runs):
-        value = 100.0 * run["metrics"][run["main_metric"]] if measure == "final" else early_score(run)
+        if metric is not None:
+            value = run["metrics"].get(metric)
+            value = 100.0 * value if isinstance(value, (int, float)) else None
+        else:
+            value = 100.0 * run["metrics"][run["main_metric"]] if measure == "final" else early_score(run)
         if value is not None:
             found[(row_key(run), run["task"], run["seed"])] = value
     return found
 
 
-def differences(runs: list[dict], claim: Claim) -> dict[str, dict[int, float]]:
-    """task → seed → (row − reference) for every seed where both ran."""
-    by_key = scores(runs, claim.measure)
-    found: dict[str, dict[int, float]] = defaultdict(dict)
+def differences(runs: list[dict], claim: Claim, metric: str | None = None) -> PerTask:
+    """task → seed → (row − reference) for every seed where both ran (main metric unless ``metric``)."""
+    by_key = scores(runs, claim.measure, metric)
+    found: PerTask = defaultdict(dict)
     for (row, task, seed), value in by_key.items():
         if row == claim.row and (claim.reference, task, seed) in by_key:
             found[task][seed] = value - by_key[(claim.reference, task, seed)]
     return found
 
 
-def average_over_tasks(per_task: dict[str, dict[int, float]], tasks: list[str]) -> dict[int, float]:
+def by_family(per_task: PerTask) -> dict[str, PerTask]:
+    """family → its tasks' differences, in the report's family order: verdicts never pool across families
+    (a SQuAD F1 difference is no replicate of a CoLA Matthews one)."""
+    order = list(families())
+    grouped: dict[str, PerTask] = {}
+    def position(family: str) -> tuple:
+        return (0, order.index(family), "") if family in order else (1, 0, family)
+
+    for family in sorted({FAMILY.get(t, t) for t in per_task}, key=position):
+        grouped[family] = {t: seeds for t, seeds in per_task.items() if FAMILY.get(t, t) == family}
+    return grouped
+
+
+def average_over_tasks(per_task: PerTask, tasks: list[str]) -> dict[int, float]:
     """seed → mean difference over ``tasks``, for the seeds that ran all of them."""
     seeds = set.intersection(*(set(per_task.get(t, {})) for t in tasks)) if tasks else set()
     return {seed: statistics.mean(per_task[t][seed] for t in tasks) for seed in sorted(seeds)}
@@ -137,6 +122,11 @@ def interval(values: list[float]) -> tuple[float, float, float] | None:
     return mean, mean - half, mean + half
 
 
+def ci_text(bounds: tuple[float, float, float]) -> str:
+    """'+1.4 [-0.5, +3.3]': a mean and its 95% interval."""
+    return f"{bounds[0]:+.1f} [{bounds[1]:+.1f}, {bounds[2]:+.1f}]"
+
+
 def verdict(values: list[float], kind: str) -> str:
     """'reproduced', 'within noise' or 'not reproduced' for one claim's pooled (task, seed) differences."""
     bounds = interval(values)
@@ -149,7 +139,7 @@ def verdict(values: list[float], kind: str) -> str:
     return "not reproduced" if high < threshold else "within noise"
 
 
-def claims_with_pairs(runs: list[dict]) -> tuple[list[tuple[str, str]], list[tuple[Claim, dict[str, dict[int, float]]]]]:
+def claims_with_pairs(runs: list[dict]) -> tuple[list[tuple[str, str]], list[tuple[Claim, PerTask]]]:
     """The tasks present (key, name) and every claim with at least one pair, with its differences."""
     present = {r["task"] for r in runs}
     tasks = [(t, name) for t, name in TASKS if t in present]
@@ -157,22 +147,46 @@ def claims_with_pairs(runs: list[dict]) -> tuple[list[tuple[str, str]], list[tup
     return tasks, found
 
 
-def paired_table(runs: list[dict]) -> str | None:
-    """One line per claim with at least one pair; None when no claim has both of its rows."""
+def claim_lines(runs: list[dict]) -> tuple[list[tuple[str, str]], list[tuple[Claim, str, PerTask]]]:
+    """Like ``claims_with_pairs``, one entry per (claim, task family): a claim's text names its family
+    ("… [QA (SQuAD)]") when the runs hold more than one family."""
     tasks, found = claims_with_pairs(runs)
-    if not found:
-        return None
-    glue = [t for t, _ in tasks if t in GLUE]
+    several = len({FAMILY.get(t, t) for t, _ in tasks}) > 1
+    names = families()
     lines = []
     for claim, per_task in found:
-        cells = [describe(list(per_task.get(t, {}).values())) for t, _ in tasks]
-        average = describe(list(average_over_tasks(per_task, glue).values()))
+        for family, mine in by_family(per_task).items():
+            lines.append((claim, f"{claim.text} [{names.get(family, family)}]" if several else claim.text, mine))
+    return tasks, lines
+
+
+def also_cell(runs: list[dict], claim: Claim, task: str) -> str:
+    """The task's further metrics beside its main one (SQuAD: '; EM +0.4 ± 0.2 (2/3 > 0)'), final measure only."""
+    if claim.measure != "final":
+        return ""
+    return "".join(f"; {short} {describe(list(differences(runs, claim, metric).get(task, {}).values()))}"
+                   for metric, short in ALSO.get(task, {}).items() if differences(runs, claim, metric).get(task))
+
+
+def paired_table(runs: list[dict]) -> str | None:
+    """One line per claim (and task family) with at least one pair; None when no claim has both of its rows."""
+    tasks, found = claim_lines(runs)
+    if not found:
+        return None
+    lines = []
+    for claim, text, per_task in found:
+        cells = [describe(list(per_task.get(t, {}).values())) + (also_cell(runs, claim, t) if t in per_task else "")
+                 for t, _ in tasks]
+        family = FAMILY.get(next(iter(per_task)))  # Avg.: over the family's tasks present (GLUE: the paper's average)
+        mine = [t for t, _ in tasks if FAMILY.get(t) == family]
+        average = describe(list(average_over_tasks(per_task, mine).values()))
         pooled = [value for seeds in per_task.values() for value in seeds.values()]
         bounds = interval(pooled)
-        ci = f"{bounds[0]:+.1f} [{bounds[1]:+.1f}, {bounds[2]:+.1f}] (n={len(pooled)})" if bounds else f"n={len(pooled)}"
-        lines.append(f"| {claim.text} | {claim.row} − {claim.reference} | " + " | ".join(cells)
+        ci = f"{ci_text(bounds)} (n={len(pooled)})" if bounds else f"n={len(pooled)}"
+        lines.append(f"| {text} | {claim.row} − {claim.reference} | " + " | ".join(cells)
                      + f" | {average} | {ci} | {verdict(pooled, claim.kind)} | {paper_difference(claim)} |")
-    header = "| Claim | difference | " + " | ".join(name for _, name in tasks) + " | Avg. | all pairs: mean [95% CI] | verdict | paper |"
+    header = ("| Claim | difference | " + " | ".join(name for _, name in tasks)
+              + " | Avg. | all pairs: mean [95% CI] | verdict | paper |")
     return "\n".join([header, "|---" * (len(tasks) + 6) + "|", *lines])
 
 
@@ -188,8 +202,7 @@ def per_task_table(runs: list[dict]) -> str | None:
         for task, _ in tasks:
             values = list(per_task.get(task, {}).values())
             bounds = interval(values)
-            cells.append(f"{bounds[0]:+.1f} [{bounds[1]:+.1f}, {bounds[2]:+.1f}] {verdict(values, claim.kind)}" if bounds
-                         else f"n={len(values)}")
+            cells.append(f"{ci_text(bounds)} {verdict(values, claim.kind)}" if bounds else f"n={len(values)}")
         lines.append(f"| {claim.text} | " + " | ".join(cells) + " |")
     header = "| Claim | " + " | ".join(f"{name}: mean [95% CI] verdict" for _, name in tasks) + " |"
     return "\n".join([header, "|---" * (len(tasks) + 1) + "|", *lines])

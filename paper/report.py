@@ -1,6 +1,6 @@
 """Collect run summaries into the paper's tables (Markdown) and plots (PNG).
 
-    python -m sparse_adapter.report multirun/paper [more dirs ...] --out results/
+    python -m paper.report multirun/paper [more dirs ...] --out results/
 
 Every ``summary.json`` below the given folders is one run. Runs are grouped by backbone and
 training budget first (one set of tables each), then by table row, lr and task; cells are mean ±
@@ -17,63 +17,18 @@ import argparse
 import json
 import statistics
 from collections import Counter, defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
-from sparse_adapter.paired import paired_table, per_task_table
-from sparse_adapter.paper import PAPER_BERT_AVG, PAPER_ROBERTA_AVG_TABLE2, PAPER_ROBERTA_AVG_TABLE4, PAPER_TABLE2
-from sparse_adapter.runs import (  # noqa: F401 (public here too)
-    GLUE, TASKS, group_key, learning_curve, load_summaries, lr_of, one_lr_per_row, pruner_label, row_key, training_budget,
+from paper.definitions import published, row_labels, table2_columns, tables
+from paper.paired import ALSO, paired_table, per_task_table
+from paper.runs import (
+    GLUE, TASKS, group_key, learning_curve, load_summaries, lr_of, one_lr_per_row, pruner_label, row_key,
 )
 
-TABLE2_COLUMNS = [("GLUE Avg.", GLUE), ("XSum R2", {"xsum"}), ("SQuAD F1", {"squad"})]  # the paper's Table 2 layout
-ROW_LABELS = {
-    "finetune": "Fine-tune",
-    "dense": "Adapter (dense)",
-    "random": "SparseAdapter Rand.",
-    "magnitude": "SparseAdapter Mag.",
-    "er": "SparseAdapter ER",
-    "snip": "SparseAdapter SNIP",
-    "grasp": "SparseAdapter GraSP",
-    "snip_s20": "SparseAdapter SNIP, s=0.2",
-    "snip_s60": "SparseAdapter SNIP, s=0.6",
-    "snip_s80": "SparseAdapter SNIP, s=0.8",
-    "random_s80": "SparseAdapter Rand., s=0.8",
-    "large_sparse2": "Large-Sparse r=128, s=50%",
-    "large_sparse3": "Large-Sparse r=192, s=67%",
-    "large_sparse4": "Large-Sparse r=256, s=75%",
-    "t4_pfeiffer": "Pfeiffer", "t4_pfeiffer_snip": "Pfeiffer + SNIP s=0.4",
-    "t4_lora": "LoRA", "t4_lora_snip": "LoRA + SNIP s=0.4",
-    "t4_mam": "MAM", "t4_mam_snip": "MAM + SNIP s=0.4",
-    "t4_fusion": "AdapterFusion", "t4_fusion_snip": "AdapterFusion + SNIP s=0.4",
-    "snip_shuffle": "SNIP, mask shuffled per matrix", "snip_invert": "SNIP, lowest scores kept",
-    "synflow": "SynFlow (data-free, 100 rounds)", "snip_s50": "SparseAdapter SNIP, s=0.5",
-    "snip_nm24": "SNIP 2:4 (s=0.5)", "snip_s80_iter10": "SNIP, s=0.8, 10 rounds",
-    "snip_s80_layer": "SNIP, s=0.8, per-matrix density",
-}
-
-
-@dataclass(frozen=True)
-class Table:
-    rows: list[str]  # in the paper's order
-    signature: set[str]  # rows whose presence makes the table appear
-    reference: tuple[str, dict[str, float]] = ("paper BERT Avg.", PAPER_BERT_AVG)  # column shown for orientation
-
-
-TABLES = {
-    "Table 1: pruners at s=0.4": Table(
-        ["finetune", "dense", "random", "magnitude", "er", "snip", "grasp"], {"random", "magnitude", "er", "snip", "grasp"}),
-    "Table 2: SNIP at sparsity 0.2-0.8": Table(
-        ["finetune", "dense", "snip_s20", "snip", "snip_s60", "snip_s80", "random_s80"], {"snip_s20", "snip_s60", "snip_s80"},
-        ("paper RoBERTa Avg.", PAPER_ROBERTA_AVG_TABLE2)),
-    "Table 3: Large-Sparse (same budget as dense r=64)": Table(
-        ["finetune", "dense", "large_sparse2", "large_sparse3", "large_sparse4"], {"large_sparse2", "large_sparse3", "large_sparse4"}),
-    "Table 4: other adapters, dense and SNIP s=0.4": Table(
-        list(PAPER_ROBERTA_AVG_TABLE4), set(PAPER_ROBERTA_AVG_TABLE4), ("paper RoBERTa Avg.", PAPER_ROBERTA_AVG_TABLE4)),
-    "Pruning-at-initialization checks: controls, iterative, N:M, SynFlow (not in the paper)": Table(
-        ["dense", "snip", "snip_shuffle", "snip_invert", "synflow", "snip_s50", "snip_nm24", "snip_s80", "snip_s80_iter10", "snip_s80_layer"],
-        {"snip_shuffle", "snip_invert", "synflow", "snip_nm24", "snip_s80_iter10", "snip_s80_layer"}, ("", {})),  # no reference column
-}
+__all__ = ["load_summaries", "main", "markdown_table", "report", "row_key"]
+ROW_LABELS = row_labels()  # paper/data/rows.yaml
+TABLES = {table.title: table for table in tables()}  # paper/data/tables.yaml, in the report's order
+BERT_REFERENCE = ("paper BERT Avg.", published()["bert_avg"])
 
 
 def describe_group(key: str) -> str:
@@ -81,12 +36,17 @@ def describe_group(key: str) -> str:
     if len(budget) == 1:
         return f"backbone {budget['backbone']}, budget not recorded"
     parts = [f"backbone {budget['backbone']}"]
-    parts.append(f"{budget['epochs']} epochs" if budget.get("max_steps", -1) in (-1, None) else f"{budget['max_steps']} steps (≤ {budget['epochs']} epochs)")
+    by_epochs = budget.get("max_steps", -1) in (-1, None)
+    steps = f"{budget['max_steps']} steps (≤ {budget['epochs']} epochs)"
+    parts.append(f"{budget['epochs']} epochs" if by_epochs else steps)
     batch = budget["batch_size"] * (budget.get("accumulate_grad_batches") or 1)
     parts.append(f"batch {batch}")
     parts.append(f"max length {budget['max_length']}")
-    parts += [f"{label} {budget[key]}" for key, label in (("doc_stride", "stride"), ("max_target_length", "max target")) if key in budget]
-    parts.append(f"first {budget['max_train_samples']} training rows" if budget.get("max_train_samples") else "all training rows")
+    windows = (("doc_stride", "stride"), ("max_target_length", "max target"))
+    parts += [f"{label} {budget[key]}" for key, label in windows if key in budget]
+    rows = budget.get("max_train_samples")
+    parts.append(f"first {rows} training rows" if rows else "all training rows")
+    parts += [f"first {budget['max_eval_samples']} dev rows"] if budget.get("max_eval_samples") else []
     parts += ["batches grouped by length"] if budget.get("group_by_length") else []
     parts += [f"{k}={v}" for k, v in sorted((budget.get("backbone_overrides") or {}).items())]
     return ", ".join(parts)
@@ -95,18 +55,34 @@ def describe_group(key: str) -> str:
 def machine_time(runs: list[dict]) -> str:
     """What the runs cost: the sum of their wall times (a resumed job counts every piece)."""
     timed = [r["wall_seconds"] for r in runs if r.get("wall_seconds") is not None]
-    return f"{len(runs)} run{'s' * (len(runs) != 1)}; {sum(timed) / 3600:.1f} h of wall time in the {len(timed)} that record it (sum of `wall_seconds`)."
+    return (f"{len(runs)} run{'s' * (len(runs) != 1)}; {sum(timed) / 3600:.1f} h of wall time in the {len(timed)} "
+            "that record it (sum of `wall_seconds`).")
 
 
 Cells = dict[tuple[str, float | None, str], list[float]]
 
 
-def cells(runs: list[dict]) -> Cells:
-    """(row, lr, task) → main metric ×100 of each seed."""
+def cells(runs: list[dict], metric: str | None = None) -> Cells:
+    """(row, lr, task) → main metric ×100 of each seed (or ``metric``, for the runs that record it)."""
     grouped: Cells = defaultdict(list)
     for run in runs:
-        grouped[(row_key(run), lr_of(run), run["task"])].append(100.0 * run["metrics"][run["main_metric"]])
+        value = run["metrics"].get(metric or run["main_metric"])
+        if isinstance(value, (int, float)):
+            grouped[(row_key(run), lr_of(run), run["task"])].append(100.0 * value)
     return grouped
+
+
+def columns_of(runs: list[dict], grouped: Cells) -> list[tuple[str, str, Cells]]:
+    """(task, column name, its cells) in TASKS order; a task's further metrics (SQuAD EM) follow its main one."""
+    columns = []
+    for task, name in TASKS:
+        if any(t == task for *_, t in grouped):
+            columns.append((task, name, grouped))
+            for metric, short in ALSO.get(task, {}).items():
+                extra = cells([r for r in runs if r["task"] == task], metric)
+                if extra:
+                    columns.append((task, f"{name.split()[0]} {short}", extra))
+    return columns
 
 
 def baselines(runs: list[dict]) -> dict[str, float]:
@@ -132,7 +108,7 @@ def param_pct(runs: list[dict], row: str) -> str:
     return f"{statistics.mean(values):.2f}%" if values else "–"
 
 
-def markdown_table(runs: list[dict], rows: list[str], reference: tuple[str, dict[str, float]] = Table.reference) -> str:
+def markdown_table(runs: list[dict], rows: list[str], reference: tuple[str, dict[str, float]] = BERT_REFERENCE) -> str:
     """One table over comparable runs: a trivial-baseline row first, then each (row, lr) present.
 
     A cell marked † does not beat the trivial baseline of its task: that run learned nothing the
@@ -140,27 +116,34 @@ def markdown_table(runs: list[dict], rows: list[str], reference: tuple[str, dict
     """
     grouped = cells(runs)
     floors = baselines(runs)
-    tasks = [(t, name) for t, name in TASKS if any(task == t for *_, task in grouped)]
-    glue = [t for t, _ in tasks if t in GLUE]
+    columns = columns_of(runs, grouped)
+    main = [values is grouped for *_, values in columns]  # a further metric's column has no trivial baseline
+    glue = [t for (t, *_), is_main in zip(columns, main) if is_main and t in GLUE]
     reference_name, reference_values = reference
-    reference_cell = (lambda text: f" {text} |" if text else " |") if reference_name else (lambda text: "")  # none: no column
-    header = "| Method | lr | " + " | ".join(name for _, name in tasks) + " | Avg. | #Param | seeds |" + reference_cell(reference_name)
-    lines = [header, "|---" * (len(tasks) + 5 + bool(reference_name)) + "|"]
+
+    def reference_cell(text: str) -> str:  # no reference: no column
+        return (f" {text} |" if text else " |") if reference_name else ""
+
+    header = ("| Method | lr | " + " | ".join(name for _, name, _ in columns) + " | Avg. | #Param | seeds |"
+              + reference_cell(reference_name))
+    lines = [header, "|---" * (len(columns) + 5 + bool(reference_name)) + "|"]
     if floors:
         values = [floors.get(t) for t in glue]
         average = f"{statistics.mean(values):.1f}" if values and None not in values else "–"
-        values = [floors.get(t) for t, _ in tasks]
+        values = [floors.get(t) if is_main else None for (t, *_), is_main in zip(columns, main)]
         shown = " | ".join("–" if v is None else f"{v:.1f}" for v in values)
-        lines.append(f"| Trivial baseline (best constant predictor) | – | {shown} | {average} | 0 | – |" + reference_cell(""))
+        lines.append(f"| Trivial baseline (best constant predictor) | – | {shown} | {average} | 0 | – |"
+                     + reference_cell(""))
     for row in rows:
         for lr in sorted({lr for (r, lr, _) in grouped if r == row}, key=lambda v: (v is None, v)):
-            present = [grouped.get((row, lr, t), []) for t, _ in tasks]
+            present = [values.get((row, lr, t), []) for t, _, values in columns]
             means = [statistics.mean(grouped[(row, lr, t)]) for t in glue if grouped.get((row, lr, t))]
             average = f"{statistics.mean(means):.1f}" if glue and len(means) == len(glue) else "–"
             paper = reference_values.get(row, "")
             lines.append(
                 f"| {ROW_LABELS.get(row, row)} | {'–' if lr is None else f'{lr:g}'} | "
-                + " | ".join(mean_std(v, floors.get(t)) for v, (t, _) in zip(present, tasks))
+                + " | ".join(mean_std(v, floors.get(t) if is_main else None)
+                             for v, (t, *_), is_main in zip(present, columns, main))
                 + f" | {average} | {param_pct(runs, row)} | {max(len(v) for v in present)} |" + reference_cell(paper)
             )
     return "\n".join(lines)
@@ -179,7 +162,7 @@ def table2(runs: list[dict]) -> str | None:
     rows = [r for r in order if any(row_key(run) == r for run in runs)]
     rows += sorted({row_key(run) for run in runs} - set(order))
     columns, notes = {}, []
-    for title, tasks in TABLE2_COLUMNS:
+    for title, tasks in table2_columns():
         mine = [r for r in runs if r["task"] in tasks]
         if not mine:
             continue
@@ -198,9 +181,11 @@ def table2(runs: list[dict]) -> str | None:
         notes.append(f"{title}: {', '.join(present)} on {describe_group(key)}")
     header = "| Method | " + " | ".join(columns) + " | paper (GLUE / XSum / SQuAD) |"
     lines = [header, "|---" * (len(columns) + 2) + "|",
-             "| Trivial baseline (constant predictor / LEAD-1) | " + " | ".join(c["_baseline"] for c in columns.values()) + " | |"]
-    lines += [f"| {ROW_LABELS.get(row, row)} | " + " | ".join(c.get(row, "–") for c in columns.values()) + f" | {PAPER_TABLE2.get(row, '')} |"
-              for row in rows]
+             "| Trivial baseline (constant predictor / LEAD-1) | "
+             + " | ".join(c["_baseline"] for c in columns.values()) + " | |"]
+    paper = published()["table2"]
+    lines += [f"| {ROW_LABELS.get(row, row)} | " + " | ".join(c.get(row, "–") for c in columns.values())
+              + f" | {paper.get(row, '')} |" for row in rows]
     return "\n".join(lines) + "\n\n" + "\n".join(f"* {note}" for note in notes) + "\n"
 
 
@@ -217,7 +202,7 @@ def report(runs: list[dict]) -> str:
         shown: set[str] = set()
         for title, table in TABLES.items():
             if any(row_key(r) in table.signature for r in group):
-                parts.append(f"### {title}\n\n{markdown_table(group, table.rows, table.reference)}\n")
+                parts.append(f"### {title}\n\n{markdown_table(group, table.rows, table.reference_column())}\n")
                 shown.update(table.rows)
         other = sorted({row_key(r) for r in group} - shown)  # e.g. a dense run whose table has no sparse row yet
         if other:
@@ -225,7 +210,8 @@ def report(runs: list[dict]) -> str:
         if paired := paired_table(group):
             parts.append(f"### Paired differences (row − reference, same seed; dev metric ×100)\n\n{paired}\n")
             parts.append(f"### The same claims task by task (each task's seeds alone)\n\n{per_task_table(group)}\n")
-    parts.append("† not above the task's trivial baseline: the best constant predictor on dev (the majority class; for STS-B a constant score, correlation 0; "
+    parts.append("† not above the task's trivial baseline: the best constant predictor on dev "
+                 "(the majority class; for STS-B a constant score, correlation 0; "
                  "for XSum LEAD-1, the first sentence; SQuAD has none).\n")
     return "\n".join(parts)
 
@@ -246,7 +232,8 @@ def plot(runs: list[dict], out: Path) -> list[Path]:
     by_pruner: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
         if run["adapter"] != "none" and not run.get("large_sparse"):
-            by_pruner[pruner_label(run)][(run["task"], round(run["sparsity"], 3))].append(100 * run["metrics"][run["main_metric"]])
+            point = (run["task"], round(run["sparsity"], 3))
+            by_pruner[pruner_label(run)][point].append(100 * run["metrics"][run["main_metric"]])
     if any(name != "dense" for name in by_pruner):
         figure, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.4), squeeze=False)
         for axis, (task, title) in zip(axes[0], tasks):
@@ -255,7 +242,8 @@ def plot(runs: list[dict], out: Path) -> list[Path]:
                 if not xs:
                     continue
                 ys = [statistics.mean(points[(task, s)]) for s in xs]
-                axis.plot(xs, ys, "o-" if len(xs) > 1 else "o", label=name, color=f"C{index}")  # same colour in every panel
+                style = "o-" if len(xs) > 1 else "o"
+                axis.plot(xs, ys, style, label=name, color=f"C{index}")  # same colour in every panel
             axis.set_title(title)
         written.append(_finish(figure, axes[0], "sparsity s", out / "metric_vs_sparsity.png"))
 
@@ -266,7 +254,8 @@ def plot(runs: list[dict], out: Path) -> list[Path]:
         width = 0.8 / len(rows)
         for index, row in enumerate(rows):
             values = [statistics.mean(grouped[(row, t)]) if grouped.get((row, t)) else 0.0 for t, _ in tasks]
-            axis.bar([i + index * width for i in range(len(tasks))], values, width, label=ROW_LABELS[row].replace("Adapter (dense)", "dense r=64"))
+            label = ROW_LABELS[row].replace("Adapter (dense)", "dense r=64")
+            axis.bar([i + index * width for i in range(len(tasks))], values, width, label=label)
         axis.set_xticks([i + 0.4 - width / 2 for i in range(len(tasks))], [name for _, name in tasks])
         axis.set_ylabel("dev metric ×100")
         axis.legend(fontsize=7)
@@ -291,10 +280,11 @@ def plot(runs: list[dict], out: Path) -> list[Path]:
                     axis.plot(xs, means, "o-", label=ROW_LABELS.get(row, row), markersize=3, color=f"C{index}")
                     spread = [statistics.stdev(by_fraction[x]) if len(by_fraction[x]) > 1 else 0.0 for x in xs]
                     if any(spread):  # ± one std over seeds: how far apart two rows must be to mean anything
-                        axis.fill_between(xs, [m - d for m, d in zip(means, spread)], [m + d for m, d in zip(means, spread)],
-                                          color=f"C{index}", alpha=0.15, linewidth=0)
+                        low, high = [m - d for m, d in zip(means, spread)], [m + d for m, d in zip(means, spread)]
+                        axis.fill_between(xs, low, high, color=f"C{index}", alpha=0.15, linewidth=0)
             axis.set_title(title)
-        written.append(_finish(figure, axes[0], "fraction of training (mean ± std over seeds)", out / "convergence.png"))
+        xlabel = "fraction of training (mean ± std over seeds)"
+        written.append(_finish(figure, axes[0], xlabel, out / "convergence.png"))
     return written
 
 
@@ -328,7 +318,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     runs = load_summaries(args.folders)
     if not runs:
-        raise SystemExit(f"error: no complete summary.json under {', '.join(map(str, args.folders))} (any skipped run is named above)")
+        folders = ", ".join(map(str, args.folders))
+        raise SystemExit(f"error: no complete summary.json under {folders} (any skipped run is named above)")
     text = report(runs)
     print(text)
     if args.out:
