@@ -24,6 +24,7 @@ class MaskEnforcement(L.Callback):
     def __init__(self):
         self._hold: MaskHold | None = None
         self._held: tuple = ()
+        self._handles: list = []
 
     def _holding(self, pl_module, optimizer=None) -> MaskHold | None:
         masks = dict(pl_module.masks.items())
@@ -32,7 +33,8 @@ class MaskEnforcement(L.Callback):
         held = tuple((name, id(mask), mask._version) for name, mask in masks.items())  # replaced or written in place
         if self._hold is None or held != self._held:
             self._release()
-            self._hold, self._held = MaskHold(optimizer, pl_module.prunable_parameters(), masks), held
+            hold = MaskHold(optimizer, pl_module.prunable_parameters(), masks, step_hooks=False)  # steps: ours below
+            self._hold, self._held = hold, held
         return self._hold
 
     def _masked(self, pl_module) -> MaskedPairs:
@@ -43,7 +45,9 @@ class MaskEnforcement(L.Callback):
         return sharded_pairs((parameters[name], mask) for name, mask in pl_module.masks.items())
 
     def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
-        self._release()
+        self.teardown(trainer, pl_module, "fit")
+        for optimizer in trainer.optimizers:
+            self._handles.append(optimizer.register_step_post_hook(lambda opt, *_: self._after_step(opt, pl_module)))
         self._holding(pl_module, trainer.optimizers[0] if trainer.optimizers else None)
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module, optimizer) -> None:
@@ -51,10 +55,18 @@ class MaskEnforcement(L.Callback):
         if hold is not None:
             hold.mask_gradients()
 
+    def _after_step(self, optimizer, pl_module) -> None:
+        hold = self._holding(pl_module, optimizer)
+        if hold is not None:
+            hold.mask_weights_and_state()
+
     def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
         self.teardown(trainer, pl_module, "fit")
 
     def teardown(self, trainer: L.Trainer, pl_module, stage: str) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
         self._release()
 
     def _release(self) -> None:

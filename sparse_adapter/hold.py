@@ -84,7 +84,10 @@ class MaskHold:
     step; weights and every same-shaped state tensor (Adam's moments) after it (undoing decoupled weight decay).
     """
 
-    def __init__(self, optimizer, params: Mapping[str, nn.Parameter], masks: Mapping[str, torch.Tensor]):
+    def __init__(self, optimizer, params: Mapping[str, nn.Parameter], masks: Mapping[str, torch.Tensor], *,
+                 step_hooks: bool = True):
+        """``step_hooks=False``: the caller calls ``mask_gradients()`` / ``mask_weights_and_state()`` around its steps
+        itself (Lightning's callback hooks); gradient hooks are always on."""
         check_masks(params, masks)
         for name in masks:
             if holder(params[name]) is not None:
@@ -92,32 +95,28 @@ class MaskHold:
                                   " before holding another: two holds would keep the union of their zeros")
         self.masks = {name: mask.to(dtype=torch.bool) for name, mask in masks.items()}
         self.zero = zero.zero_optimizer(optimizer)
-        if self.zero is not None and (option := zero.unsupported(self.zero)) is not None:
-            raise ConfigError(f"DeepSpeed {option} is not supported with masks: its partitions live outside the"
-                              " buffers the masks reach (pruned entries would train); turn it off")
+        if (problem := zero.problem(optimizer, self.zero)) is not None:
+            raise ConfigError(problem)
         self.optimizer = (self.zero.optimizer if self.zero is not None
                           else torch_optimizer(optimizer) if optimizer is not None else None)
         full = [(params[name], mask) for name, mask in self.masks.items()]
-        if self.zero is not None:  # ZeRO's flat partitions are what the optimizer steps
-            self.pairs = []
-            self.partitions = zero.partitions(self.zero, {p: m for p, m in full})
-        else:
-            self.pairs = sharded_pairs((p, m.to(device=p.device)) for p, m in full)  # FSDP2: DTensor masks
-            self.partitions = []
         self.handles = []
-        self.mask_weights_and_state()  # from the first step on, pruned means zero
-        if self.zero is not None and zero.stage(self.zero) == 2:  # each rank masked its slice: the full views too
-            with torch.no_grad():
-                for parameter, mask in full:
+        if self.zero is not None:  # ZeRO's flat partitions are what its inner optimizer steps
+            self.pairs, self.partitions = [], zero.partitions(self.zero, dict(full))
+            self.mask_weights_and_state()  # from the first step on, pruned means zero
+            with torch.no_grad():  # ZeRO-1/2: each rank masked its slice of the flat buffer; the full views too
+                for parameter, mask in full if zero.stage(self.zero) == 2 else ():
                     parameter.mul_(mask.to(parameter.device))
-        for parameter, mask in (full if self.zero is not None else self.pairs):
-            if self.zero is not None:  # ZeRO moves .grad into its buckets in its own hooks: mask on the way in
+            for parameter, mask in full:  # ZeRO takes .grad into its buckets in its own hooks: mask on the way in
                 self.handles.append(parameter.register_hook(_masking_gradient(mask)))
-            else:
+        else:
+            self.pairs, self.partitions = sharded_pairs((p, m.to(device=p.device)) for p, m in full), []  # FSDP2: DTensors
+            self.mask_weights_and_state()
+            for parameter, mask in self.pairs:
                 self.handles.append(parameter.register_post_accumulate_grad_hook(_masking(mask)))
         for parameter, _ in full:
             setattr(parameter, HOLD_ATTRIBUTE, weakref.ref(self))
-        if self.optimizer is not None:
+        if self.optimizer is not None and step_hooks:
             self.handles.append(self.optimizer.register_step_pre_hook(lambda *_: self.mask_gradients()))
             self.handles.append(self.optimizer.register_step_post_hook(lambda *_: self.mask_weights_and_state()))
 

@@ -21,16 +21,33 @@ ZERO_OPTIMIZERS = {"DeepSpeedZeroOptimizer": 2, "DeepSpeedZeroOptimizer_Stage3":
 
 def zero_optimizer(optimizer):
     """The DeepSpeed ZeRO optimizer under wrappers (accelerate's ``DeepSpeedOptimizerWrapper``, the engine), or None."""
-    seen = 0
-    while optimizer is not None and seen < 8:
-        if type(optimizer).__name__ in ZERO_OPTIMIZERS:
-            return optimizer
-        optimizer, seen = getattr(optimizer, "optimizer", None), seen + 1
-    return None
+    return next((o for o in _chain(optimizer) if type(o).__name__ in ZERO_OPTIMIZERS), None)
 
 
 def stage(zero) -> int:
     return ZERO_OPTIMIZERS[type(zero).__name__]
+
+
+def problem(optimizer, zero) -> str | None:
+    """Why masks cannot be held on this (DeepSpeed) optimizer, or None: an offloaded ZeRO, or a DeepSpeed optimizer
+    whose state is not laid out as ZeRO's (BF16_Optimizer, FP16_Optimizer: stage 0 with half precision)."""
+    if zero is not None:
+        option = unsupported(zero)
+        return None if option is None else (f"DeepSpeed {option} is not supported with masks: the offloaded copies"
+                                            " live outside the partitions the masks hold (pruned entries would train)")
+    for wrapped in _chain(optimizer):
+        if type(wrapped).__module__.startswith("deepspeed") and not isinstance(wrapped, torch.optim.Optimizer):
+            return (f"DeepSpeed's {type(wrapped).__name__} is not supported with masks (its flat state is not"
+                    " ZeRO's); use zero_optimization.stage 1, 2 or 3")
+    return None
+
+
+def _chain(optimizer) -> list:
+    found = []
+    while optimizer is not None and len(found) < 8:
+        found.append(optimizer)
+        optimizer = getattr(optimizer, "optimizer", None)
+    return found
 
 
 def unsupported(zero) -> str | None:
