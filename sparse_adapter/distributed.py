@@ -145,9 +145,9 @@ def trainer_problem(args) -> str | None:
         for option in ("offload_optimizer", "offload_param"):
             device = (zero.get(option) or {}).get("device") if isinstance(zero.get(option), dict) else zero.get(option)
             if device not in (None, "none", False):
-                return (f"SparseAdapterCallback: DeepSpeed zero_optimization.{option} (device={device}) is not supported: "
-                        "the offloaded copies live outside the partitions the masks hold, so pruned entries would train; "
-                        f"remove {option}")
+                return (f"SparseAdapterCallback: DeepSpeed zero_optimization.{option} (device={device}) is not "
+                        "supported: the offloaded copies live outside the partitions the masks hold, so pruned entries "
+                        f"would train; remove {option}")
     if getattr(args, "fsdp", None):
         version = int((getattr(args, "fsdp_config", None) or {}).get("version", 2))
         if version != 2:

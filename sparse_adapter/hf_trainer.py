@@ -124,8 +124,9 @@ class SparseAdapterCallback(TrainerCallback):
             self.masks = self.given_masks
         elif trainer_sharded(args):
             if self.scored_before_sharding is None:
-                raise ConfigError("SparseAdapterCallback: under DeepSpeed or FSDP it scores before the model is sharded:"
-                                  " pass it to Trainer(callbacks=[...]) (not add_callback later), or give masks=")
+                raise ConfigError("SparseAdapterCallback: under DeepSpeed or FSDP it scores before the model is"
+                                  " sharded: pass it to Trainer(callbacks=[...]) (not add_callback later),"
+                                  " or give masks=")
             self.masks, self.tied_score_tensors = self.scored_before_sharding
             self.scored_before_sharding = None
         else:
@@ -160,7 +161,8 @@ class SparseAdapterCallback(TrainerCallback):
 
 
 def _rank() -> int:
-    return torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return torch.distributed.get_rank() if distributed else 0
 
 
 def _trainer_being_built():

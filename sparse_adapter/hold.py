@@ -5,7 +5,8 @@
     handle.remove()
 
 The one mask-holding mechanism: ``callbacks.MaskEnforcement`` (Lightning) and ``SparseAdapterCallback``
-(Hugging Face Trainer) are thin users of ``MaskHold``; any loop keeps its hooks without knowing: a gradient hook masks each gradient as soon as it is
+(Hugging Face Trainer) are thin users of ``MaskHold``; any loop keeps its hooks without knowing: a gradient hook
+masks each gradient as soon as it is
 accumulated (so gradient clipping never counts a pruned entry), an optimizer pre-step hook masks
 the gradients again (whatever wrote them since), and a post-step hook masks the weights and every
 same-shaped state tensor (Adam's moments), which also undoes decoupled weight decay's move.
@@ -60,7 +61,8 @@ def check_masks(params: Mapping[str, nn.Parameter], masks: Mapping[str, torch.Te
             some = ", ".join(list(params)[:3])
             raise ConfigError(f"masks: '{name}' is not a parameter of this model (e.g. {some}); masks from another model?")
         if tuple(mask.shape) != zero.full_shape(params[name]):  # ZeRO-3's partitioned parameters: their full shape
-            raise ConfigError(f"masks: '{name}' has shape {tuple(mask.shape)} but the parameter {zero.full_shape(params[name])}")
+            shape = zero.full_shape(params[name])
+            raise ConfigError(f"masks: '{name}' has shape {tuple(mask.shape)} but the parameter {shape}")
 
 
 def torch_optimizer(optimizer) -> torch.optim.Optimizer:
@@ -110,7 +112,8 @@ class MaskHold:
             for parameter, mask in full:  # ZeRO takes .grad into its buckets in its own hooks: mask on the way in
                 self.handles.append(parameter.register_hook(_masking_gradient(mask)))
         else:
-            self.pairs, self.partitions = sharded_pairs((p, m.to(device=p.device)) for p, m in full), []  # FSDP2: DTensors
+            self.pairs = sharded_pairs((p, m.to(device=p.device)) for p, m in full)  # FSDP2: DTensor masks
+            self.partitions = []
             self.mask_weights_and_state()
             for parameter, mask in self.pairs:
                 self.handles.append(parameter.register_post_accumulate_grad_hook(_masking(mask)))

@@ -1,4 +1,4 @@
-"""The masks file a Hugging Face ``Trainer`` checkpoint carries (``SparseAdapterCallback`` writes it, a resume reads it).
+"""The masks file of a Hugging Face ``Trainer`` checkpoint (``SparseAdapterCallback`` writes it, a resume reads it).
 
 Its own module so that the callback (``hf_trainer``) and the resume lookup (``hf_resume``) both import it and
 neither imports the other.
@@ -22,7 +22,8 @@ def save_masks(masks: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
     from safetensors.torch import save_file
 
     with atomic_path(path) as temporary:
-        save_file({name: mask.detach().cpu().to(torch.uint8).contiguous() for name, mask in masks.items()}, str(temporary))
+        packed = {name: mask.detach().cpu().to(torch.uint8).contiguous() for name, mask in masks.items()}
+        save_file(packed, str(temporary))
 
 
 def read_masks(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 
 import torch
 
+Partitions = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # (fp32 partition, model-dtype one, mask)
 ZERO_OPTIMIZERS = {"DeepSpeedZeroOptimizer": 2, "DeepSpeedZeroOptimizer_Stage3": 3}
 
 
@@ -69,7 +70,7 @@ def _offset(tensor: torch.Tensor, flat: torch.Tensor) -> int:
     return offset
 
 
-def _stage2_partitions(zero, masks: Mapping[torch.Tensor, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def _stage2_partitions(zero, masks: Mapping[torch.Tensor, torch.Tensor]) -> Partitions:
     import deepspeed.comm as dist
 
     found = []
@@ -87,11 +88,12 @@ def _stage2_partitions(zero, masks: Mapping[torch.Tensor, torch.Tensor]) -> list
     return found
 
 
-def _stage3_partitions(zero, masks: Mapping[torch.Tensor, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def _stage3_partitions(zero, masks: Mapping[torch.Tensor, torch.Tensor]) -> Partitions:
     import deepspeed.comm as dist
 
     found = []
-    for group, flat, fp32 in zip(zero.fp16_groups, zero.fp16_partitioned_groups_flat, zero.fp32_partitioned_groups_flat):
+    groups = zip(zero.fp16_groups, zero.fp16_partitioned_groups_flat, zero.fp32_partitioned_groups_flat)
+    for group, flat, fp32 in groups:
         held = [p for p in group if p in masks]
         if not held or flat is None:
             continue
@@ -107,7 +109,7 @@ def _stage3_partitions(zero, masks: Mapping[torch.Tensor, torch.Tensor]) -> list
     return found
 
 
-def partitions(zero, masks: Mapping[torch.Tensor, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def partitions(zero, masks: Mapping[torch.Tensor, torch.Tensor]) -> Partitions:
     """(fp32 partition the inner optimizer steps, the model-dtype partition ZeRO copies it into, their bool mask) of
     this rank, one per group holding a masked parameter. ``masks``: parameter → full-shape bool mask."""
     return (_stage2_partitions if stage(zero) == 2 else _stage3_partitions)(zero, masks)

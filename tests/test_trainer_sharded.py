@@ -37,9 +37,11 @@ def test_masks_are_held_exactly_under_fsdp2_zero2_and_zero3_and_restored_on_resu
         assert saved.keys() == masks.keys() and all(torch.equal(saved[n], masks[n]) for n in masks), mode
         for phase, steps in (("train", 4), ("resume", 6)):
             for rank in runs[phase]:
-                assert (rank["world"], rank["step"], rank["kind"], rank["optimizer"]) == (2, steps, kind, optimizer), mode
+                setup = (rank["world"], rank["step"], rank["kind"], rank["optimizer"])
+                assert setup == (2, steps, kind, optimizer), mode
                 assert rank["partitioned_when_built"] == (mode == "zero3")  # ZeRO-3 scored on gathered parameters
-                assert rank["masks"].keys() == masks.keys() and all(torch.equal(rank["masks"][n], masks[n]) for n in masks)
+                assert rank["masks"].keys() == masks.keys()
+                assert all(torch.equal(rank["masks"][n], masks[n]) for n in masks)
                 assert rank["kept"] == total // 2  # exact-k at s = 0.5
                 # gathered weight, exp_avg, exp_avg_sq: no pruned entry moved; the kept ones trained
                 assert all(counts == [0, 0, 0] for counts in rank["nonzero"].values()), (mode, phase, rank["nonzero"])

@@ -34,10 +34,12 @@ def sharding(mode: str) -> dict:
 
         import deepspeed
 
-        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None  # a CPU speed-up compiled on first use
+        # a CPU all-reduce speed-up DeepSpeed compiles on first use (minutes); gloo alone is enough here
+        importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
         deepspeed.init_distributed(dist_backend="gloo")  # before zero.Init partitions a model built under ZeRO-3
         return {"deepspeed": {"zero_optimization": {"stage": int(mode[-1])}, "train_micro_batch_size_per_gpu": "auto",
-                              "train_batch_size": "auto", "gradient_accumulation_steps": "auto", "gradient_clipping": "auto"}}
+                              "train_batch_size": "auto", "gradient_accumulation_steps": "auto",
+                              "gradient_clipping": "auto"}}
     return {"fsdp": "full_shard", "fsdp_config": {"version": 2, "state_dict_type": "SHARDED_STATE_DICT"}}
 
 
@@ -86,7 +88,8 @@ def run(out: str, mode: str, phase: str) -> None:
     torch.manual_seed(0)  # built after the arguments: under ZeRO-3 the model is partitioned as it is built (zero.Init)
     model, _ = tiny_model("llama")
     model.config.pad_token_id = 0
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights="gaussian"))
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights="gaussian")
+    model = get_peft_model(model, lora)
     partitioned_when_built = any(hasattr(p, "ds_id") for p in model.parameters())
     callback = (SparseAdapterCallback(sparsity=0.5, num_batches=2) if phase == "train"
                 else SparseAdapterCallback(sparsity=0.5, pruner="random", seed=7))
@@ -100,7 +103,9 @@ def run(out: str, mode: str, phase: str) -> None:
     rank = torch.distributed.get_rank()
     some = dict(model.named_parameters())[next(iter(callback.masks))]
     kind = "ZeRO-3" if hasattr(some, "ds_tensor") else type(some).__name__
-    torch.save({"kind": kind, "partitioned_when_built": partitioned_when_built, "masks": callback.masks, "nonzero": nonzero, "kept": sum(int(m.sum()) for m in callback.masks.values()), "moved": moved,
+    kept = sum(int(m.sum()) for m in callback.masks.values())
+    torch.save({"kind": kind, "partitioned_when_built": partitioned_when_built, "masks": callback.masks,
+                "nonzero": nonzero, "kept": kept, "moved": moved,
                 "world": torch.distributed.get_world_size(), "step": trainer.state.global_step,
                 "optimizer": type(getattr(trainer.optimizer, "optimizer", trainer.optimizer)).__name__},
                Path(out) / f"{phase}-rank{rank}.pt")
