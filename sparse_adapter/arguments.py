@@ -153,8 +153,9 @@ def masks(value: Any, params: Mapping[str, torch.Tensor] | None = None, name: st
         if params is not None and (known or key in params):
             if key not in params:
                 raise ConfigError(f"{name}: '{key}' is not a parameter of this model")
-            if tuple(mask.shape) != tuple(params[key].shape):
-                raise ConfigError(f"{name}: '{key}' has shape {tuple(mask.shape)}, the parameter {tuple(params[key].shape)}")
+            shape = tuple(getattr(params[key], "ds_shape", params[key].shape))  # DeepSpeed ZeRO-3: the full shape
+            if tuple(mask.shape) != shape:
+                raise ConfigError(f"{name}: '{key}' has shape {tuple(mask.shape)}, the parameter {shape}")
     return value
 
 

@@ -136,16 +136,42 @@ def config_problem(cfg: dict) -> str | None:
 def trainer_problem(args) -> str | None:
     """Why ``SparseAdapterCallback`` cannot hold masks under a Hugging Face ``TrainingArguments`` setting, or None.
 
-    DeepSpeed ZeRO keeps the trained weights, their gradients and Adam's moments in flat fp32 partitions of its
-    own optimizer, which the masks' parameter and optimizer hooks do not reach: pruned entries would move. FSDP
-    (accelerate) shards the blocks before ``on_train_begin``, so rank 0 alone cannot run the scoring forward pass.
-    Both are refused with one line rather than trained wrong or left waiting; ``train.py trainer=fsdp`` shards
-    with exact masks (FSDP2, Lightning)."""
-    if getattr(args, "deepspeed", None):
-        return ("SparseAdapterCallback: TrainingArguments.deepspeed is not supported: ZeRO keeps weights, gradients and "
-                "Adam state in flat partitions the masks cannot reach, so pruned entries would train; use DDP, or "
-                "train.py trainer=fsdp")
+    DeepSpeed ZeRO-1/2/3 and FSDP2 are held exactly (``sparse_adapter.hold``: ZeRO's flat partitions, FSDP2's
+    DTensor shards); what lives elsewhere is refused with one line rather than trained wrong: ZeRO's offloaded
+    optimizer state or parameters (CPU/NVMe copies the masks never see) and FSDP1's flat parameters."""
+    config = deepspeed_config(args)
+    if config is not None:
+        zero = config.get("zero_optimization") or {}
+        for option in ("offload_optimizer", "offload_param"):
+            device = (zero.get(option) or {}).get("device") if isinstance(zero.get(option), dict) else zero.get(option)
+            if device not in (None, "none", False):
+                return (f"SparseAdapterCallback: DeepSpeed zero_optimization.{option} (device={device}) is not "
+                        "supported: the offloaded copies live outside the partitions the masks hold, so pruned entries "
+                        f"would train; remove {option}")
     if getattr(args, "fsdp", None):
-        return ("SparseAdapterCallback: TrainingArguments.fsdp is not supported: the blocks are sharded before training "
-                "starts and rank 0 alone cannot score through them; use DDP, or train.py trainer=fsdp")
+        version = int((getattr(args, "fsdp_config", None) or {}).get("version", 2))
+        if version != 2:
+            return (f"SparseAdapterCallback: TrainingArguments.fsdp_config version={version} (FSDP1) is not supported: "
+                    "its flat parameters hide the tensors the masks name; use fsdp_config={'version': 2}")
     return None
+
+
+def deepspeed_config(args) -> dict | None:
+    """The DeepSpeed config dict of ``TrainingArguments`` (given as a dict or a JSON file), or None."""
+    hf_config = getattr(args, "hf_deepspeed_config", None)
+    if hf_config is not None and isinstance(getattr(hf_config, "config", None), dict):
+        return hf_config.config
+    given = getattr(args, "deepspeed", None)
+    if isinstance(given, dict):
+        return given
+    if given:
+        import json
+        from pathlib import Path
+
+        return json.loads(Path(given).read_text())
+    return None
+
+
+def trainer_sharded(args) -> bool:
+    """Whether the Trainer shards or partitions the model (DeepSpeed, FSDP) before callbacks see it in training."""
+    return bool(getattr(args, "deepspeed", None) or getattr(args, "fsdp", None))

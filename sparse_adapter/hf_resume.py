@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 
 from sparse_adapter.errors import ConfigError
+from sparse_adapter.hold import check_masks
+from sparse_adapter.mask_files import MASKS_FILE, read_masks
 
 
 def checkpoint_being_resumed(args, state) -> Path:
@@ -34,9 +36,6 @@ def checkpoint_being_resumed(args, state) -> Path:
 
 def resumed_masks(args, state, params: Mapping[str, torch.nn.Parameter]) -> tuple[dict[str, torch.Tensor], Path]:
     """(the masks saved in the checkpoint being resumed, that checkpoint); ConfigError when they do not fit ``params``."""
-    from sparse_adapter.hf_trainer import MASKS_FILE, read_masks
-    from sparse_adapter.hold import check_masks
-
     checkpoint = checkpoint_being_resumed(args, state)
     masks = read_masks(checkpoint / MASKS_FILE)
     try:

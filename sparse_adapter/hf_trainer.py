@@ -8,13 +8,19 @@ restored so the data order is the one a dense run sees), then ``hold_masks`` kee
 gradients (before clipping; accumulation included) and optimizer state exactly zero. The masks are
 written into every Trainer checkpoint and read back when training resumes from one, so a resumed
 run never re-prunes trained weights. Under DDP rank 0 scores and broadcasts its masks.
+
+Under DeepSpeed ZeRO-1/2/3 and FSDP2 (accelerate) the Trainer shards the model before ``on_train_begin``, so
+scoring happens in ``on_init_end`` on the model as given (ZeRO-3 models built under ``zero.Init`` are gathered
+for it), on the first batches of the Trainer's training dataloader: pass the callback to ``Trainer(callbacks=...)``.
+``MaskHold`` then holds the masks where those setups keep the trained values (DTensor shards, ZeRO's partitions).
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import itertools
 import logging
-import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,30 +28,14 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from sparse_adapter.distributed import trainer_problem
+from sparse_adapter.distributed import trainer_problem, trainer_sharded
 from sparse_adapter.errors import ConfigError
 from sparse_adapter.hf_resume import resumed_masks
 from sparse_adapter.hold import MaskHold, check_bool_masks, hold_masks
-from sparse_adapter.io import atomic_path
+from sparse_adapter.mask_files import MASKS_FILE, read_masks, save_masks  # noqa: F401  (re-exported: the old home)
 from sparse_adapter.peft import adapter_tensors, compiled, prune_parameters, pruner_config
 
 log = logging.getLogger(__name__)
-MASKS_FILE = "sparse_adapter_masks.safetensors"
-
-
-def save_masks(masks: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
-    from safetensors.torch import save_file
-
-    with atomic_path(path) as temporary:
-        save_file({name: mask.detach().cpu().to(torch.uint8).contiguous() for name, mask in masks.items()}, str(temporary))
-
-
-def read_masks(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    if not Path(path).is_file():
-        raise ConfigError(f"resume: {path} is missing; the checkpoint was not written with SparseAdapterCallback")
-    return {name: mask.to(torch.bool) for name, mask in load_file(str(path)).items()}
 
 
 def broadcast(masks):
@@ -96,11 +86,30 @@ class SparseAdapterCallback(TrainerCallback):
         self.masks: dict[str, torch.Tensor] = {}
         self.tied_score_tensors: list[str] = []
         self.hold: MaskHold | None = None
+        self.scored_before_sharding: tuple | None = None
 
     @property
     def kept_fraction(self) -> float:
         total = sum(mask.numel() for mask in self.masks.values())
         return sum(int(mask.sum()) for mask in self.masks.values()) / total if total else float("nan")
+
+    def on_init_end(self, args, state, control, model=None, **kwargs):
+        """Sharded setups: score now, while every rank still holds the whole model (see the module's docstring)."""
+        if (problem := trainer_problem(args)) is not None:
+            raise ConfigError(problem)
+        if not trainer_sharded(args) or self.given_masks is not None or getattr(args, "resume_from_checkpoint", None):
+            return
+        trainer = _trainer_being_built()
+        with torch.random.fork_rng(devices=[]):  # every rank draws (any collective in the loader stays symmetric)
+            batches = list(itertools.islice(iter(trainer.get_train_dataloader()), self.num_batches))
+        with _gathered(model):
+            self.scored_before_sharding = broadcast(self._score(args, model, batches) if _rank() == 0 else None)
+
+    def _score(self, args, model, batches) -> tuple:
+        params = adapter_tensors(model, self.include, self.exclude)
+        result = prune_parameters(model, params, self.sparsity, self.pruner, batches,
+                                  seed=args.seed if self.seed is None else self.seed, **self.options)
+        return result.masks, result.tied_score_tensors
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kwargs):
         if (problem := trainer_problem(args)) is not None:
@@ -113,15 +122,19 @@ class SparseAdapterCallback(TrainerCallback):
             log.info("SparseAdapterCallback: masks restored from %s", checkpoint)
         elif self.given_masks is not None:
             self.masks = self.given_masks
+        elif trainer_sharded(args):
+            if self.scored_before_sharding is None:
+                raise ConfigError("SparseAdapterCallback: under DeepSpeed or FSDP it scores before the model is"
+                                  " sharded: pass it to Trainer(callbacks=[...]) (not add_callback later),"
+                                  " or give masks=")
+            self.masks, self.tied_score_tensors = self.scored_before_sharding
+            self.scored_before_sharding = None
         else:
             found = None
             if state.is_world_process_zero:
-                params = adapter_tensors(model, self.include, self.exclude)
                 with torch.random.fork_rng(devices=[]):  # drawing batches must not move the training order
                     batches = list(itertools.islice(iter(train_dataloader), self.num_batches))
-                result = prune_parameters(model, params, self.sparsity, self.pruner, batches,
-                                          seed=args.seed if self.seed is None else self.seed, **self.options)
-                found = (result.masks, result.tied_score_tensors)
+                found = self._score(args, model, batches)
             self.masks, self.tied_score_tensors = broadcast(found)
         if self.hold is not None:
             self.hold.remove()
@@ -145,3 +158,31 @@ class SparseAdapterCallback(TrainerCallback):
         if self.hold is not None:
             self.hold.remove()
             self.hold = None
+
+
+def _rank() -> int:
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return torch.distributed.get_rank() if distributed else 0
+
+
+def _trainer_being_built():
+    """The ``Trainer`` whose ``__init__`` calls ``on_init_end`` (callbacks are not handed the Trainer itself)."""
+    from transformers import Trainer
+
+    frame = inspect.currentframe()
+    while frame is not None:
+        if frame.f_code.co_name == "__init__" and isinstance(frame.f_locals.get("self"), Trainer):
+            return frame.f_locals["self"]
+        frame = frame.f_back
+    raise ConfigError("SparseAdapterCallback: on_init_end was not called by a transformers Trainer being built")
+
+
+def _gathered(model):
+    """DeepSpeed ZeRO-3 parameters built under ``zero.Init`` gathered whole on every rank (for rank 0 to score),
+    partitioned again after (unchanged: scoring writes no weights); a no-op for any other model."""
+    partitioned = [p for p in model.parameters() if hasattr(p, "ds_id")]
+    if not partitioned:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None)
