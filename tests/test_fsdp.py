@@ -1,6 +1,6 @@
 """trainer=fsdp: FSDP2 through Lightning's ModelParallelStrategy on 2 CPU processes (gloo).
 
-One sharded launch trains 4 steps (4 epochs of one step) and is compared with a one-process run of the same seed and global batch (masks
+One sharded launch trains 10 steps and is compared with a one-process run of the same seed and global batch (masks
 equal, weights within 1e-5); a second launch resumes its full checkpoint and must restore the masks bit for bit.
 """
 
@@ -16,7 +16,7 @@ from tests.cli_support import call_train, error_lines, train_subprocess
 from tests.test_cli import summary, train_in_process
 
 RUN = ["backbone=tiny-llama", "adapter=lora", "adapter.r=2", "task=rte", "pruner=snip", "pruner.batches=1", "logger=csv",
-       "trainer.max_epochs=4", "trainer.max_steps=4", "trainer.precision=32-true", "data.max_train_samples=8",
+       "trainer.max_epochs=10", "trainer.max_steps=10", "trainer.precision=32-true", "data.max_train_samples=8",
        "data.max_eval_samples=4", "data.max_length=32"]
 SHARDED = [*RUN, "trainer=fsdp", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "data.batch_size=4",
            "callbacks=resumable"]
@@ -42,7 +42,7 @@ def test_fsdp_on_two_cpu_ranks_equals_one_process_and_resumes_its_masks(tmp_path
     result = train_subprocess(*SHARDED, f"data_dir={glue_dir}", f"hydra.run.dir={sharded}", *record,
                               f"+callbacks.shards.dirpath={sharded}", timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
-    check_shards(sharded, 4)
+    check_shards(sharded, 10)
     train_in_process(single, *RUN, "trainer=smoke", "data.batch_size=8", f"data_dir={glue_dir}")  # the same rows per step
     weights, masks, _ = read_adapter(sharded / "adapter.safetensors")
     reference, reference_masks, _ = read_adapter(single / "adapter.safetensors")
@@ -51,13 +51,13 @@ def test_fsdp_on_two_cpu_ranks_equals_one_process_and_resumes_its_masks(tmp_path
     assert max(float((weights[n] - reference[n]).abs().max()) for n in weights) <= 1e-5
     assert summary(sharded)["adapter_weights_kept"] == summary(single)["adapter_weights_kept"]
 
-    result = train_subprocess(*SHARDED, "trainer.max_steps=6", "trainer.max_epochs=6", f"data_dir={glue_dir}",
+    result = train_subprocess(*SHARDED, "trainer.max_steps=12", "trainer.max_epochs=12", f"data_dir={glue_dir}",
                               "resume_changes=[trainer.max_steps,trainer.max_epochs]",
                               f"ckpt_path={sharded}/checkpoints/last.ckpt", f"hydra.run.dir={resumed}", *record,
                               f"+callbacks.shards.dirpath={resumed}", timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "masks restored from the checkpoint" in result.stdout + result.stderr
-    check_shards(resumed, 5)  # (a resume from an epoch-end checkpoint counts as on one process: 5 here too)
+    check_shards(resumed, 11)  # (a resume from an epoch-end checkpoint counts as on one process: 11 here too)
     again, again_masks, _ = read_adapter(resumed / "adapter.safetensors")
     assert again_masks.keys() == masks.keys() and all(torch.equal(again_masks[n], masks[n]) for n in masks)
     assert all(torch.count_nonzero(again[n][~again_masks[n]]) == 0 for n in again_masks)
