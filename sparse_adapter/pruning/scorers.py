@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from sparse_adapter.errors import ConfigError
+from sparse_adapter.pruning.blockwise import hessian_gradient, plain_hessian_gradient
 
 LossFn = Callable[..., torch.Tensor]  # loss_fn(batch, temperature=1.0) -> scalar loss
 Scorer = Callable[..., dict[str, torch.Tensor]]
@@ -78,6 +79,7 @@ def grasp_scores(
     batches: Sequence,
     temperature: float = 200.0,
     double_backward: Callable[[], AbstractContextManager] = nullcontext,
+    model: nn.Module | None = None,
     **_,
 ) -> dict[str, torch.Tensor]:
     """w ⊙ Hg (Wang et al., 2020); keeping the highest equals removing the highest GraSP score -w ⊙ Hg.
@@ -85,21 +87,18 @@ def grasp_scores(
     Pass 1 sums g over the batches without a graph; pass 2 backpropagates g_stop · ∇L, which yields
     the Hessian-gradient product Hg. Logits are divided by ``temperature`` (200 in GraSP) in both.
     Only pass 2 runs inside ``double_backward()`` (SDPA's math kernel on HF models), so pass 1 keeps
-    the fused attention kernels.
+    the fused attention kernels. Given the ``model`` whose stack of blocks holds every tensor, pass 2 runs
+    block by block (``sparse_adapter.pruning.blockwise``: the same Hg in about a training step's memory).
     """
     tensors = list(params.values())
     g_stop = summed_gradients(tensors, loss_fn, batches, temperature)
     hg = [torch.zeros_like(p) for p in tensors]
     with double_backward():
-        for batch in batches:
-            loss = loss_fn(batch, temperature=temperature)
-            grads = torch.autograd.grad(loss, tensors, create_graph=True, allow_unused=True)
-            z = sum((g * s).sum() for g, s in zip(grads, g_stop) if g is not None)
-            if not torch.is_tensor(z) or not z.requires_grad:
-                continue  # no parameter influences this batch's loss: Hg contribution is zero
-            for accumulator, h in zip(hg, torch.autograd.grad(z, tensors, allow_unused=True)):
-                if h is not None:
-                    accumulator.add_(h)
+        for batch in batches:  # each batch's graph is freed before the next is built
+            blockwise = hessian_gradient(model, tensors, g_stop, loss_fn, batch, temperature)
+            for accumulator, h in zip(hg, blockwise if blockwise is not None else
+                                      plain_hessian_gradient(loss_fn(batch, temperature=temperature), tensors, g_stop)):
+                accumulator.add_(h)
     return {name: p.detach() * h for (name, p), h in zip(params.items(), hg)}
 
 
