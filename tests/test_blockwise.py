@@ -70,7 +70,7 @@ def test_blockwise_grasp_gives_the_plain_double_backwards_scores_and_masks(model
         scores = grasp_scores(params, loss_fn, batches, temperature=200.0, double_backward=double_backward, model=model)
     finally:
         blockwise._BlockVJP.backward = staticmethod(original)
-    assert len(used) == 2 * 2 * SHAPES[model_type]["num_hidden_layers"]  # block by block: 2 batches, each block once
+    assert len(used) == 2 * SHAPES[model_type]["num_hidden_layers"]  # block by block: 2 batches, each block once
     for name in params:
         torch.testing.assert_close(scores[name], reference[name], rtol=1e-9, atol=1e-15)
         assert reference[name].abs().max() > 0
@@ -90,3 +90,19 @@ def test_blockwise_grasp_scores_inside_a_4bit_model_as_the_plain_double_backward
     masks = prune(params, 0.4, PrunerConfig("grasp", batches=2), loss_fn, batches, seed=3, model=model)
     expected = select(reference, 0.4, "global", torch.Generator().manual_seed(3), 0.0)
     assert all(torch.equal(masks[name], expected[name]) for name in params)
+
+
+def test_snip_scores_with_gradient_checkpointing_when_the_model_trains_with_it():
+    """HF models checkpoint in train mode only; scoring (eval mode) recomputes blocks itself, with equal scores."""
+    model, params, loss_fn, batches = causal_lm("llama", torch.float64)
+    plain = prune(params, 0.4, PrunerConfig("snip", batches=2), loss_fn, batches, seed=3, model=model)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    recomputed = []
+    original = blockwise._BlockVJP.forward
+    blockwise._BlockVJP.forward = staticmethod(lambda ctx, *a: recomputed.append(1) or original(ctx, *a))
+    try:
+        checkpointed = prune(params, 0.4, PrunerConfig("snip", batches=2), loss_fn, batches, seed=3, model=model)
+    finally:
+        blockwise._BlockVJP.forward = staticmethod(original)
+    assert len(recomputed) == 2 * SHAPES["llama"]["num_hidden_layers"]
+    assert all(torch.equal(plain[name], checkpointed[name]) for name in params)

@@ -19,7 +19,8 @@ which needs no graph of more than one block at a time:
 
 Same operations, another summation order: scores equal the plain double backward to rounding
 (tests/test_blockwise.py). Anything else (encoder-decoder stacks, adapters outside the blocks, a block
-taking another input that needs a gradient, a tuple output) takes the plain double backward.
+taking another input that needs a gradient, a tuple output, blocks in training mode, whose recomputation
+would draw new dropout masks) takes the plain double backward.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from torch import nn
 
 
 def block_stack(model: nn.Module | None, tensors: Sequence[torch.Tensor]) -> list[nn.Module] | None:
-    """The ``ModuleList`` whose blocks hold every tensor in ``tensors`` (the shortest such list), or None."""
+    """The blocks of the ``ModuleList`` that holds every tensor in ``tensors`` (the longest such list), or None; None
+    too when a block is in training mode (a recomputed block would draw new dropout masks)."""
     if model is None or not tensors:
         return None
     wanted = {id(t) for t in tensors}
@@ -43,7 +45,9 @@ def block_stack(model: nn.Module | None, tensors: Sequence[torch.Tensor]) -> lis
         owned = {id(p) for block in module for p in block.parameters()}
         if wanted <= owned and (best is None or len(module) > len(best)):
             best = module
-    return list(best) if best is not None else None
+    if best is None or any(m.training for block in best for m in block.modules()):
+        return None
+    return list(best)
 
 
 def _zeros_for(values, like):
@@ -122,10 +126,13 @@ def _needs_grad(value) -> bool:
 
 
 @contextmanager
-def checkpointed_blocks(model: nn.Module, blocks: Sequence[nn.Module], tangents: dict[int, torch.Tensor] | None = None):
-    """Run each block through ``_Block`` while the context is open; yields the state: ``h`` the last block's
-    output, ``u`` its tangent (when ``tangents`` maps id(weight) → tangent), ``failed`` when a call could not
-    be checkpointed (it then ran as it is: still exact for the plain double backward)."""
+def checkpointed_blocks(model: nn.Module, blocks: Sequence[nn.Module], tensors: Sequence[torch.Tensor],
+                        tangents: Sequence[torch.Tensor] | None = None):
+    """Run each block through ``_Block`` while the context is open, differentiable with respect to ``tensors``;
+    yields the state: ``h`` the last block's output, ``u`` its tangent J·``tangents`` (one per tensor) if given,
+    ``failed`` when a call could not be checkpointed (it then ran as it is: still exact for a plain double backward)."""
+    wanted = {id(t) for t in tensors}
+    tangents = {id(t): u for t, u in zip(tensors, tangents)} if tangents is not None else None
     state = {"tangents": tangents, "u": None, "h": None, "failed": False}
     config = getattr(model, "config", None)
     use_cache = getattr(config, "use_cache", None)
@@ -134,10 +141,11 @@ def checkpointed_blocks(model: nn.Module, blocks: Sequence[nn.Module], tangents:
 
     def wrap(block):
         original = block.forward
-        weights = [p for p in block.parameters() if p.requires_grad]
+        weights = [p for p in block.parameters() if id(p) in wanted]  # other trainable tensors stay constants
 
         def forward(hidden, *args, **kwargs):
-            chained = state["h"] is None and not hidden.requires_grad or hidden is state["h"]
+            # before the first block nothing depends on the tensors (all in blocks); later blocks must take the last output
+            chained = state["h"] is None or hidden is state["h"]
             if state["failed"] or not chained or _needs_grad(args) or _needs_grad(kwargs) or not torch.is_grad_enabled():
                 state["failed"] = True
                 return original(hidden, *args, **kwargs)
@@ -179,8 +187,7 @@ def hessian_gradient(model: nn.Module | None, tensors: Sequence[torch.Tensor], g
     blocks = block_stack(model, tensors)
     if blocks is None:
         return None
-    tangents = {id(t): g for t, g in zip(tensors, g_stop)}
-    with checkpointed_blocks(model, blocks, tangents) as state:
+    with checkpointed_blocks(model, blocks, tensors, g_stop) as state:
         loss = loss_fn(batch, temperature=temperature)
     h, u = state["h"], state["u"]
     if state["failed"] or h is None:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from sparse_adapter.errors import ConfigError
-from sparse_adapter.pruning.blockwise import hessian_gradient, plain_hessian_gradient
+from sparse_adapter.pruning.blockwise import block_stack, checkpointed_blocks, hessian_gradient, plain_hessian_gradient
 
 LossFn = Callable[..., torch.Tensor]  # loss_fn(batch, temperature=1.0) -> scalar loss
 Scorer = Callable[..., dict[str, torch.Tensor]]
@@ -47,17 +47,23 @@ def magnitude_scores(params: dict[str, nn.Parameter], **_) -> dict[str, torch.Te
     return {name: p.detach().abs() for name, p in params.items()}
 
 
-def summed_gradients(params: Sequence[nn.Parameter], loss_fn: LossFn, batches: Iterable, temperature: float = 1.0):
+def summed_gradients(params: Sequence[nn.Parameter], loss_fn: LossFn, batches: Iterable, temperature: float = 1.0,
+                     model: nn.Module | None = None):
     """Σ over batches of ∂L/∂p, accumulated in place in ``.grad`` by autograd (as ``loss.backward()`` in training),
     so no second gradient-sized buffer is alive while a batch's graph is: scoring peaks no higher than a training
-    step (benchmarks/memory.py). Whatever ``.grad`` held before is put back."""
+    step (benchmarks/memory.py). A ``model`` that trains with gradient checkpointing scores with it too (HF models
+    checkpoint in train mode only; scoring runs in eval mode). Whatever ``.grad`` held before is put back."""
     params = list(params)
     saved = [p.grad for p in params]
     for p in params:
         p.grad = None
+    blocks = block_stack(model, params) if getattr(model, "is_gradient_checkpointing", False) else None
     try:
         for batch in batches:
-            torch.autograd.backward(loss_fn(batch, temperature=temperature), inputs=params)
+            with checkpointed_blocks(model, blocks, params) if blocks else nullcontext():
+                loss = loss_fn(batch, temperature=temperature)
+            torch.autograd.backward(loss, inputs=params)
+            del loss
         return [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     finally:
         for p, grad in zip(params, saved):
@@ -65,10 +71,11 @@ def summed_gradients(params: Sequence[nn.Parameter], loss_fn: LossFn, batches: I
 
 
 @register("snip", needs_batches=True)
-def snip_scores(params: dict[str, nn.Parameter], loss_fn: LossFn, batches: Sequence, **_) -> dict[str, torch.Tensor]:
+def snip_scores(params: dict[str, nn.Parameter], loss_fn: LossFn, batches: Sequence, model: nn.Module | None = None,
+                **_) -> dict[str, torch.Tensor]:
     """Connection sensitivity |w ⊙ g| with g summed over the scoring batches (Lee et al., 2019)."""
     tensors = list(params.values())
-    grads = summed_gradients(tensors, loss_fn, batches)
+    grads = summed_gradients(tensors, loss_fn, batches, model=model)
     return {name: (p.detach() * g).abs() for (name, p), g in zip(params.items(), grads)}
 
 
@@ -91,7 +98,7 @@ def grasp_scores(
     block by block (``sparse_adapter.pruning.blockwise``: the same Hg in about a training step's memory).
     """
     tensors = list(params.values())
-    g_stop = summed_gradients(tensors, loss_fn, batches, temperature)
+    g_stop = summed_gradients(tensors, loss_fn, batches, temperature, model)
     hg = [torch.zeros_like(p) for p in tensors]
     with double_backward():
         for batch in batches:  # each batch's graph is freed before the next is built
