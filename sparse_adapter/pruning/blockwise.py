@@ -149,6 +149,7 @@ def checkpointed_blocks(model: nn.Module, blocks: Sequence[nn.Module], tensors: 
             if state["failed"] or not chained or _needs_grad(args) or _needs_grad(kwargs) or not torch.is_grad_enabled():
                 state["failed"] = True
                 return original(hidden, *args, **kwargs)
+
             def run(h):
                 out = original(h, *args, **kwargs)
                 if not torch.is_tensor(out):
@@ -192,7 +193,9 @@ def hessian_gradient(model: nn.Module | None, tensors: Sequence[torch.Tensor], g
     h, u = state["h"], state["u"]
     if state["failed"] or h is None:
         return plain_hessian_gradient(loss, tensors, g_stop)
-    v = torch.autograd.grad(loss, h, create_graph=True)[0]
+    v = torch.autograd.grad(loss, h, create_graph=True, allow_unused=True)[0]
+    if v is None:  # the loss does not depend on the blocks, so not on the tensors
+        return [torch.zeros_like(t) for t in tensors]
     # H_head u: the head's one double backward, freed (with the loss's graph above h) before the blocks are touched
     w = torch.autograd.grad(v, h, u)[0] if v.requires_grad else torch.zeros_like(h)
     v = v.detach()
