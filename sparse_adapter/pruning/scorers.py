@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from sparse_adapter.errors import ConfigError
+from sparse_adapter.pruning.blockwise import block_stack, checkpointed_blocks, hessian_gradient, plain_hessian_gradient
 from sparse_adapter.registry import Registry
 
 LossFn = Callable[..., torch.Tensor]  # loss_fn(batch, temperature=1.0) -> scalar loss
@@ -51,17 +52,23 @@ def magnitude_scores(params: dict[str, nn.Parameter], **_) -> dict[str, torch.Te
     return {name: p.detach().abs() for name, p in params.items()}
 
 
-def summed_gradients(params: Sequence[nn.Parameter], loss_fn: LossFn, batches: Iterable, temperature: float = 1.0):
+def summed_gradients(params: Sequence[nn.Parameter], loss_fn: LossFn, batches: Iterable, temperature: float = 1.0,
+                     model: nn.Module | None = None):
     """Σ over batches of ∂L/∂p, accumulated in place in ``.grad`` by autograd (as ``loss.backward()`` in training),
     so no second gradient-sized buffer is alive while a batch's graph is: scoring peaks no higher than a training
-    step (benchmarks/memory.py). Whatever ``.grad`` held before is put back."""
+    step (benchmarks/memory.py). A ``model`` that trains with gradient checkpointing scores with it too (HF models
+    checkpoint in train mode only; scoring runs in eval mode). Whatever ``.grad`` held before is put back."""
     params = list(params)
     saved = [p.grad for p in params]
     for p in params:
         p.grad = None
+    blocks = block_stack(model, params) if getattr(model, "is_gradient_checkpointing", False) else None
     try:
         for batch in batches:
-            torch.autograd.backward(loss_fn(batch, temperature=temperature), inputs=params)
+            with checkpointed_blocks(model, blocks, params) if blocks else nullcontext():
+                loss = loss_fn(batch, temperature=temperature)
+            torch.autograd.backward(loss, inputs=params)
+            del loss
         return [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     finally:
         for p, grad in zip(params, saved):
@@ -69,10 +76,11 @@ def summed_gradients(params: Sequence[nn.Parameter], loss_fn: LossFn, batches: I
 
 
 @register("snip", needs_batches=True)
-def snip_scores(params: dict[str, nn.Parameter], loss_fn: LossFn, batches: Sequence, **_) -> dict[str, torch.Tensor]:
+def snip_scores(params: dict[str, nn.Parameter], loss_fn: LossFn, batches: Sequence, model: nn.Module | None = None,
+                **_) -> dict[str, torch.Tensor]:
     """Connection sensitivity |w ⊙ g| with g summed over the scoring batches (Lee et al., 2019)."""
     tensors = list(params.values())
-    grads = summed_gradients(tensors, loss_fn, batches)
+    grads = summed_gradients(tensors, loss_fn, batches, model=model)
     return {name: (p.detach() * g).abs() for (name, p), g in zip(params.items(), grads)}
 
 
@@ -83,6 +91,7 @@ def grasp_scores(
     batches: Sequence,
     temperature: float = 200.0,
     double_backward: Callable[[], AbstractContextManager] = nullcontext,
+    model: nn.Module | None = None,
     **_,
 ) -> dict[str, torch.Tensor]:
     """w ⊙ Hg (Wang et al., 2020); keeping the highest equals removing the highest GraSP score -w ⊙ Hg.
@@ -90,21 +99,18 @@ def grasp_scores(
     Pass 1 sums g over the batches without a graph; pass 2 backpropagates g_stop · ∇L, which yields
     the Hessian-gradient product Hg. Logits are divided by ``temperature`` (200 in GraSP) in both.
     Only pass 2 runs inside ``double_backward()`` (SDPA's math kernel on HF models), so pass 1 keeps
-    the fused attention kernels.
+    the fused attention kernels. Given the ``model`` whose stack of blocks holds every tensor, pass 2 runs
+    block by block (``sparse_adapter.pruning.blockwise``: the same Hg in about a training step's memory).
     """
     tensors = list(params.values())
-    g_stop = summed_gradients(tensors, loss_fn, batches, temperature)
+    g_stop = summed_gradients(tensors, loss_fn, batches, temperature, model)
     hg = [torch.zeros_like(p) for p in tensors]
     with double_backward():
-        for batch in batches:
-            loss = loss_fn(batch, temperature=temperature)
-            grads = torch.autograd.grad(loss, tensors, create_graph=True, allow_unused=True)
-            z = sum((g * s).sum() for g, s in zip(grads, g_stop) if g is not None)
-            if not torch.is_tensor(z) or not z.requires_grad:
-                continue  # no parameter influences this batch's loss: Hg contribution is zero
-            for accumulator, h in zip(hg, torch.autograd.grad(z, tensors, allow_unused=True)):
-                if h is not None:
-                    accumulator.add_(h)
+        for batch in batches:  # each batch's graph is freed before the next is built
+            blockwise = hessian_gradient(model, tensors, g_stop, loss_fn, batch, temperature)
+            for accumulator, h in zip(hg, blockwise if blockwise is not None else
+                                      plain_hessian_gradient(loss_fn(batch, temperature=temperature), tensors, g_stop)):
+                accumulator.add_(h)
     return {name: p.detach() * h for (name, p), h in zip(params.items(), hg)}
 
 
