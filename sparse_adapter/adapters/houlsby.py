@@ -9,4 +9,6 @@ from sparse_adapter.adapters.bottleneck import BottleneckConfig
 @ADAPTERS.register("houlsby")
 @dataclass
 class HoulsbyConfig(BottleneckConfig):
-    sublayers = needs = ("after_attention", "after_ffn")
+    sublayers = ("after_attention", "after_ffn")
+    # a part without an FFN of its own (BART's cross-attention) takes the attention adapter only
+    needs = ("after_attention",)
