@@ -29,6 +29,7 @@ def quiet_libraries() -> None:
     """
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # an optional kernel it cannot fetch offline
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
     import datasets
 

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
-from transformers import get_linear_schedule_with_warmup
 
 from sparse_adapter.schema import check_ranges, ranged
 
@@ -50,5 +49,8 @@ def warmup_then_linear_decay(optimizer: torch.optim.Optimizer, warmup: int, tota
     ``warmup + 1`` and ``total_steps + 1`` steps, read one step ahead, is this project's schedule since its start
     (so checkpoints written before keep their step count: the scheduler's state is its step, as it always was).
     """
+    # imported here: transformers.optimization pulls in the Trainer's utilities, peft and bitsandbytes
+    from transformers import get_linear_schedule_with_warmup
+
     linear = get_linear_schedule_with_warmup(optimizer, warmup + 1, total_steps + 1).lr_lambdas[0]
     return LambdaLR(optimizer, lambda step: linear(step + 1))
