@@ -47,6 +47,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--dense", action="store_true", help="train the LoRA without pruning (the reference)")
     parser.add_argument("--sparsity", type=float, default=0.4)
     parser.add_argument("--train-rows", type=int, default=4000)
+    parser.add_argument("--peft-init", action="store_true",
+                        help="keep PEFT's gaussian init (B = 0; SNIP scores it one Adam step ahead) instead of N(0, 0.02) for both")
     parser.add_argument("--out", default="outputs/peft_trainer")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
@@ -65,6 +67,10 @@ def main(argv=None) -> dict:
 
     model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"],
                                             modules_to_save=["classifier"], init_lora_weights="gaussian"))
+    if not args.peft_init:  # both factors N(0, 0.02) as the paper's code: with PEFT's B = 0 SNIP has nothing to rank
+        for name, weight in model.named_parameters():
+            if "lora_A" in name or "lora_B" in name:
+                torch.nn.init.normal_(weight, std=0.02)
     sparse = SparseAdapterCallback(sparsity=args.sparsity, pruner="snip", num_batches=10)  # SNIP on 10 training batches
     trainer = Trainer(
         model=model,
