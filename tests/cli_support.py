@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
@@ -17,7 +16,7 @@ from omegaconf import open_dict
 
 from tasks import rundir
 from tasks.cli import compose_checked, precheck, run_checked
-from tests.conftest import ROOT
+from tests import zygote
 
 FAST = [
     "backbone=tiny-bert", "task=rte", "trainer=smoke", "logger=csv",
@@ -49,8 +48,8 @@ def call_train(*argv: str) -> int:
 
 
 def train_subprocess(*argv: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="offline", HYDRA_FULL_ERROR="0", OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "train.py", *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    """``python train.py *argv`` in a process of its own (forked from a zygote that has the frameworks imported)."""
+    return zygote.run("train.py", list(argv), dict(os.environ, **zygote.BASE_ENV), timeout)
 
 
 def error_lines(stderr: str) -> list[str]:

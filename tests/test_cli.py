@@ -3,12 +3,10 @@
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
@@ -16,6 +14,7 @@ from omegaconf import open_dict
 from sparse_adapter.errors import ConfigError
 from sparse_adapter.io import read_adapter
 from tasks.experiment import run
+from tests import zygote
 from tests.conftest import ROOT
 
 FAST = [
@@ -25,10 +24,9 @@ FAST = [
 
 
 def train(tmp_path: Path, *overrides: str, multirun: bool = False, fast=FAST) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="offline", HYDRA_FULL_ERROR="0")
     where = f"hydra.sweep.dir={tmp_path}" if multirun else f"hydra.run.dir={tmp_path}"
-    command = [sys.executable, "train.py", *(["-m"] if multirun else []), *fast, where, *overrides]
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return zygote.run("train.py", [*(["-m"] if multirun else []), *fast, where, *overrides],
+                      dict(os.environ, **zygote.BASE_ENV), timeout=300)
 
 
 def train_in_process(tmp_path: Path, *overrides: str) -> float:

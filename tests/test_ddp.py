@@ -4,8 +4,6 @@ and a run killed mid-epoch resumes to the uninterrupted run's weights."""
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import lightning as L
@@ -13,8 +11,9 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from tests import zygote
 from tests.cli_support import train_subprocess
-from tests.conftest import ROOT, compose_config
+from tests.conftest import compose_config
 
 DDP = [
     "backbone=tiny-bert", "task=rte", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=1", "trainer.precision=32-true",
@@ -149,9 +148,7 @@ def test_two_ranks_stopped_by_sigterm_then_killed_resume_to_the_uninterrupted_we
             f"+callbacks.kill.marker={tmp_path / 'killed.marker'}"]
     argv = [*RESUMABLE_DDP, f"data_dir={glue_dir}", f"hydra.run.dir={run}", f"+callbacks.dump.dirpath={run}",
             *wait, *kill]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="offline", HYDRA_FULL_ERROR="0", OMP_NUM_THREADS="1")
-    process = subprocess.Popen([sys.executable, "train.py", *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = zygote.ForkedProcess("train.py", argv, dict(os.environ, **zygote.BASE_ENV))
     deadline = time.monotonic() + 300
     while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)

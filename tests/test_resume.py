@@ -179,17 +179,16 @@ def wait_args(root) -> list[str]:
 
 def signal_at(root, glue_dir, signum, *, script="train.py", env=None):
     """Start a real train.py process, send it ``signum`` once it reaches step SIGNAL_STEP; (exit code, run dir, stderr)."""
-    import subprocess
-    import sys
     import time
 
+    from tests import zygote
     from tests.conftest import ROOT
 
     run, marker = root / "run", root / "at-step"
     wait = wait_args(root)
     argv = [*RESUMABLE, f"data_dir={glue_dir}", *wait, f"hydra.run.dir={run}"]
     environment = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="offline", HYDRA_FULL_ERROR="0", OMP_NUM_THREADS="1", **(env or {}))
-    process = subprocess.Popen([sys.executable, script, *argv], cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = zygote.ForkedProcess(script, argv, environment, ROOT)
     deadline = time.monotonic() + 300
     while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
