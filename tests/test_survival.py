@@ -9,21 +9,18 @@ import json
 import logging
 import os
 import subprocess
-import sys
 
 import pytest
-import torch
 
+from paper.report import main as report_main
 from sparse_adapter import ConfigError, load_adapter, read_adapter, save_adapter
 from sparse_adapter.adapters import HoulsbyConfig, LoRAConfig
 from sparse_adapter.errors import StorageError
 from sparse_adapter.export import main as export_main
 from sparse_adapter.io import write_json_atomic
-from paper.report import main as report_main
-from tests.cli_support import FAST, call_train, error_lines
-from tests.conftest import ROOT, tiny_backbone, tiny_model
+from tests.cli_support import FAST, call_train, error_lines, train_subprocess
+from tests.conftest import tiny_backbone, tiny_model
 from tests.test_bad_input import Env, _edit_tensor_bytes, _rewrite_metadata, _unseal, sparse_adapter_file
-
 
 # ---- adapter files ----------------------------------------------------------------------------------------------
 
@@ -192,10 +189,8 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, mon
 # ---- sweeps ------------------------------------------------------------------------------------------------------------
 
 def test_a_sweep_job_that_fails_at_run_time_lets_the_others_finish_and_is_named(tmp_path, glue_dir):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="offline", OMP_NUM_THREADS="1")
     # sparsity 0.99999 passes the config check but keeps no weight of this model: found when the model is built
-    argv = [*FAST, f"data_dir={glue_dir}", "sparsity=0.99999,0.4", f"hydra.sweep.dir={tmp_path}"]
-    result = subprocess.run([sys.executable, "train.py", "-m", *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    result = train_subprocess("-m", *FAST, f"data_dir={glue_dir}", "sparsity=0.99999,0.4", f"hydra.sweep.dir={tmp_path}")
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     last = error_lines(result.stderr)[-1]
