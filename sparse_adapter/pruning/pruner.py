@@ -150,7 +150,7 @@ def scorer_settings(scorer: str | None, options: Mapping, prefix: str = "pruner.
     """A scorer's own settings from ``options``, its declared defaults filled in (whole numbers given for a
     ``float`` setting become floats, so records do not depend on how a number was typed); one ConfigError
     naming an unknown or out-of-range setting."""
-    declared = declared_settings(scorer)
+    declared, options = declared_settings(scorer), {} if options is None else options
     if not isinstance(options, Mapping):
         raise ConfigError(f"{prefix}={options!r}: expected a mapping of scorer '{scorer}''s own settings")
     if declared is None:
