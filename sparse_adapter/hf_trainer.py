@@ -52,7 +52,8 @@ class SparseAdapterCallback(TrainerCallback):
 
     ``pruner``: any scorer (snip, grasp, synflow, magnitude, random), scored on the first ``num_batches``
     batches of the Trainer's training dataloader; ``options``: ``PrunerConfig`` settings (scope,
-    iterations, control, n, m, min_density, temperature, zero_init, lookahead_lr, on_degenerate).
+    iterations, control, n, m, min_density, zero_init, lookahead_lr, on_degenerate, and ``options``: the scorer's
+    own settings, e.g. ``options={"temperature": 100.0}`` for grasp).
     ``include``/``exclude``: regular expressions on parameter names. ``seed``: the tie-break and
     random-score seed (default: ``args.seed``). ``masks``: precomputed masks (e.g. from
     ``prune_peft_model``) to hold instead of pruning; they must be bool tensors named as the model's

@@ -37,6 +37,7 @@ from sparse_adapter.errors import ConfigError, EmptyMatricesWarning
 from sparse_adapter.io import atomic_path, write_json_atomic
 from sparse_adapter.peft_files import check_filled, read_sparse_peft, seal_peft
 from sparse_adapter.pruning import PrunerConfig, PruneResult, prune_with_report
+from sparse_adapter.pruning.pruner import declared_settings, scorer_settings
 from sparse_adapter.pruning.masks import owning_module
 from sparse_adapter.pruning.allocation import top_k_mask
 from sparse_adapter.pruning.scorers import SCORERS
@@ -126,11 +127,24 @@ def to_device(batch, device: torch.device):
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
+def setting_owner(name: str, preferred) -> str | None:
+    """The scorer whose own settings (``options``) include ``name``, ``preferred`` first: for a keyword given
+    where the pruner's settings go."""
+    for scorer in dict.fromkeys([preferred, *SCORERS] if isinstance(preferred, str) else SCORERS):
+        declared = declared_settings(scorer)
+        if declared is not None and name in {f.name for f in dataclasses.fields(declared)}:
+            return scorer
+    return None
+
+
 def pruner_config(pruner: str, sparsity: float, num_batches: int, options: Mapping) -> PrunerConfig:
     """``PrunerConfig`` from the library's keywords, every one checked now: an unknown keyword or a bad
     value is one ConfigError naming it, before any model is touched."""
     fields = {f.name for f in dataclasses.fields(PrunerConfig)} - {"scorer", "batches"}
     unknown = sorted(set(options) - fields)
+    if unknown and (owner := setting_owner(unknown[0], pruner)) is not None:  # e.g. GraSP's temperature, once a keyword
+        raise ConfigError(f"{unknown[0]}=: a setting of scorer '{owner}' itself; pass options={{{unknown[0]!r}: ...}}"
+                          f" (with pruner={owner!r})")
     if unknown:
         raise ConfigError(f"{unknown[0]}=: not a pruner setting (known: sparsity, pruner, seed, include, exclude, "
                           f"{', '.join(sorted(fields))})")
@@ -198,8 +212,11 @@ def prune_peft_model(model: nn.Module, sparsity: float = 0.4, pruner: str = "sni
                      **options) -> dict[str, torch.Tensor]:
     """Masks (parameter name → bool, True = kept) over the model's adapter tensors keeping exactly
     round((1 - sparsity) · N); ``batches`` is the list of scoring batches (dicts with labels);
-    ``options`` are ``PrunerConfig``'s (scope, iterations, control, zero_init, on_degenerate, ...).
-    The weights are not touched: hold the masks with ``hold_masks`` (or ``SparseAdapterCallback``).
+    ``options`` are ``PrunerConfig``'s (scope, iterations, control, zero_init, on_degenerate, ...), the scorer's
+    own settings among them as ``options={...}`` (as ``pruner.options`` on the command line: GraSP's
+    temperature is ``options={"temperature": 100.0}``, default 200). Any unknown keyword or bad value is one
+    ConfigError naming it, before the model is touched. The weights are not touched: hold the masks with
+    ``hold_masks`` (or ``SparseAdapterCallback``).
     Tensors the scorer could not rank and matrices left empty are named in a ``DegenerateScoresWarning``
     and an ``EmptyMatricesWarning``."""
     params = adapter_tensors(model, include, exclude)  # checks the model first
@@ -277,9 +294,11 @@ def load_sparse_peft(base_model: nn.Module, folder: str | os.PathLike):
 # ---- SHiRA -------------------------------------------------------------------------------------
 
 def shira_mask_fn(model: nn.Module, batches: Sequence[Mapping] = (), scorer: str = "snip", seed: int = 0,
-                  target_modules: Iterable[str] | None = None, loss_fn=None, temperature: float = 200.0):
+                  target_modules: Iterable[str] | None = None, loss_fn=None, options: Mapping | None = None):
     """A SHiRA ``mask_fn`` that keeps, in every adapted weight, the r·(m+n) entries our ``scorer`` ranks
-    highest (SNIP |w·g|, GraSP w·Hg, magnitude |w|), instead of PEFT's random choice.
+    highest (SNIP |w·g|, GraSP w·Hg, magnitude |w|), instead of PEFT's random choice. ``options``: the
+    scorer's own settings, as ``pruner.options`` on the command line (GraSP: ``{"temperature": 200.0}``, the
+    default); an unknown or out-of-range one is a ConfigError naming it.
 
     Scores are taken once, here, on the *base* model's Linear weights (those whose names end in one
     of ``target_modules``, all Linears otherwise) with the model's own loss on ``batches``; then
@@ -287,9 +306,10 @@ def shira_mask_fn(model: nn.Module, batches: Sequence[Mapping] = (), scorer: str
         model = get_peft_model(model, config)
     """
     check.model(model), check.integer(seed, "seed"), check.names(target_modules, "target_modules")
-    batches, _ = check.batches(batches, items=loss_fn is None), (check.callable_or_none(loss_fn, "loss_fn"), check.number(temperature, "temperature", 1e-12))
+    batches, _ = check.batches(batches, items=loss_fn is None), check.callable_or_none(loss_fn, "loss_fn")
     if scorer not in SCORERS or scorer == "synflow":
         raise ConfigError(f"scorer='{scorer}': a SHiRA mask is scored with one of snip, grasp, magnitude, random")
+    settings = scorer_settings(scorer, options or {}, prefix="options")
     suffixes = tuple(target_modules) if target_modules else None
     linears = {name: m for name, m in model.named_modules()
                if isinstance(m, nn.Linear) and (suffixes is None or name.split(".")[-1] in suffixes)}
@@ -308,8 +328,8 @@ def shira_mask_fn(model: nn.Module, batches: Sequence[Mapping] = (), scorer: str
             p.requires_grad_(True)
         with torch.random.fork_rng(devices=[]):
             scores = SCORERS[scorer](params=params, loss_fn=loss_fn or model_loss(model), batches=batches,
-                                     generator=torch.Generator().manual_seed(seed), temperature=temperature,
-                                     double_backward=partial(second_order_attention, model), model=model)
+                                     generator=torch.Generator().manual_seed(seed),
+                                     double_backward=partial(second_order_attention, model), model=model, **settings)
     finally:
         for name, p in params.items():
             p.requires_grad_(flags[name])

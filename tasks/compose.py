@@ -34,6 +34,20 @@ REPHRASE: list[tuple[re.Pattern, str]] = [
 ]
 
 
+# settings that moved: old key → where it lives now (run folders' saved overrides are renamed on replay, tasks.replay)
+MOVED = {"pruner.temperature": "pruner.options.temperature"}  # GraSP's own setting (pruner=grasp)
+
+
+def moved_problem(overrides: list[str]) -> str | None:
+    """One line for an override of a setting that moved (Hydra alone would suggest adding it back with ``+``)."""
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key in MOVED:
+            value = override.split("=", 1)[1] if "=" in override else "..."
+            return f"{override}: {key} is now {MOVED[key]} (e.g. {MOVED[key]}={value})"
+    return None
+
+
 def rephrase(message: str) -> str:
     for pattern, replacement in REPHRASE:
         if pattern.search(message):
@@ -78,6 +92,8 @@ def compose_checked(overrides: list[str]) -> DictConfig:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    if problem := moved_problem(overrides):
+        raise ConfigError(problem)
     try:
         if _composing:  # inside ``composing()``: Hydra is initialised once for many compositions
             return compose("train", overrides=list(overrides), return_hydra_config=True)

@@ -1,8 +1,10 @@
 """What every task family's DataModule shares: batch sizes, row limits, a resumable training order
 and loaders that leave the global RNG alone.
 
-Families keep their own constructors (each maps one-to-one to its ``data`` config node) and pass
-the shared settings up; they build ``self.datasets`` in ``setup`` and name their collators.
+A family's constructor lists only its own settings and passes the shared ones on as ``**shared``
+(``data`` config node = the family's arguments + these, typed from both signatures by ``tasks.typed_config``);
+``shared_defaults`` changes a shared default for the family. Families build ``self.datasets`` in ``setup``
+and name their collators.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from tasks.sampling import ResumableSampler
 
 
 class TaskDataModule(L.LightningDataModule):
-    def __init__(self, task, tokenizer, data_dir: str | None, batch_size: int, eval_batch_size: int,
-                 max_train_samples: int | None, max_eval_samples: int | None, num_workers: int, seed: int,
-                 group_by_length: bool = False):
+    shared_defaults: dict = {}  # a family's own defaults for the shared settings (e.g. smaller batches of long rows)
+
+    def __init__(self, task, tokenizer, data_dir: str | None = None, batch_size: int = 32, eval_batch_size: int = 64,
+                 max_train_samples: int | None = None, max_eval_samples: int | None = None, num_workers: int = 0,
+                 seed: int = 0, group_by_length: bool = False):
         super().__init__()
         self.task, self.tokenizer, self.data_dir = task, tokenizer, data_dir
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size

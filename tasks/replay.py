@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sparse_adapter.errors import ConfigError
-from tasks.compose import CONF
+from tasks.compose import CONF, MOVED
 
 # Hydra's instantiation keywords (_target_, _args_, _partial_, _convert_, _recursive_, ...)
 KEYWORD = re.compile(r"^_[A-Za-z]+_$")
@@ -87,8 +87,32 @@ def override_problem(override: Any, conf: Path = CONF) -> str | None:
     return f"{override!r}: {problem}" if problem else None
 
 
+def renamed(directory: Path, saved: list) -> list:
+    """Saved overrides of settings that moved (``tasks.compose.MOVED``) under their new names. GraSP's
+    ``pruner.temperature`` moved into its own ``pruner.options``; under any other scorer it changed nothing (no
+    record names it), so it is dropped there. The run's scorer is read from its ``.hydra/config.yaml``."""
+    import yaml
+
+    def scorer() -> str | None:
+        try:
+            config = yaml.safe_load((directory / ".hydra" / "config.yaml").read_text()) or {}
+            return (config.get("pruner") or {}).get("scorer")
+        except (OSError, yaml.YAMLError, AttributeError):
+            return None  # unknown: renamed, and checked like any override
+
+    out = []
+    for override in saved:
+        key = override.split("=", 1)[0] if isinstance(override, str) else None
+        if key in MOVED and key == "pruner.temperature" and scorer() not in (None, "grasp"):
+            continue
+        out.append(f"{MOVED[key]}={override.split('=', 1)[1]}" if key in MOVED and "=" in override else override)
+    return out
+
+
 def replayable(directory: Path, saved_file: Path, saved: list) -> list[str]:
-    """The saved overrides, each checked; ConfigError naming the first that is not plain data."""
+    """The saved overrides, renamed where a setting moved, each checked; ConfigError naming the first that is not
+    plain data."""
+    saved = renamed(directory, saved)
     for override in saved:
         if (problem := override_problem(override)) is not None:
             raise ConfigError(

@@ -13,6 +13,7 @@ import torch
 
 from callbacks.resume import KEY
 from sparse_adapter.errors import ConfigError
+from sparse_adapter.pruning.pruner import recorded_settings
 
 # settings a checkpoint records, in the order a mismatch lists them
 RECORDED = ("task", "backbone", "adapter", "adapter_config", "pruner", "scope", "sparsity", "large_sparse", "seed",
@@ -77,6 +78,8 @@ def check_matches(path: str | Path, recorded: dict, current: dict, allowed=()) -
 
     Settings named in ``allowed`` (``resume_changes``; only those in ``CHANGEABLE``) may differ: returns them
     as {name: {"checkpoint": value, "now": value}}, for the summary to record."""
+    if isinstance(recorded.get("pruner_settings"), dict):  # an older record, read as today's settings() writes it
+        recorded = {**recorded, "pruner_settings": recorded_settings(recorded["pruner_settings"])}
     differing = _differences(recorded, current)
     def flat(record: dict) -> dict:
         return {**record, **{f"{p}.{k}": v for key, p in NESTED.items() for k, v in (record.get(key) or {}).items()}}

@@ -58,7 +58,7 @@ def test_file_shrinks_with_sparsity(tmp_path):
 def test_trained_sparse_adapter_round_trips_exactly_from_the_file_alone(tmp_path, rte_task, glue_dir, model_type, adapter):
     L.seed_everything(0)
     module = ClassificationModule(tiny_backbone(model_type), adapter, AdamWConfig(lr=1e-2), rte_task)
-    data = GlueDataModule(rte_task, module.tokenizer, glue_dir, max_length=32, batch_size=4, max_train_samples=8, max_eval_samples=4)
+    data = GlueDataModule(rte_task, module.tokenizer, data_dir=glue_dir, max_length=32, batch_size=4, max_train_samples=8, max_eval_samples=4)
     L.Trainer(
         callbacks=[PruneAtInit(PrunerConfig("magnitude"), 0.6), MaskEnforcement()], max_steps=2, accelerator="cpu",
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

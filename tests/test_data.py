@@ -40,7 +40,7 @@ def test_rte_labels_follow_the_hub_order(glue_dir):
 
 def test_dynamic_padding_and_max_length(glue_dir):
     _, tokenizer = tiny_model("bert")
-    datamodule = GlueDataModule(task("rte"), tokenizer, glue_dir, max_length=64, batch_size=4, max_train_samples=8, max_eval_samples=4)
+    datamodule = GlueDataModule(task("rte"), tokenizer, data_dir=glue_dir, max_length=64, batch_size=4, max_train_samples=8, max_eval_samples=4)
     datamodule.setup("fit")
     batch = next(iter(datamodule.train_dataloader()))
     assert batch["input_ids"].shape[0] == 4 and batch["input_ids"].shape[1] <= 64
@@ -81,7 +81,7 @@ def test_hub_layout_is_normalised_like_the_local_files():
 def test_trivial_baseline_is_the_best_constant_predictor_on_dev(glue_dir, name, metric, value, predictor):
     tokenizer = tiny_model()[1]
     # the first 1,000 RTE rows hold more not_entailment: the bar must still be dev's majority class
-    datamodule = GlueDataModule(task(name), tokenizer, glue_dir, max_train_samples=1000)
+    datamodule = GlueDataModule(task(name), tokenizer, data_dir=glue_dir, max_train_samples=1000)
     baseline = datamodule.trivial_baseline()
     assert baseline["metrics"][metric] == pytest.approx(value)
     assert baseline["predictor"].startswith(predictor)
@@ -106,10 +106,10 @@ def test_no_family_draws_from_the_global_rng_when_an_epoch_starts(tmp_path, glue
     with gzip.open(tmp_path / "xsum" / "test_subset.jsonl.gz", "wt", encoding="utf-8") as handle:
         handle.write("\n".join(documents) + "\n")
     modules = [
-        GlueDataModule(task("rte"), tokenizer, glue_dir, max_length=64, batch_size=4, max_train_samples=8, max_eval_samples=4),
-        SquadDataModule(SquadTask(train_file="train.json", validation_file="dev.json"), tokenizer, str(tmp_path), max_length=64,
+        GlueDataModule(task("rte"), tokenizer, data_dir=glue_dir, max_length=64, batch_size=4, max_train_samples=8, max_eval_samples=4),
+        SquadDataModule(SquadTask(train_file="train.json", validation_file="dev.json"), tokenizer, data_dir=str(tmp_path), max_length=64,
                         doc_stride=16, max_question_length=16),
-        XSumDataModule(XSumTask(validation_size=2), tokenizer, str(tmp_path), max_length=32),
+        XSumDataModule(XSumTask(validation_size=2), tokenizer, data_dir=str(tmp_path), max_length=32),
     ]
     for module in modules:
         module.setup()
@@ -124,7 +124,7 @@ def test_grouped_dev_pass_is_longest_first_covers_every_row_and_scores_the_same(
     stsb = task("stsb")  # regression: a Pearson over continuous predictions notices any lost or repeated row
     L.seed_everything(0)
     module = ClassificationModule(tiny_backbone("bert"), HoulsbyConfig(bottleneck=8), AdamWConfig(lr=1e-2), stsb)
-    passes = dev_passes(module, lambda grouped: GlueDataModule(stsb, module.tokenizer, glue_dir, max_length=64, batch_size=4,
+    passes = dev_passes(module, lambda grouped: GlueDataModule(stsb, module.tokenizer, data_dir=glue_dir, max_length=64, batch_size=4,
                                                                eval_batch_size=8, max_eval_samples=60, group_by_length=grouped), tmp_path)
     (_, plain, plain_scores), (_, grouped, grouped_scores) = passes[False], passes[True]
     assert sum(len(b["labels"]) for b in plain) == sum(len(b["labels"]) for b in grouped) == 60

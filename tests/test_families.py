@@ -42,3 +42,33 @@ def test_data_settings_are_those_of_the_task_family(overrides, accepted, refused
     else:
         validate_config(cfg)
         assert OmegaConf.select(cfg, accepted) is not None
+
+
+FAMILY_ARGUMENTS = {  # each family's own data settings; the shared ones come from tasks.data.TaskDataModule
+    "rte": ({"max_length", "max_positions"}, (32, 64)), "squad": ({"max_length", "doc_stride", "max_question_length",
+                                                               "max_positions"}, (12, 32)),
+    "xsum": ({"max_length", "max_target_length", "max_positions"}, (8, 16)),
+    "sft": ({"max_length", "max_target_length", "max_positions"}, (8, 16)),
+}
+
+
+@pytest.mark.parametrize("name", list(FAMILY_ARGUMENTS))
+def test_a_datamodule_lists_only_its_own_arguments_and_data_keeps_every_shared_type(name):
+    """The ten shared arguments live once, in TaskDataModule; ``data`` is still typed from both signatures
+    (tasks.typed_config), and a family's own defaults for shared settings (smaller batches) still hold."""
+    import dataclasses
+
+    from tasks.data import TaskDataModule
+    from tasks.typed_config import RUNNER_SUPPLIED, data_schema
+
+    own, batch_sizes = FAMILY_ARGUMENTS[name]
+    datamodule = instantiate(compose_config(f"task={name}").task, _convert_="object").datamodule_class()
+    parameters = inspect.signature(datamodule.__init__).parameters
+    assert {p for p in parameters if p not in ("self", "task", "tokenizer", "shared")} == own
+    shared = {p: v.annotation for p, v in inspect.signature(TaskDataModule.__init__).parameters.items()
+              if p not in RUNNER_SUPPLIED}
+    typed = {f.name: f.type for f in dataclasses.fields(data_schema(datamodule))}
+    assert set(shared) <= set(typed) and typed["batch_size"] is int and typed["max_train_samples"] == int | None
+    assert typed["group_by_length"] is bool and set(typed) == set(shared) | (own - set(RUNNER_SUPPLIED))
+    assert (datamodule.shared_defaults.get("batch_size", 32), datamodule.shared_defaults.get("eval_batch_size", 64)) \
+        == batch_sizes

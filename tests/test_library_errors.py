@@ -91,6 +91,10 @@ CASES: dict[str, tuple[Case, str]] = {
     "peft-prune-snip-without-batches": (lambda e: prune_peft_model(e.peft, 0.4, "snip"), "batches: pruner 'snip' scores on training batches"),
     "peft-prune-batches-of-text": (lambda e: prune_peft_model(e.peft, 0.4, "snip", batches=["a sentence"]), "batches[0]: expected a dict"),
     "peft-prune-seed-a-string": (lambda e: prune_peft_model(e.peft, 0.4, "random", seed="7"), "seed: expected an integer"),
+    "peft-prune-temperature-keyword": (lambda e: prune_peft_model(e.peft, 0.4, "grasp", temperature=100),
+                                       "temperature=: a setting of scorer 'grasp' itself; pass options={'temperature'"),
+    "peft-prune-temperature-zero": (lambda e: prune_peft_model(e.peft, 0.4, "grasp", options={"temperature": 0}),
+                                    "pruner.options.temperature=0: must be > 0"),
     "adapter-tensors-model-a-list": (lambda e: adapter_tensors([e.peft]), "model: expected a model"),
     # hold_masks
     "hold-optimizer-a-name": (lambda e: hold_masks("adamw", e.params, e.masks), "optimizer: expected a torch optimizer"),
@@ -120,7 +124,10 @@ CASES: dict[str, tuple[Case, str]] = {
     "load-peft-base-model-a-name": (lambda e: load_sparse_peft("bert", e.tmp), "base_model: expected a model"),
     # shira_mask_fn, export_peft
     "shira-target-modules-a-string": (lambda e: shira_mask_fn(e.bert, scorer="magnitude", target_modules="query"), "target_modules: expected a list"),
-    "shira-temperature-zero": (lambda e: shira_mask_fn(e.bert, scorer="magnitude", temperature=0), "temperature=0 must be > 0"),
+    "shira-temperature-zero": (lambda e: shira_mask_fn(e.bert, scorer="grasp", options={"temperature": 0}),
+                               "options.temperature=0: must be > 0"),
+    "shira-option-of-another-scorer": (lambda e: shira_mask_fn(e.bert, scorer="magnitude", options={"temperature": 9}),
+                                       "options.temperature: scorer 'magnitude' has no settings"),
     "shira-synflow": (lambda e: shira_mask_fn(e.bert, scorer="synflow"), "scorer='synflow'"),
     "export-force-a-string": (lambda e: export_peft(e.adapter_file, e.tmp / "out", force="yes"), "force: expected True or False"),
     "export-source-none": (lambda e: export_peft(None, e.tmp / "out"), "source: expected a path"),

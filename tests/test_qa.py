@@ -163,7 +163,7 @@ def test_grouped_dev_pass_is_longest_first_covers_every_question_and_scores_the_
     L.seed_everything(0)
     module = QAModule(tiny_backbone("bert"), HoulsbyConfig(bottleneck=8), AdamWConfig(lr=1e-2), task)
     passes = dev_passes(module, lambda grouped: SquadDataModule(
-        task, module.tokenizer, squad_dir, max_length=384, doc_stride=128, eval_batch_size=8, max_train_samples=4,
+        task, module.tokenizer, data_dir=squad_dir, max_length=384, doc_stride=128, eval_batch_size=8, max_train_samples=4,
         max_eval_samples=60, group_by_length=grouped), tmp_path)
     (data, plain, plain_scores), (_, grouped, grouped_scores) = passes[False], passes[True]
     order = {name: [example for batch in batches for example in dict.fromkeys(batch["example_ids"])] for name, batches in

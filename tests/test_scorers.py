@@ -94,7 +94,7 @@ def test_grasp_removes_the_highest_negative_w_hg():
     (W1, W2), batches, loss_fn, _ = two_layer_problem()
     params = {"W1": W1, "W2": W2}
     scores = SCORERS["grasp"](params=params, loss_fn=loss_fn, batches=batches, temperature=1.0)
-    masks = prune(params, 0.5, PrunerConfig(scorer="grasp", temperature=1.0), loss_fn, batches)
+    masks = prune(params, 0.5, PrunerConfig(scorer="grasp", options={"temperature": 1.0}), loss_fn, batches)
     grasp_score = torch.cat([-scores[n].view(-1) for n in params])
     kept = torch.cat([masks[n].view(-1) for n in params])
     assert int(kept.sum()) == 18  # round(0.5 · 35) = 17.5 → 18

@@ -60,7 +60,7 @@ def write_xsum(folder: Path, lines: list[str]) -> None:
 def test_seeded_split_and_counted_bad_rows(tmp_path, xsum_dir):
     tokenizer = tiny_bart().build("seq2seq-lm")[1]
     task = XSumTask(validation_size=333)
-    first, second = (XSumDataModule(task, tokenizer, xsum_dir, max_length=64) for _ in range(2))
+    first, second = (XSumDataModule(task, tokenizer, data_dir=xsum_dir, max_length=64) for _ in range(2))
     for module in (first, second):
         module.setup()
     ids = {split: [r["id"] for r in first.examples[split]] for split in ("train", "validation")}
@@ -72,7 +72,7 @@ def test_seeded_split_and_counted_bad_rows(tmp_path, xsum_dir):
     bad = ["{not json", json.dumps({"id": "e", "document": "  ", "summary": "s"}), json.dumps({"id": "m", "summary": "s"}),
            json.dumps({"id": "n", "document": "d", "summary": ""})]
     write_xsum(tmp_path, good + bad)
-    module = XSumDataModule(XSumTask(validation_size=2), tokenizer, str(tmp_path), max_length=64)
+    module = XSumDataModule(XSumTask(validation_size=2), tokenizer, data_dir=str(tmp_path), max_length=64)
     module.setup()
     assert len(module.examples["train"]) + len(module.examples["validation"]) == 6
     counts = module.skipped.as_dict()
@@ -80,7 +80,7 @@ def test_seeded_split_and_counted_bad_rows(tmp_path, xsum_dir):
     assert sum(n for split in ("train", "validation") for n in counts.get(split, {}).values()) == 3
     assert module.trivial_baseline()["predictor"].startswith("LEAD-1")
     with pytest.raises(ConfigError, match="task.validation_size"):
-        XSumDataModule(XSumTask(validation_size=9), tokenizer, str(tmp_path)).setup()
+        XSumDataModule(XSumTask(validation_size=9), tokenizer, data_dir=str(tmp_path)).setup()
 
 
 def adapter_parts_of(names) -> set[str]:
@@ -94,7 +94,7 @@ def test_adapters_in_encoder_decoder_and_cross_attention_hold_their_masks(tmp_pa
     module = Seq2SeqModule(tiny_bart(), adapter, AdamWConfig(lr=1e-2), XSumTask())
     expected = {"encoder", "decoder"} | ({"cross"} if not isinstance(adapter, ParallelConfig) else set())  # parallel: FFNs only
     assert adapter_parts_of(module.prunable) == expected
-    data = XSumDataModule(XSumTask(), module.tokenizer, xsum_dir, max_length=64, max_target_length=16, batch_size=4, max_train_samples=12)
+    data = XSumDataModule(XSumTask(), module.tokenizer, data_dir=xsum_dir, max_length=64, max_target_length=16, batch_size=4, max_train_samples=12)
     initial = {n: p.detach().clone() for n, p in module.prunable_parameters().items()}
     L.Trainer(callbacks=[PruneAtInit(PrunerConfig("snip", batches=1), 0.5), MaskEnforcement()], max_steps=3, accelerator="cpu",
               logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -120,7 +120,7 @@ def test_adapter_parts_choose_where_adapters_go():
 def test_grasp_scores_through_bart_and_restores_sdpa(tmp_path, xsum_dir, adapter):
     L.seed_everything(0)
     module = Seq2SeqModule(tiny_bart(), adapter, AdamWConfig(lr=1e-2), XSumTask(label_smoothing=0.1))
-    data = XSumDataModule(XSumTask(), module.tokenizer, xsum_dir, max_length=64, max_target_length=16, batch_size=4, max_train_samples=8)
+    data = XSumDataModule(XSumTask(), module.tokenizer, data_dir=xsum_dir, max_length=64, max_target_length=16, batch_size=4, max_train_samples=8)
     L.Trainer(callbacks=[PruneAtInit(PrunerConfig("grasp", batches=2), 0.6), MaskEnforcement()], max_steps=1, accelerator="cpu",
               logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
               limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=tmp_path).fit(module, datamodule=data)
@@ -198,7 +198,7 @@ def test_grouped_dev_pass_is_longest_first_covers_every_document_and_scores_the_
     L.seed_everything(0)
     module = Seq2SeqModule(tiny_bart(), HoulsbyConfig(bottleneck=8), AdamWConfig(lr=1e-2), task)
     passes = dev_passes(module, lambda grouped: XSumDataModule(
-        task, module.tokenizer, xsum_dir, max_length=256, max_target_length=16, eval_batch_size=4, max_train_samples=4,
+        task, module.tokenizer, data_dir=xsum_dir, max_length=256, max_target_length=16, eval_batch_size=4, max_train_samples=4,
         max_eval_samples=40, group_by_length=grouped), tmp_path)
     (_, plain, plain_scores), (_, grouped, grouped_scores) = passes[False], passes[True]
     documents = {name: [d for batch in batches for d in batch["documents"]] for name, batches in (("plain", plain), ("grouped", grouped))}

@@ -15,7 +15,7 @@ from tests.conftest import tiny_backbone
 def build(task, glue_dir, adapter=None, attn="sdpa", samples=16, batch_size=4):
     L.seed_everything(0)
     module = ClassificationModule(tiny_backbone("bert", attn), adapter or HoulsbyConfig(bottleneck=8), AdamWConfig(lr=1e-2), task)
-    data = GlueDataModule(task, module.tokenizer, glue_dir, max_length=32, batch_size=batch_size, max_train_samples=samples, max_eval_samples=8)
+    data = GlueDataModule(task, module.tokenizer, data_dir=glue_dir, max_length=32, batch_size=batch_size, max_train_samples=samples, max_eval_samples=8)
     return module, data
 
 

@@ -145,7 +145,7 @@ VARIANTS = [ParallelConfig(bottleneck=8), PrefixConfig(length=4, mlp_hidden=8), 
 def test_masks_hold_exactly_while_training(tmp_path, rte_task, glue_dir, model_type, adapter):
     L.seed_everything(0)
     module = ClassificationModule(tiny_backbone(model_type), adapter, AdamWConfig(lr=1e-2), rte_task)
-    data = GlueDataModule(rte_task, module.tokenizer, glue_dir, max_length=32, batch_size=4, max_train_samples=12, max_eval_samples=4)
+    data = GlueDataModule(rte_task, module.tokenizer, data_dir=glue_dir, max_length=32, batch_size=4, max_train_samples=12, max_eval_samples=4)
     initial = {n: p.detach().clone() for n, p in module.prunable_parameters().items()}
     fit = L.Trainer(
         callbacks=[PruneAtInit(PrunerConfig("snip", batches=1), 0.5), MaskEnforcement()], max_steps=3, accelerator="cpu",

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import typing
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from functools import partial
@@ -46,12 +47,13 @@ class PrunerConfig:
     Adam step of ``lookahead_lr`` ahead (``sparse_adapter.pruning.zero_init``); ``none`` scores it as
     it is (every score ties). ``on_degenerate``: what a tensor whose scores all tie does: ``warn``
     (the default: a ``DegenerateScoresWarning`` naming it, recorded as ``tied_score_tensors``) or ``error``.
+    ``options``: the scorer's own hyperparameters, declared beside its code (``register(..., settings=...)``),
+    e.g. GraSP's ``{"temperature": 200.0}``.
     """
 
     scorer: str | None = "snip"
     scope: str = "global"
     batches: int = ranged(10, ge=0)
-    temperature: float = ranged(200.0, gt=0.0)  # GraSP's logit temperature
     min_density: float = 0.0  # global scope: every matrix keeps at least this fraction (0 = the paper's plain ranking)
     iterations: int | None = ranged(None, ge=1)
     control: str = "none"
@@ -76,17 +78,7 @@ class PrunerConfig:
 
     def scorer_options(self) -> dict:
         """The scorer's own settings, its declared defaults filled in (``pruner.options``); checked by ``validate``."""
-        declared = getattr(SCORERS.get(self.scorer), "settings", None) if self.enabled else None
-        if declared is None:
-            if self.options:
-                raise ConfigError(f"pruner.options: scorer '{self.scorer}' has no settings; drop {dict(self.options)}")
-            return {}
-        known = [f.name for f in fields(declared)]
-        if unknown := sorted(set(self.options) - set(known)):
-            raise ConfigError(f"pruner.options.{unknown[0]}: not a setting of scorer '{self.scorer}' ({', '.join(known)})")
-        options = declared(**self.options)
-        check_ranges(options, prefix="pruner.options")
-        return asdict(options)
+        return scorer_settings(self.scorer if self.enabled else None, self.options)
 
     def settings(self) -> dict:
         """Every setting the masks depend on (summaries, adapter files, the report's row identity)."""
@@ -98,10 +90,8 @@ class PrunerConfig:
             settings.update(n=self.n, m=self.m)
         if self.needs_batches:
             settings["batches"] = self.batches
-        if self.scorer == "grasp":
-            settings["temperature"] = self.temperature
-        if self.options:
-            settings["options"] = self.scorer_options()
+        if options := self.scorer_options():  # all of them, defaults too: equal masks, equal records
+            settings["options"] = options
         if self.needs_batches and (self.zero_init, self.lookahead_lr) != ("lookahead", 1e-3):  # non-defaults only:
             settings["zero_init"] = self.zero_init  # older records (no key) ran the defaults' masks on non-zero inits
             if self.zero_init == "lookahead":
@@ -149,6 +139,56 @@ class PrunerConfig:
                     f"sparsity={sparsity} contradicts pruner.scope=nm with n={self.n}, m={self.m}: N:M keeps n/m, so set"
                     f" sparsity={1 - self.n / self.m:g}"
                 )
+
+
+def declared_settings(scorer: str | None) -> type | None:
+    """The dataclass of a scorer's own hyperparameters (``register(..., settings=...)``); None if it has none."""
+    return getattr(SCORERS.get(scorer), "settings", None) if scorer not in (None, "none") else None
+
+
+def scorer_settings(scorer: str | None, options: Mapping, prefix: str = "pruner.options") -> dict:
+    """A scorer's own settings from ``options``, its declared defaults filled in (whole numbers given for a
+    ``float`` setting become floats, so records do not depend on how a number was typed); one ConfigError
+    naming an unknown or out-of-range setting."""
+    declared, options = declared_settings(scorer), {} if options is None else options
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"{prefix}={options!r}: expected a mapping of scorer '{scorer}''s own settings")
+    if declared is None:
+        if options:
+            first = sorted(map(str, options))[0]
+            raise ConfigError(f"{prefix}.{first}: scorer '{scorer}' has no settings; drop {dict(options)}")
+        return {}
+    known = [f.name for f in fields(declared)]
+    if unknown := sorted(set(options) - set(known)):
+        raise ConfigError(f"{prefix}.{unknown[0]}: not a setting of scorer '{scorer}' ({', '.join(known)})")
+    values = declared(**options)
+    check_ranges(values, prefix=prefix)
+    try:
+        hints = typing.get_type_hints(declared)
+    except Exception:  # noqa: BLE001 - an unresolvable annotation only costs the float coercion
+        hints = {}
+    return {name: float(value) if hints.get(name) is float and type(value) is int else value
+            for name, value in asdict(values).items()}
+
+
+def recorded_settings(settings: Mapping) -> dict:
+    """A ``settings()`` record written by any version, as today's ``settings()`` writes it, so that a run record
+    and the command resuming it compare equal when their masks are: a scorer's own setting recorded beside the
+    pruner's (GraSP's ``temperature``, before it moved into ``pruner.options``) moves into ``options``, and the
+    options get their declared defaults. The record itself (a file) is never rewritten."""
+    settings = dict(settings)
+    declared = declared_settings(settings.get("scorer"))
+    if declared is None:
+        return settings
+    moved = {f.name for f in fields(declared)} - {f.name for f in fields(PrunerConfig)}
+    options = {key: settings.pop(key) for key in sorted(moved & set(settings))}
+    options.update(settings.get("options") or {})
+    try:
+        settings["options"] = scorer_settings(settings["scorer"], options)
+    except (ConfigError, TypeError):  # a record another version could not check: compared as it was written
+        if options:
+            settings["options"] = options
+    return settings
 
 
 def schedule(sparsity: float, rounds: int) -> list[float]:
@@ -246,7 +286,7 @@ def prune_with_report(
         with pruned_temporarily(params, masks), lookahead(params, ahead, loss_fn, batches, config.lookahead_lr, masks):
             scores = SCORERS[config.scorer](
                 params=params, loss_fn=loss_fn, batches=batches, generator=generator,
-                temperature=config.temperature, double_backward=double_backward, model=model, **config.scorer_options(),
+                double_backward=double_backward, model=model, **config.scorer_options(),
             )
         for name, score in scores.items():  # a NaN ranks arbitrarily: refuse it before it picks the topology
             if not bool(torch.isfinite(score).all()):

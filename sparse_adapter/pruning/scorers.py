@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -16,6 +17,7 @@ from torch import nn
 from sparse_adapter.errors import ConfigError
 from sparse_adapter.pruning.blockwise import block_stack, checkpointed_blocks, hessian_gradient, plain_hessian_gradient
 from sparse_adapter.registry import Registry
+from sparse_adapter.schema import ranged
 
 LossFn = Callable[..., torch.Tensor]  # loss_fn(batch, temperature=1.0) -> scalar loss
 Scorer = Callable[..., dict[str, torch.Tensor]]
@@ -84,7 +86,14 @@ def snip_scores(params: dict[str, nn.Parameter], loss_fn: LossFn, batches: Seque
     return {name: (p.detach() * g).abs() for (name, p), g in zip(params.items(), grads)}
 
 
-@register("grasp", needs_batches=True)
+@dataclass
+class GraspSettings:
+    """GraSP's own hyperparameter (``pruner.options.temperature``; conf/pruner/grasp.yaml)."""
+
+    temperature: float = ranged(200.0, gt=0.0)  # logits are divided by it in both passes (200 in GraSP)
+
+
+@register("grasp", needs_batches=True, settings=GraspSettings)
 def grasp_scores(
     params: dict[str, nn.Parameter],
     loss_fn: LossFn,

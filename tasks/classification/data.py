@@ -108,23 +108,8 @@ def _normalise(dataset, task: GlueTask, text_fields: list[str], label_field: str
 class GlueDataModule(TaskDataModule):
     """Tokenised GLUE with dynamic padding (each batch padded to its longest row)."""
 
-    def __init__(
-        self,
-        task: GlueTask,
-        tokenizer,
-        data_dir: str | None = None,
-        max_length: int = 128,
-        batch_size: int = 32,
-        eval_batch_size: int = 64,
-        max_train_samples: int | None = None,
-        max_eval_samples: int | None = None,
-        num_workers: int = 0,
-        seed: int = 0,
-        max_positions: int | None = None,
-        group_by_length: bool = False,
-    ):
-        super().__init__(task, tokenizer, data_dir, batch_size, eval_batch_size, max_train_samples, max_eval_samples, num_workers, seed,
-                         group_by_length)
+    def __init__(self, task: GlueTask, tokenizer, *, max_length: int = 128, max_positions: int | None = None, **shared):
+        super().__init__(task, tokenizer, **{**self.shared_defaults, **shared})  # the shared settings: TaskDataModule
         self.max_length, self.max_positions = max_length, max_positions
         # pad on the right whatever the tokenizer's default (Llama/Qwen ones may pad left): every row's
         # tokens keep the positions they have unpadded (GPT-2's absolute positions, a prefix that RoPE

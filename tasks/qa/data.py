@@ -236,25 +236,11 @@ class QACollator:
 class SquadDataModule(TaskDataModule):
     """SQuAD features for training (with answer positions) and evaluation (with offsets)."""
 
-    def __init__(
-        self,
-        task: SquadTask,
-        tokenizer,
-        data_dir: str | None = None,
-        max_length: int = 384,
-        doc_stride: int = 128,
-        max_question_length: int = 64,
-        batch_size: int = 12,
-        eval_batch_size: int = 32,
-        max_train_samples: int | None = None,
-        max_eval_samples: int | None = None,
-        num_workers: int = 0,
-        seed: int = 0,
-        max_positions: int | None = None,
-        group_by_length: bool = False,
-    ):
-        super().__init__(task, tokenizer, data_dir, batch_size, eval_batch_size, max_train_samples, max_eval_samples, num_workers, seed,
-                         group_by_length)
+    shared_defaults = {"batch_size": 12, "eval_batch_size": 32}  # 384-token windows
+
+    def __init__(self, task: SquadTask, tokenizer, *, max_length: int = 384, doc_stride: int = 128,
+                 max_question_length: int = 64, max_positions: int | None = None, **shared):
+        super().__init__(task, tokenizer, **{**self.shared_defaults, **shared})  # the shared settings: TaskDataModule
         check_positions("data.max_length", max_length, max_positions)
         self.features = QAFeatures(tokenizer, max_length, doc_stride, max_question_length)
         self.max_length = max_length

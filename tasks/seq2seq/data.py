@@ -163,24 +163,11 @@ class XSumDataModule(TaskDataModule):
 
     collator_class = Seq2SeqCollator  # how rows become model inputs (causal.py: one prompt + summary sequence)
 
-    def __init__(
-        self,
-        task: XSumTask,
-        tokenizer,
-        data_dir: str | None = None,
-        max_length: int = 512,
-        max_target_length: int = 128,
-        batch_size: int = 8,
-        eval_batch_size: int = 16,
-        max_train_samples: int | None = None,
-        max_eval_samples: int | None = None,
-        num_workers: int = 0,
-        seed: int = 0,
-        max_positions: int | None = None,
-        group_by_length: bool = False,
-    ):
-        super().__init__(task, tokenizer, data_dir, batch_size, eval_batch_size, max_train_samples, max_eval_samples, num_workers, seed,
-                         group_by_length)
+    shared_defaults = {"batch_size": 8, "eval_batch_size": 16}  # 512-token documents
+
+    def __init__(self, task: XSumTask, tokenizer, *, max_length: int = 512, max_target_length: int = 128,
+                 max_positions: int | None = None, **shared):
+        super().__init__(task, tokenizer, **{**self.shared_defaults, **shared})  # the shared settings: TaskDataModule
         task.validate()
         check_positions("data.max_length", max_length, max_positions)
         check_positions("data.max_target_length", max_target_length, max_positions)
