@@ -54,6 +54,14 @@ def magnitude_scores(params: dict[str, nn.Parameter], **_) -> dict[str, torch.Te
     return {name: p.detach().abs() for name, p in params.items()}
 
 
+def checkpointing(model: nn.Module | None) -> bool:
+    """Whether an HF model trains with activation checkpointing (transformers 5 renamed the property)."""
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):  # the old name warns in transformers 5
+        if hasattr(type(model), name):
+            return bool(getattr(model, name))
+    return False
+
+
 def summed_gradients(params: Sequence[nn.Parameter], loss_fn: LossFn, batches: Iterable, temperature: float = 1.0,
                      model: nn.Module | None = None):
     """Σ over batches of ∂L/∂p, accumulated in place in ``.grad`` by autograd (as ``loss.backward()`` in training),
@@ -64,7 +72,7 @@ def summed_gradients(params: Sequence[nn.Parameter], loss_fn: LossFn, batches: I
     saved = [p.grad for p in params]
     for p in params:
         p.grad = None
-    blocks = block_stack(model, params) if getattr(model, "is_gradient_checkpointing", False) else None
+    blocks = block_stack(model, params) if checkpointing(model) else None
     try:
         for batch in batches:
             with checkpointed_blocks(model, blocks, params) if blocks else nullcontext():
