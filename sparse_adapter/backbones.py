@@ -179,7 +179,10 @@ def checkpointing(model: nn.Module, enabled: bool) -> None:
     if enabled:
         if not getattr(model, "supports_gradient_checkpointing", False):
             raise ConfigError(f"backbone.gradient_checkpointing=true: '{model.config.model_type}' does not support it")
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x; the old name warns there
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def ensure_padding(model: nn.Module, tokenizer) -> None:
