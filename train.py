@@ -49,7 +49,7 @@ def main(cfg: DictConfig) -> float:
 
 
 def checked(argv: list[str]) -> list[str]:
-    """``tasks.cli.precheck``, skipped for a command that only shows something (``--help``, ``--cfg job``)."""
+    """``tasks.cli.precheck`` (``resume=``, a sweep's points), skipped for a command that only shows something."""
     flags = {a.split("=", 1)[0] for a in argv if a.startswith("-")}
     if flags & SHOW_ONLY and not any(a.startswith("resume=") for a in argv):
         return argv
@@ -58,8 +58,23 @@ def checked(argv: list[str]) -> list[str]:
     return precheck(argv)  # one `error:` line for bad overrides, before Hydra writes anything
 
 
+def run_main(argv: list[str]) -> None:
+    """Hydra composes the config once; its errors come back raised (HYDRA_FULL_ERROR) and leave as one line."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # raise instead of printing a multi-line report
+    try:
+        main()
+    except (HydraException, OmegaConfBaseException) as error:
+        from tasks.cli import EXIT_CODE, config_error, report
+
+        report(config_error(error, [a for a in argv if not a.startswith("-")]))
+        raise SystemExit(EXIT_CODE) from None
+
+
 if __name__ == "__main__":
     argv = checked(sys.argv[1:])
     if argv != sys.argv[1:]:  # resume=DIR: this command again, as the overrides that run was started with
         os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:-len(sys.argv)], sys.argv[0], *argv])
-    main()
+    run_main(argv)

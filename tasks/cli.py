@@ -1,9 +1,10 @@
 """The command line's error contract: bad input or a failed run prints one ``error:`` line and exits 2.
 
-``train.py`` and the tests go through the same functions: ``compose_checked`` turns Hydra's
-multi-line composition errors into one ``ConfigError``, ``run_checked`` runs the experiment and
-reports ``ConfigError``/``NumericalError`` as one line, and ``expand_resume`` turns
-``resume=<run dir>`` into the overrides that run was started with.
+``train.py`` and the tests go through the same functions: ``config_error`` turns Hydra's multi-line
+composition errors into one ``ConfigError`` (Hydra composes a run's config once; ``compose_checked``
+composes a sweep's points for ``precheck``), ``RunChecks`` validates a run's composed config before Hydra
+creates its directory, ``run_checked`` runs the experiment and reports ``ConfigError``/``NumericalError``
+as one line, and ``expand_resume`` turns ``resume=<run dir>`` into the overrides that run was started with.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import sys
 from pathlib import Path
 
 import yaml
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from sparse_adapter.errors import ConfigError, NumericalError, StorageError
 from sparse_adapter.registry import load_plugins
 from tasks import rundir
-from tasks.compose import CONF, compose_checked, composing, one_line, rephrase  # noqa: F401 (public here too)
+from tasks.compose import CONF, compose_checked, composing, config_error, one_line, rephrase  # noqa: F401 (public here too)
 from tasks.replay import replayable
 
 EXIT_CODE = 2
@@ -105,11 +107,11 @@ def expand_resume(argv: list[str]) -> list[str]:
 
 
 def precheck(argv: list[str]) -> list[str]:
-    """Expand ``resume=``, compose once and claim the run directory, before Hydra writes anything.
+    """Expand ``resume=`` and check every point of a sweep (-m), before Hydra writes anything.
 
-    Returns the argv Hydra should parse. Sweeps (-m) have each point composed and checked here
-    (``tasks.sweep``), and each job claims its own directory. Processes started by Lightning's DDP launcher
-    (ranks > 0) skip all of this: rank 0 checked the same command.
+    Returns the argv Hydra should parse. A single run is composed once, by Hydra, and checked by ``RunChecks``
+    before its directory exists. Processes started by Lightning's DDP launcher (ranks > 0) skip all of this:
+    rank 0 checked the same command.
     """
     if not rundir.is_launching_process():
         return argv
@@ -120,25 +122,44 @@ def precheck(argv: list[str]) -> list[str]:
             from tasks.sweep import check_points
 
             check_points([a for a in argv if not a.startswith("-")])  # every point, before the first job
-            return argv
-        if flags:
-            return argv  # --cfg, --help, -cn ...: Hydra's own handling
-        from tasks.validation import validate_config  # torch and transformers: not for --help or --cfg
-
-        cfg = compose_checked(argv)
-        load_plugins(cfg.get("plugins"))  # the user's own extension modules, named on their command line or config
-        validate_config(cfg)  # before Hydra creates the run directory
-        explicit_dir = next((a.split("=", 1)[1] for a in reversed(argv) if _key(a) == "hydra.run.dir"), None)
-        if explicit_dir and cfg.get("skip_finished") and Path(explicit_dir).is_dir():
-            rundir.set_aside_unreadable(Path(explicit_dir))
-        if explicit_dir and not (cfg.get("skip_finished") and rundir.finished_summary(Path(explicit_dir))):
-            # skip_finished resumes an interrupted job (tasks.experiment.run), so its checkpoint is no obstacle
-            rundir.claim(Path(explicit_dir), resuming=bool(cfg.get("ckpt_path") or cfg.get("skip_finished") or rundir.requeued()))
-        elif not explicit_dir:  # the timestamped default: probe where Hydra will create it, creating nothing
-            target = Path(str(cfg.hydra.run.dir)).absolute()
-            existing = next(p for p in (target, *target.parents) if p.exists())
-            rundir.check_writable(existing)
     except (ConfigError, StorageError) as error:
         report(error)
         raise SystemExit(EXIT_CODE) from None
     return argv
+
+
+def check_run(cfg: DictConfig, overrides: list[str]) -> None:
+    """Validate a single run's composed config and claim its run directory (ConfigError, StorageError)."""
+    from tasks.validation import validate_config  # torch and transformers: not for --help or --cfg
+
+    load_plugins(cfg.get("plugins"))  # the user's own extension modules, named on their command line or config
+    validate_config(cfg)
+    explicit_dir = next((a.split("=", 1)[1] for a in reversed(overrides) if _key(a) == "hydra.run.dir"), None)
+    if explicit_dir and cfg.get("skip_finished") and Path(explicit_dir).is_dir():
+        rundir.set_aside_unreadable(Path(explicit_dir))
+    if explicit_dir and not (cfg.get("skip_finished") and rundir.finished_summary(Path(explicit_dir))):
+        # skip_finished resumes an interrupted job (tasks.experiment.run), so its checkpoint is no obstacle
+        rundir.claim(Path(explicit_dir), resuming=bool(cfg.get("ckpt_path") or cfg.get("skip_finished") or rundir.requeued()))
+    elif not explicit_dir:  # the timestamped default: probe where Hydra will create it, creating nothing
+        target = Path(str(cfg.hydra.run.dir)).absolute()
+        existing = next(p for p in (target, *target.parents) if p.exists())
+        rundir.check_writable(existing)
+
+
+def start_run(cfg: DictConfig, overrides: list[str]) -> None:
+    """``check_run``, with bad input reported as one ``error:`` line and exit code 2."""
+    if not rundir.is_launching_process():
+        return
+    try:
+        check_run(cfg, overrides)
+    except (ConfigError, StorageError) as error:
+        report(error)
+        raise SystemExit(EXIT_CODE) from None
+
+
+class RunChecks(Callback):
+    """Hydra calls ``on_run_start`` with the run's composed config before it creates the run directory: the one
+    place a single run is validated (a sweep's points are checked by ``precheck``, its jobs by ``run_checked``)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        start_run(config, [*config.hydra.overrides.hydra, *config.hydra.overrides.task])

@@ -100,9 +100,17 @@ def compose_checked(overrides: list[str]) -> DictConfig:
         with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
             return compose("train", overrides=list(overrides), return_hydra_config=True)
     except (HydraException, OmegaConfBaseException, ValueError) as error:
-        cause = error.__cause__ if isinstance(error.__cause__, (HydraException, OmegaConfBaseException)) else None
-        detail = f"{error}; {cause}" if cause and str(cause) not in str(error) else str(error)
-        bad = _bad_override(overrides)
-        if bad:
-            detail = f"{bad}: cannot parse this override ({detail})"
-        raise ConfigError(rephrase(one_line(detail).replace(".;", ";"))) from error
+        raise config_error(error, overrides) from error
+
+
+def config_error(error: Exception, overrides: list[str]) -> ConfigError:
+    """Hydra's or OmegaConf's composition error as one line naming the setting (and the override it cannot parse)."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    cause = error.__cause__ if isinstance(error.__cause__, (HydraException, OmegaConfBaseException)) else None
+    detail = f"{error}; {cause}" if cause and str(cause) not in str(error) else str(error)
+    bad = _bad_override(overrides)
+    if bad:
+        detail = f"{bad}: cannot parse this override ({detail})"
+    return ConfigError(rephrase(one_line(detail).replace(".;", ";")))
