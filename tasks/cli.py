@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from sparse_adapter.errors import ConfigError, NumericalError, StorageError
 from sparse_adapter.registry import load_plugins
 from tasks import rundir
-from tasks.compose import CONF, compose_checked, composing, config_error, one_line, rephrase  # noqa: F401 (public here too)
+from tasks.compose import CONF, compose_checked, composing, config_error, moved_problem, one_line, rephrase  # noqa: F401
 from tasks.replay import replayable
 
 EXIT_CODE = 2
@@ -117,6 +117,8 @@ def precheck(argv: list[str]) -> list[str]:
         return argv
     try:
         argv = expand_resume(argv)
+        if problem := moved_problem(argv):  # Hydra alone would suggest adding the old key back with +
+            raise ConfigError(problem)
         flags = [a for a in argv if a.startswith("-")]
         if flags and set(flags) <= {"-m", "--multirun"}:
             from tasks.sweep import check_points
