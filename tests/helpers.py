@@ -51,6 +51,7 @@ class DumpRankState(L.Callback):
             "train_sampler": self.train_sampler,
         }
         torch.save(state, self.dirpath / f"rank{trainer.global_rank}.pt")
+        trainer.strategy.barrier("rank-state-written")  # rank 0 may exit (and the test read) only once every file is there
 
 
 class WaitForSignalAtStep(L.Callback):

@@ -16,7 +16,7 @@ def test_optuna_over_lr_and_sparsity_through_joblib(tmp_path, glue_dir):
     result = train_subprocess(
         "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
         "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *FAST, f"data_dir={glue_dir}", f"hydra.sweep.dir={tmp_path}",
-        timeout=400,
+        timeout=400, fresh=True,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summaries = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/summary.json"))]
