@@ -3,7 +3,6 @@
     python benchmarks/memory.py                          # every shape × precision × measure, one fresh process each
     python benchmarks/memory.py --shapes qwen2.5-0.5b --measures train snip
     python benchmarks/memory.py --device cuda            # CUDA: max allocated instead of RSS
-    python benchmarks/memory.py --measures train --gradient-checkpointing   # the training step with checkpointing
 
 Models are built from the real configs' shapes (Qwen2.5-0.5B, Llama-3.2-1B; written out below, nothing is
 downloaded) with random weights, as causal LMs; LoRA r=16 (alpha 32) on every projection of every block
@@ -11,8 +10,7 @@ downloaded) with random weights, as causal LMs; LoRA r=16 (alpha 32) on every pr
 One batch of 1 × 512 random tokens with the LM loss. Measures:
   train    one forward + backward + AdamW step (masks held by ``hold_masks``, as in training), in train mode and
            without gradient checkpointing (the library's default, ``backbone.gradient_checkpointing=false``); the loss
-           is the SFT task's (logits / 1, cross-entropy), as its ``training_step`` computes it; with
-           ``--gradient-checkpointing`` (``backbone.gradient_checkpointing=true``) a separate row, ``train+gc``
+           is the SFT task's (logits / 1, cross-entropy), as its ``training_step`` computes it
   snip / grasp / synflow   ``prune`` at s=0.4 over ``--batches`` such batches, in eval mode (as PruneAtInit scores).
            GraSP's Hessian-gradient pass runs block by block (``sparse_adapter.pruning.blockwise``: one block's
            graph at a time, recomputed from its input; SDPA's math kernel)
@@ -116,12 +114,11 @@ def batch(vocab: int, device: str, seed: int) -> dict:
     return {"input_ids": ids, "labels": ids}
 
 
-def measure(shape: str, precision: str, what: str, device: str, batches: int = 2, checkpointed: bool = False) -> dict:
+def measure(shape: str, precision: str, what: str, device: str, batches: int = 2) -> dict:
     import gc
 
     import torch
 
-    from sparse_adapter.backbones import checkpointing
     from sparse_adapter.hold import hold_masks
     from sparse_adapter.pruning import PrunerConfig, prune
 
@@ -145,7 +142,6 @@ def measure(shape: str, precision: str, what: str, device: str, batches: int = 2
     reset_peak(device)
     start = time.perf_counter()
     if what == "train":
-        checkpointing(model, checkpointed)
         model.train()
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.1)
         masks = {n: torch.rand(p.shape, device=p.device) >= 0.4 for n, p in params.items()}
@@ -162,7 +158,6 @@ def measure(shape: str, precision: str, what: str, device: str, batches: int = 2
                       batches=scoring, seed=0, model=model)
         assert sum(int(m.sum()) for m in masks.values()) > 0
     seconds = time.perf_counter() - start
-    what += "+gc" if checkpointed and what == "train" else ""
     return {"shape": shape, "precision": precision, "measure": what, "device": device, "peak_mib": round(peak_mib(device), 1),
             "model_resident_mib": round(resident, 1), "seconds": round(seconds, 2), "threads": torch.get_num_threads(),
             "adapter_weights": sum(p.numel() for p in params.values()), "scoring_batches": 0 if what == "train" else batches}
@@ -213,22 +208,6 @@ def floor_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def checkpointing_table(results: list[dict]) -> str:
-    """The training step with gradient checkpointing (``--gradient-checkpointing``) beside the one without."""
-    by = {(r["shape"], r["precision"], r["measure"]): r for r in results}
-    lines = ["| shape | fp32 train | fp32 train+gc | nf4 train | nf4 train+gc | nf4/fp32 with gc | nf4 with gc / fp32 without |",
-             "|---|---|---|---|---|---|---|"]
-    for shape in SHAPES:
-        plain, gc = (by.get((shape, "fp32", m)) for m in ("train", "train+gc"))
-        nf4, nf4_gc = (by.get((shape, "nf4", m)) for m in ("train", "train+gc"))
-        if not (gc and nf4_gc):
-            continue
-        cells = [f"{r['peak_mib']:.0f}" if r else "-" for r in (plain, gc, nf4, nf4_gc)]
-        against_plain = f"{nf4_gc['peak_mib'] / plain['peak_mib']:.2f}" if plain else "-"
-        lines.append(f"| {shape} | {' | '.join(cells)} | {nf4_gc['peak_mib'] / gc['peak_mib']:.2f} | {against_plain} |")
-    return "\n".join(lines) if len(lines) > 2 else ""
-
-
 def table(results: list[dict]) -> str:
     by = {(r["shape"], r["precision"], r["measure"]): r for r in results}
     lines = ["| shape | precision | model resident MiB | train peak MiB | snip | grasp | synflow | scorers <= train | nf4/fp32 train |",
@@ -259,16 +238,13 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="JSON results (default benchmarks/results/memory_<device>.json)")
     parser.add_argument("--batches", type=int, default=2, help="scoring batches (each freed before the next)")
     parser.add_argument("--append", action="store_true", help="merge into the results already in --out (same keys replaced)")
-    parser.add_argument("--gradient-checkpointing", action="store_true",
-                        help="the train measure with gradient checkpointing (rows train+gc; the default measures without)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # the child: one measurement, JSON on stdout
     args = parser.parse_args()
     if args.one:
         import torch
 
         torch.set_num_threads(args.threads)
-        result = measure(args.shapes[0], args.precisions[0], args.measures[0], args.device, args.batches, args.gradient_checkpointing)
-        print("RESULT " + json.dumps(result), flush=True)
+        print("RESULT " + json.dumps(measure(args.shapes[0], args.precisions[0], args.measures[0], args.device, args.batches)), flush=True)
         return
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"memory_{args.device}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -278,7 +254,6 @@ def main() -> None:
             for what in args.measures:
                 command = [sys.executable, __file__, "--one", "--shapes", shape, "--precisions", precision, "--measures", what,
                            "--device", args.device, "--threads", str(args.threads), "--batches", str(args.batches)]
-                command += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
                 done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, **ALLOCATOR))
                 line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
                 if line is None:
@@ -286,19 +261,17 @@ def main() -> None:
                     print(f"error: {shape} {precision} {what}: {error}", file=sys.stderr)
                     continue
                 new = json.loads(line.removeprefix("RESULT "))
-                results = [r for r in results if (r["shape"], r["precision"], r["measure"]) != (shape, precision, new["measure"])]
-                results.append(new)
+                results = [r for r in results if (r["shape"], r["precision"], r["measure"]) != (shape, precision, what)] + [new]
                 print(json.dumps(new), flush=True)
                 write(out, results)  # after each one
     write(out, results)
-    print("\n\n".join(t for t in (table(results), floor_table(results), checkpointing_table(results)) if t))
+    print(table(results) + "\n\n" + floor_table(results))
 
 
 def write(out: Path, results: list[dict]) -> None:
     """The JSON results and, beside them, the two tables in markdown."""
-    tables = {"table": table(results), "nf4_floor": floor_table(results), "checkpointing": checkpointing_table(results)}
-    out.write_text(json.dumps({"results": results, **tables}, indent=1) + "\n")
-    out.with_suffix(".md").write_text("\n\n".join(t for t in tables.values() if t) + "\n")
+    out.write_text(json.dumps({"results": results, "table": table(results), "nf4_floor": floor_table(results)}, indent=1) + "\n")
+    out.with_suffix(".md").write_text(f"{table(results)}\n\n{floor_table(results)}\n")
 
 
 if __name__ == "__main__":
