@@ -269,8 +269,11 @@ def main() -> None:
 
 
 def write(out: Path, results: list[dict]) -> None:
-    """The JSON results and, beside them, the two tables in markdown."""
-    out.write_text(json.dumps({"results": results, "table": table(results), "nf4_floor": floor_table(results)}, indent=1) + "\n")
+    """The JSON results and, beside them, the two tables in markdown; other keys already in the JSON (notes, earlier
+    rows kept by hand) stay."""
+    kept = json.loads(out.read_text()) if out.is_file() else {}
+    kept.update({"results": results, "table": table(results), "nf4_floor": floor_table(results)})
+    out.write_text(json.dumps(kept, indent=1) + "\n")
     out.with_suffix(".md").write_text(f"{table(results)}\n\n{floor_table(results)}\n")
 
 

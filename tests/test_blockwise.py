@@ -9,7 +9,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from sparse_adapter.adapters import LoRAConfig
 from sparse_adapter.backbones import second_order_attention
-from sparse_adapter.pruning import PrunerConfig, blockwise, prune
+from sparse_adapter.peft import model_loss
+from sparse_adapter.pruning import PrunerConfig, blockwise, lm_head, prune
 from sparse_adapter.pruning.allocation import select
 from sparse_adapter.pruning.scorers import grasp_scores, summed_gradients
 
@@ -106,3 +107,79 @@ def test_snip_scores_with_gradient_checkpointing_when_the_model_trains_with_it()
         blockwise._BlockVJP.forward = staticmethod(original)
     assert len(recomputed) == 2 * SHAPES["llama"]["num_hidden_layers"]
     assert all(torch.equal(plain[name], checkpointed[name]) for name in params)
+
+
+def labelled(batches, ignored=3):
+    """Dict batches whose labels ignore the first ``ignored`` positions (a prompt), as SFT's."""
+    out = []
+    for ids in batches:
+        labels = ids.clone()
+        labels[:, :ignored] = -100
+        out.append({"input_ids": ids, "labels": labels})
+    return out
+
+
+def lm_loss(model, smoothing=0.0, extra=0.0):
+    """The causal-LM loss with logits / T; ``smoothing`` or an ``extra`` term (zero in value, not in gradient) make it
+    another function than the head lm_head rebuilds."""
+
+    def loss_fn(batch, temperature=1.0):
+        logits = model(input_ids=batch["input_ids"]).logits[:, :-1] / temperature  # fp64 stays fp64, as SFT's loss
+        loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"][:, 1:].flatten(), label_smoothing=smoothing)
+        return loss + extra * (logits - logits.detach()).sum()
+
+    return loss_fn
+
+
+def counting(monkeypatch, name):
+    """The chunked head's calls of ``name``, each as the temperature it ran at."""
+    calls = []
+    original = getattr(lm_head.ChunkedHead, name)
+    monkeypatch.setattr(lm_head.ChunkedHead, name, lambda self, *a: calls.append(self.temperature) or original(self, *a))
+    return calls
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
+def test_grasp_takes_a_causal_lms_head_in_token_chunks_with_the_plain_scores_and_masks(model_type, monkeypatch):
+    model, params, _, ids = causal_lm(model_type, torch.float64)
+    batches, loss_fn = labelled(ids), lm_loss(model)
+    monkeypatch.setattr(lm_head, "CHUNK_BYTES", 97 * 8 * 5)  # 5 tokens a chunk: 2 × 9 kept tokens in 4 chunks
+    chunks = counting(monkeypatch, "losses")
+    products = counting(monkeypatch, "hessian_vector")
+    double_backward = partial(second_order_attention, model)
+    reference = reference_grasp(params, loss_fn, batches, 200.0, double_backward)
+    scores = grasp_scores(params, loss_fn, batches, temperature=200.0, double_backward=double_backward, model=model)
+    assert len(products) == 2 and len(chunks) == 2 * 2 * 4  # each batch: 4 chunks for the value check, 4 for H u
+    for name in params:
+        torch.testing.assert_close(scores[name], reference[name], rtol=1e-9, atol=1e-15)
+    masks, expected = (select(s, 0.4, "global", torch.Generator().manual_seed(3), 0.0) for s in (scores, reference))
+    assert all(torch.equal(masks[name], expected[name]) for name in params)
+
+
+def test_grasp_through_peft_chunks_the_head_of_the_models_own_loss(monkeypatch):
+    """PEFT's closure returns the model's loss (at temperature 1 for a causal LM; fp32, as transformers computes it)."""
+    model, params, _, ids = causal_lm("qwen2", torch.float64)
+    batches, loss_fn = labelled(ids[:1]), model_loss(model)
+    products = counting(monkeypatch, "hessian_vector")
+    double_backward = partial(second_order_attention, model)
+    reference = reference_grasp(params, loss_fn, batches, 200.0, double_backward)
+    scores = grasp_scores(params, loss_fn, batches, temperature=200.0, double_backward=double_backward, model=model)
+    assert products == [1.0]
+    for name in params:  # fp32 logits in both: equal to fp32's rounding
+        torch.testing.assert_close(scores[name], reference[name], rtol=1e-5, atol=1e-5 * float(reference[name].abs().max()))
+    masks, expected = (select(s, 0.4, "global", torch.Generator().manual_seed(3), 0.0) for s in (scores, reference))
+    assert all(torch.equal(masks[name], expected[name]) for name in params)
+
+
+@pytest.mark.parametrize("variant", [dict(smoothing=0.1), dict(extra=1e-3)])
+def test_grasp_keeps_the_plain_head_when_the_closures_loss_is_another(variant, monkeypatch):
+    """Label smoothing fails the value check; an extra term equal in value fails the gradient check (a second pass)."""
+    model, params, _, ids = causal_lm("qwen2", torch.float64)
+    batches, loss_fn = labelled(ids[:1]), lm_loss(model, **variant)
+    products = counting(monkeypatch, "hessian_vector")
+    double_backward = partial(second_order_attention, model)
+    reference = reference_grasp(params, loss_fn, batches, 200.0, double_backward)
+    scores = grasp_scores(params, loss_fn, batches, temperature=200.0, double_backward=double_backward, model=model)
+    assert len(products) == (1 if "extra" in variant else 0)
+    for name in params:
+        torch.testing.assert_close(scores[name], reference[name], rtol=1e-9, atol=1e-15)

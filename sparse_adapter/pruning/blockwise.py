@@ -13,7 +13,8 @@ which needs no graph of more than one block at a time:
 * the forward pass carries the tangent u = J g from block to block (each block's Jacobian-vector product
   by the double-vjp trick, its graph freed at once) and keeps only each block's input;
 * the head's Hessian-vector product H_head u is the only double backward over the head, freed before
-  the blocks are touched;
+  the blocks are touched (a causal LM's, where its loss is checked to be the closure's, token chunk by chunk:
+  ``lm_head``; its Hessian is block-diagonal over tokens);
 * the backward pass recomputes each block from its saved input, twice differentiable, one block at a time
   (``_Block`` / ``_BlockVJP``: gradient checkpointing that also supports a double backward).
 
@@ -30,6 +31,8 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+
+from sparse_adapter.pruning.lm_head import chunked_head
 
 
 def block_stack(model: nn.Module | None, tensors: Sequence[torch.Tensor]) -> list[nn.Module] | None:
@@ -182,9 +185,10 @@ class _Unsupported(Exception):
 
 
 def hessian_gradient(model: nn.Module | None, tensors: Sequence[torch.Tensor], g_stop: Sequence[torch.Tensor],
-                     loss_fn: Callable, batch, temperature: float) -> list[torch.Tensor] | None:
+                     loss_fn: Callable, batch, temperature: float, chunked: bool = True) -> list[torch.Tensor] | None:
     """Hg of one batch over ``tensors`` (the gradient of g_stop · ∇L), block by block; None when the model is
-    not a stack of blocks holding every tensor (the caller then takes the plain double backward)."""
+    not a stack of blocks holding every tensor (the caller then takes the plain double backward). A causal LM's
+    head runs token chunk by chunk where its loss is checked to be the closure's (``lm_head``; ``chunked``)."""
     blocks = block_stack(model, tensors)
     if blocks is None:
         return None
@@ -193,13 +197,22 @@ def hessian_gradient(model: nn.Module | None, tensors: Sequence[torch.Tensor], g
     h, u = state["h"], state["u"]
     if state["failed"] or h is None:
         return plain_hessian_gradient(loss, tensors, g_stop)
-    v = torch.autograd.grad(loss, h, create_graph=True, allow_unused=True)[0]
+    head = chunked_head(model, batch, h, loss, temperature) if chunked and loss.requires_grad else None
+    v = torch.autograd.grad(loss, h, create_graph=head is None, allow_unused=True)[0]
     if v is None:  # the loss does not depend on the blocks, so not on the tensors
         return [torch.zeros_like(t) for t in tensors]
-    # H_head u: the head's one double backward, freed (with the loss's graph above h) before the blocks are touched
-    w = torch.autograd.grad(v, h, u)[0] if v.requires_grad else torch.zeros_like(h)
+    # H_head u: the head's double backward (token chunk by chunk where it can), freed with the loss's graph above h
+    # before the blocks are touched
+    if head is not None:
+        del loss
+        w = head.hessian_vector(h, u, v)
+        if w is None:  # the rebuilt loss's gradient is not the closure's: the whole pass again, the plain head
+            del h, u, v, state
+            return hessian_gradient(model, tensors, g_stop, loss_fn, batch, temperature, chunked=False)
+    else:
+        w = torch.autograd.grad(v, h, u)[0] if v.requires_grad else torch.zeros_like(h)
+        del loss
     v = v.detach()
-    del loss
     first = torch.autograd.grad(h, tensors, v, create_graph=True, allow_unused=True)
     dot = [(f * g).sum() for f, g in zip(first, g_stop) if f is not None and f.requires_grad]
     outputs, seeds = [h], [w]

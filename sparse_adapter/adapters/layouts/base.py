@@ -56,6 +56,9 @@ class Layout:
     ffn_module: str | None = None
     # any other attachment point, by name: what a variant outside this package needs (``Layout.point``)
     points: dict[str, Target] = field(default_factory=dict)
+    # a causal LM's final norm (path from the base model), between the last block and the output embeddings:
+    # with it the LM head is a per-token function of the last block's output (pruning.lm_head: GraSP in chunks)
+    final_norm: str | None = None
 
     def point(self, name: str):
         """The attachment point ``name`` (a named field or one of ``points``); None if this part lacks it."""

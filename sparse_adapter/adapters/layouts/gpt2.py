@@ -23,6 +23,7 @@ DECODER = Layout(
     scaled={"key": Slice(_QKV, 1, 3), "value": Slice(_QKV, 2, 3)},
     scaled_input={"ffn": "mlp.c_proj"},
     ffn_module="mlp",
+    final_norm="ln_f",
 )
 
 PARTS = {"decoder": DECODER}

@@ -27,6 +27,7 @@ DECODER = Layout(
     scaled={"key": "self_attn.k_proj", "value": "self_attn.v_proj"},
     scaled_input={"ffn": "mlp.down_proj"},  # act(gate) ⊙ up: the FFN activation
     ffn_module="mlp",
+    final_norm="norm",
 )
 
 PARTS = {"decoder": DECODER}
