@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import re
 from pathlib import Path
 
@@ -15,18 +16,34 @@ RUN_FOLDER = re.compile(r"(?:offline-)?run-(\d{8}_\d{6})-(\w+)")  # W&B's folder
 
 
 class _ContinuedWriter(ExperimentWriter):
-    """Writes the rows of an earlier, interrupted process first, up to where this process logs again."""
+    """Writes the rows of an earlier, interrupted process first, up to where this process logs again.
+
+    Lightning's writer deletes ``metrics.csv`` when it starts; this one leaves it in place until its first save
+    replaces it, whole, with the merged rows (written beside it, then renamed): a process killed before that save
+    loses nothing."""
 
     def __init__(self, log_dir: str, earlier: list[dict]):
-        super().__init__(log_dir)  # deletes metrics.csv: ``earlier`` was read before
         self.earlier: list[dict] | None = earlier
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        """The earlier rows stay on disk until ``save`` has them in the new file."""
 
     def save(self) -> None:
-        if self.earlier is not None and self.metrics:
-            resumed_at = min(int(row["step"]) for row in self.metrics)  # rows from here on are logged again
-            self.metrics = [row for row in self.earlier if int(row["step"]) < resumed_at] + self.metrics
-            self.earlier = None
-        super().save()
+        if self.earlier is None or not self.metrics:
+            super().save()
+            return
+        resumed_at = min(int(row["step"]) for row in self.metrics)  # rows from here on are logged again
+        self.metrics = [row for row in self.earlier if int(row["step"]) < resumed_at] + self.metrics
+        self.earlier = None
+        self._record_new_keys()
+        partial = Path(self.metrics_file_path).with_name(self.NAME_METRICS_FILE + ".partial")
+        with partial.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=self.metrics_keys)
+            writer.writeheader()
+            writer.writerows(self.metrics)
+        os.replace(partial, self.metrics_file_path)
+        self.metrics = []
 
 
 class CSVLogger(LightningCSVLogger):
