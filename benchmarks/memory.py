@@ -8,9 +8,13 @@ Models are built from the real configs' shapes (Qwen2.5-0.5B, Llama-3.2-1B; writ
 downloaded) with random weights, as causal LMs; LoRA r=16 (alpha 32) on every projection of every block
 (q, k, v, o, gate, up, down, as QLoRA), N(0, 0.02) factors (non-zero, so SNIP/GraSP see no ties).
 One batch of 1 × 512 random tokens with the LM loss. Measures:
-  train    one forward + backward + AdamW step (masks held by ``hold_masks``, as in training), in train mode and
+  train    two forward + backward + AdamW steps (masks held by ``hold_masks``, as in training), in train mode and
            without gradient checkpointing (the library's default, ``backbone.gradient_checkpointing=false``); the loss
-           is the SFT task's (logits / 1, cross-entropy), as its ``training_step`` computes it
+           is the SFT task's (logits / 1, cross-entropy), as its ``training_step`` computes it. The peak is the
+           second step's (training's steady state: AdamW's two moments resident through forward and backward); the
+           first step's, before any optimizer state exists, is reported as ``first_step_peak_mib``
+  train_gc the same two steps with gradient checkpointing (``backbone.gradient_checkpointing=true``; QLoRA's recipe,
+           PEFT's ``prepare_model_for_kbit_training`` turns it on by default)
   snip / grasp / synflow   ``prune`` at s=0.4 over ``--batches`` such batches, in eval mode (as PruneAtInit scores).
            GraSP's Hessian-gradient pass runs block by block (``sparse_adapter.pruning.blockwise``: one block's
            graph at a time, recomputed from its input; SDPA's math kernel)
@@ -44,7 +48,7 @@ SHAPES = {  # from the models' config.json (hub), shapes only
                          max_position_embeddings=131072, rope_theta=500000.0, tie_word_embeddings=True, rms_norm_eps=1e-5),
 }
 PRECISIONS = ("fp32", "nf4")
-MEASURES = ("train", "snip", "grasp", "synflow", "baseline")
+MEASURES = ("train", "train_gc", "snip", "grasp", "synflow", "baseline")
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 SEQUENCE = 512
 # glibc raises its mmap threshold after each large free, so later large tensors come from heap arenas that are never
@@ -119,6 +123,7 @@ def measure(shape: str, precision: str, what: str, device: str, batches: int = 2
 
     import torch
 
+    from sparse_adapter.backbones import checkpointing
     from sparse_adapter.hold import hold_masks
     from sparse_adapter.pruning import PrunerConfig, prune
 
@@ -141,14 +146,18 @@ def measure(shape: str, precision: str, what: str, device: str, batches: int = 2
     resident = current_mib(device)
     reset_peak(device)
     start = time.perf_counter()
-    if what == "train":
+    if what in ("train", "train_gc"):
+        checkpointing(model, what == "train_gc")
         model.train()
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.1)
         masks = {n: torch.rand(p.shape, device=p.device) >= 0.4 for n, p in params.items()}
         hold = hold_masks(optimizer, params, masks)
-        _tempered_loss(model, batch(vocab, device, 0), 1.0).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        for step in range(2):  # the first step creates AdamW's moments; every later step holds them throughout
+            _tempered_loss(model, batch(vocab, device, step), 1.0).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if step == 0:
+                first_step = peak_mib(device)
         hold.remove()
     else:
         model.eval()
@@ -158,9 +167,11 @@ def measure(shape: str, precision: str, what: str, device: str, batches: int = 2
                       batches=scoring, seed=0, model=model)
         assert sum(int(m.sum()) for m in masks.values()) > 0
     seconds = time.perf_counter() - start
-    return {"shape": shape, "precision": precision, "measure": what, "device": device, "peak_mib": round(peak_mib(device), 1),
+    training = what in ("train", "train_gc")
+    extra = {"first_step_peak_mib": round(first_step, 1)} if training else {}
+    return {"shape": shape, "precision": precision, "measure": what, "device": device, "peak_mib": round(peak_mib(device), 1), **extra,
             "model_resident_mib": round(resident, 1), "seconds": round(seconds, 2), "threads": torch.get_num_threads(),
-            "adapter_weights": sum(p.numel() for p in params.values()), "scoring_batches": 0 if what == "train" else batches}
+            "adapter_weights": sum(p.numel() for p in params.values()), "scoring_batches": 0 if training else batches}
 
 
 def _tempered_loss(model, batch, temperature: float):
@@ -188,11 +199,12 @@ def weights_mib(shape: str) -> dict:
 
 
 def floor_table(results: list[dict]) -> str:
-    """Why NF4's training peak cannot reach 0.4× fp32's here: the activations (the same in both, compute in fp32)
-    plus the process and the packed body already exceed it, even with the fp32 embedding taken away entirely."""
+    """Why NF4's training peak cannot reach 0.4× fp32's here: what training adds above the resident model (activations,
+    computed in fp32 in both precisions; LoRA gradients; AdamW's moments) plus the process, the packed body and the
+    LoRA weights already exceed it, even with the fp32 embedding taken away entirely."""
     by = {(r["shape"], r["precision"], r["measure"]): r for r in results}
-    lines = ["| shape | fp32 train peak | 0.4 × fp32 | process (imports) | activations (fp32 peak - resident) | NF4 body | "
-             "LoRA + grads | embedding fp32 | NF4 floor without the embedding | measured NF4 peak |",
+    lines = [("| shape | fp32 train peak | 0.4 × fp32 | process (imports) | training above the model (fp32 peak - resident) | NF4 body | "
+              "LoRA | embedding fp32 | NF4 floor without the embedding | measured NF4 peak |"),
              "|---|---|---|---|---|---|---|---|---|---|"]
     for shape in SHAPES:
         fp32, nf4 = by.get((shape, "fp32", "train")), by.get((shape, "nf4", "train"))
@@ -201,17 +213,41 @@ def floor_table(results: list[dict]) -> str:
             continue
         w = weights_mib(shape)
         activations = fp32["peak_mib"] - fp32["model_resident_mib"]
-        floor = base["peak_mib"] + activations + w["body_nf4"] + 2 * w["lora"]
+        floor = base["peak_mib"] + activations + w["body_nf4"] + w["lora"]
         lines.append(f"| {shape} | {fp32['peak_mib']:.0f} | {0.4 * fp32['peak_mib']:.0f} | {base['peak_mib']:.0f} | {activations:.0f} "
-                     f"| {w['body_nf4']:.0f} | {2 * w['lora']:.0f} | {w['embedding']:.0f} | {floor:.0f} ({floor / fp32['peak_mib']:.2f}×) "
+                     f"| {w['body_nf4']:.0f} | {w['lora']:.0f} | {w['embedding']:.0f} | {floor:.0f} ({floor / fp32['peak_mib']:.2f}×) "
                      f"| {nf4['peak_mib']:.0f} ({nf4['peak_mib'] / fp32['peak_mib']:.2f}×) |")
     return "\n".join(lines)
 
 
+def checkpointing_table(results: list[dict]) -> str:
+    """The training step with gradient checkpointing (``train_gc``) beside the one without, in both precisions; the NF4
+    floor with checkpointing (as ``floor_table``'s, without the fp32 embedding); and QLoRA's usual comparison, NF4 with
+    checkpointing against fp32 without."""
+    by = {(r["shape"], r["precision"], r["measure"]): r for r in results}
+    base = next((r for r in results if r["measure"] == "baseline"), None)
+    lines = [("| shape | fp32 train | fp32 train_gc | nf4 train | nf4 train_gc | nf4/fp32, both checkpointed "
+              "| NF4 floor checkpointed, without the embedding | nf4 train_gc / fp32 train |"), "|---|---|---|---|---|---|---|---|"]
+    for shape in SHAPES:
+        fp32, fp32_gc, nf4, nf4_gc = (by.get((shape, precision, m)) for precision in PRECISIONS for m in ("train", "train_gc"))
+        if not (fp32_gc and nf4_gc):
+            continue
+        w = weights_mib(shape)
+        floor = "-"
+        if base:
+            value = base["peak_mib"] + fp32_gc["peak_mib"] - fp32_gc["model_resident_mib"] + w["body_nf4"] + w["lora"]
+            floor = f"{value:.0f} ({value / fp32_gc['peak_mib']:.2f}×)"
+        peaks = [f"{c['peak_mib']:.0f}" if c else "-" for c in (fp32, fp32_gc, nf4, nf4_gc)]
+        qlora = f"{nf4_gc['peak_mib'] / fp32['peak_mib']:.2f}" if fp32 else "-"
+        lines.append(f"| {shape} | {' | '.join(peaks)} | {nf4_gc['peak_mib'] / fp32_gc['peak_mib']:.2f} | {floor} | {qlora} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def table(results: list[dict]) -> str:
     by = {(r["shape"], r["precision"], r["measure"]): r for r in results}
-    lines = ["| shape | precision | model resident MiB | train peak MiB | snip | grasp | synflow | scorers <= train | nf4/fp32 train |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [("| shape | precision | model resident MiB | train peak MiB (2nd step) | 1st step | snip | grasp | synflow | scorers <= train "
+              "| nf4/fp32 train |"),
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for shape in SHAPES:
         for precision in PRECISIONS:
             train = by.get((shape, precision, "train"))
@@ -223,7 +259,8 @@ def table(results: list[dict]) -> str:
             ok = "not all measured" if None in scorers else \
                 "yes" if all(s["peak_mib"] <= train["peak_mib"] for s in scorers) else "no"
             cells = [f"{s['peak_mib']:.0f}" if s else "-" for s in scorers]
-            lines.append(f"| {shape} | {precision} | {train['model_resident_mib']:.0f} | {train['peak_mib']:.0f} | {' | '.join(cells)} "
+            first = f"{train['first_step_peak_mib']:.0f}" if "first_step_peak_mib" in train else "-"
+            lines.append(f"| {shape} | {precision} | {train['model_resident_mib']:.0f} | {train['peak_mib']:.0f} | {first} | {' | '.join(cells)} "
                          f"| {ok} | {ratio} |")
     return "\n".join(lines)
 
@@ -254,7 +291,7 @@ def main() -> None:
             for what in args.measures:
                 command = [sys.executable, __file__, "--one", "--shapes", shape, "--precisions", precision, "--measures", what,
                            "--device", args.device, "--threads", str(args.threads), "--batches", str(args.batches)]
-                done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, **ALLOCATOR))
+                done = subprocess.run(command, check=False, capture_output=True, text=True, env=dict(os.environ, **ALLOCATOR))
                 line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
                 if line is None:
                     error = (done.stderr.strip().splitlines() or ["no output"])[-1]
@@ -265,16 +302,31 @@ def main() -> None:
                 print(json.dumps(new), flush=True)
                 write(out, results)  # after each one
     write(out, results)
-    print(table(results) + "\n\n" + floor_table(results))
+    print(tables(results))
+
+
+BEGIN, END = "<!-- tables written by benchmarks/memory.py: begin -->", "<!-- tables written by benchmarks/memory.py: end -->"
+
+
+def tables(results: list[dict]) -> str:
+    return "\n\n".join(t for t in (table(results), floor_table(results), checkpointing_table(results)) if t)
 
 
 def write(out: Path, results: list[dict]) -> None:
-    """The JSON results and, beside them, the two tables in markdown; other keys already in the JSON (notes, earlier
-    rows kept by hand) stay."""
+    """The JSON results and, beside them, the tables in markdown; other keys already in the JSON (notes, earlier rows
+    kept by hand) stay, and so does the markdown's hand-written text outside the BEGIN/END markers."""
     kept = json.loads(out.read_text()) if out.is_file() else {}
-    kept.update({"results": results, "table": table(results), "nf4_floor": floor_table(results)})
+    kept.update({"results": results, "table": table(results), "nf4_floor": floor_table(results),
+                 "checkpointing": checkpointing_table(results)})
     out.write_text(json.dumps(kept, indent=1) + "\n")
-    out.with_suffix(".md").write_text(f"{table(results)}\n\n{floor_table(results)}\n")
+    markdown = out.with_suffix(".md")
+    text = markdown.read_text() if markdown.is_file() else ""
+    block = f"{BEGIN}\n{tables(results)}\n{END}"
+    if BEGIN in text and END in text:
+        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    else:
+        text = f"{block}\n{text}"
+    markdown.write_text(text)
 
 
 if __name__ == "__main__":
