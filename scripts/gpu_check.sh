@@ -27,7 +27,7 @@ job=$?
 timeout 60 $py train.py backbone=tiny-llama backbone.quantization=nf4 backbone.compute_dtype=bfloat16 adapter=lora task=rte \
   trainer.accelerator=gpu trainer.max_steps=20 data.max_train_samples=256 logger=csv "hydra.run.dir=$work/nf4" > "$work/nf4.log" 2>&1
 nf4=$?
-timeout 200 $py benchmarks/memory.py --device cuda --shapes llama-3.2-1b --out "$work/memory.json" > "$work/memory.log" 2>&1
+timeout 200 $py benchmarks/memory.py --device cuda --shapes llama-3.2-1b --measures train snip grasp synflow --out "$work/memory.json" > "$work/memory.log" 2>&1
 memory=$?
 fsdp=skipped
 if [ "$($py -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
