@@ -53,10 +53,17 @@ def describe_group(key: str) -> str:
 
 
 def machine_time(runs: list[dict]) -> str:
-    """What the runs cost: the sum of their wall times (a resumed job counts every piece)."""
-    timed = [r["wall_seconds"] for r in runs if r.get("wall_seconds") is not None]
-    return (f"{len(runs)} run{'s' * (len(runs) != 1)}; {sum(timed) / 3600:.1f} h of wall time in the {len(timed)} "
-            "that record it (sum of `wall_seconds`).")
+    """What the runs cost: the sum of their wall times (a resumed job counts every piece), then a job's wall time
+    row by row and task by task (mean, range, jobs)."""
+    timed = [r for r in runs if r.get("wall_seconds") is not None]
+    per_job: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for run in timed:
+        per_job[(row_key(run), run.get("task", "?"))].append(run["wall_seconds"] / 60)
+    jobs = "; ".join(f"{row} on {task} {sum(m) / len(m):.0f} ({min(m):.0f}–{max(m):.0f}, {len(m)})"
+                     for (row, task), m in sorted(per_job.items()))
+    return (f"{len(runs)} run{'s' * (len(runs) != 1)}; {sum(r['wall_seconds'] for r in timed) / 3600:.1f} h of wall time "
+            f"in the {len(timed)} that record it (sum of `wall_seconds`)." + (f" A job, in minutes (mean, range, jobs): {jobs}."
+                                                                             if jobs else ""))
 
 
 Cells = dict[tuple[str, float | None, str], list[float]]

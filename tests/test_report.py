@@ -138,4 +138,8 @@ def test_report_states_the_machine_time_of_each_group(tmp_path):
     write_run(tmp_path, "mrpc", "dense", 1, 0.8, wall_seconds=5400.0)
     write_run(tmp_path, "mrpc", "snip", 1, 0.8, wall_seconds=1800.0)
     write_run(tmp_path, "rte", "snip", 1, 0.6)  # an older run without the field
-    assert "3 runs; 2.0 h of wall time in the 2 that record it" in report(load_summaries([tmp_path]))
+    write_run(tmp_path, "mrpc", "snip", 2, 0.8, wall_seconds=3600.0)
+    text = report(load_summaries([tmp_path]))
+    assert "4 runs; 3.0 h of wall time in the 3 that record it" in text
+    assert "A job, in minutes (mean, range, jobs): dense on mrpc 90 (90–90, 1); snip on mrpc 45 (30–60, 2)." in text
+
