@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from callbacks import FiniteGuard, MaskEnforcement, PruneAtInit, RunState
 from callbacks.interrupt import SignalStop
+from callbacks.last_validation import LastValidation
 from sparse_adapter.adapters.base import merge_adapters
 from sparse_adapter.distributed import unshard_
 from sparse_adapter.errors import ConfigError
@@ -211,13 +212,15 @@ def build(cfg: DictConfig) -> Built:
 
 
 def fit(cfg: DictConfig, built: Built, stop: SignalStop, started: float) -> Fitted:
-    """Prune at initialization (or restore the masks), train with them held, then evaluate the dev set once."""
+    """Prune at initialization (or restore the masks), train with them held, then take the dev metrics of the weights
+    training ended with (the last epoch-end validation's, else one closing ``trainer.validate``)."""
     pruner, sparsity, optimizer, config_dict = built.pruner, built.sparsity, built.optimizer, built.config
     module, datamodule = built.module, built.datamodule
     pruning = PruneAtInit(pruner, sparsity, seed=cfg.seed, resuming=bool(cfg.get("ckpt_path")))
     guard = FiniteGuard(hint=f"lower optimizer.lr (now {optimizer.lr:g}) or check the data")
     run_state = RunState(built.record, started)
-    callbacks = [pruning, MaskEnforcement(), run_state, guard]
+    last_validation = LastValidation()
+    callbacks = [pruning, MaskEnforcement(), run_state, guard, last_validation]
     callbacks += [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     callbacks.append(stop)  # last: a checkpoint callback's own save at the same step comes first
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
@@ -230,7 +233,9 @@ def fit(cfg: DictConfig, built: Built, stop: SignalStop, started: float) -> Fitt
                           precision=built.precision)
     # weights_only: a checkpoint is data
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
-    closing = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+    closing = last_validation.final(trainer, module)  # the epoch-end dev pass after the last step: not scored twice
+    if closing is None:
+        closing = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
     metrics = {k.removeprefix("val/"): float(v) for k, v in closing.items()}
     return Fitted(trainer, metrics, pruning, run_state, loggers)
 

@@ -112,3 +112,11 @@ class KillAt(KillAtStep):
         fitting = trainer.state.fn == "fit"
         if (self.where == "validation" and fitting and trainer.global_step == self.step) or (self.where == "final_validation" and not fitting):
             self._kill()
+
+
+class NudgeAtTrainEnd(L.Callback):
+    """Changes one trained weight after the training loop's last validation (as a weight-averaging callback would)."""
+
+    def on_train_end(self, trainer, pl_module):
+        with torch.no_grad():
+            next(p for p in pl_module.parameters() if p.requires_grad).add_(1.0)
