@@ -43,7 +43,9 @@ class LastValidation(L.Callback):
         self._weights = fingerprint(pl_module)
 
     def final(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float] | None:
-        """The last validation's metrics if it scored the weights training ended with; None: validate again."""
-        if not self.metrics or self.step != trainer.global_step or fingerprint(pl_module) != self._weights:
+        """The last validation's metrics if it scored the weights training ended with; None: validate again. Every
+        process must agree (a validation run by some ranks only would wait forever for the others)."""
+        current = bool(self.metrics) and self.step == trainer.global_step and fingerprint(pl_module) == self._weights
+        if not trainer.strategy.reduce_boolean_decision(current, all=True):
             return None
         return dict(self.metrics)
