@@ -5,7 +5,7 @@ score the dev set a second time in the closing ``trainer.validate``: SQuAD's 10,
 50-minute job on 2 cores, XSum's generation longer. The closing pass is still run whenever training moved on after
 the last validation: a later optimizer step, a validation before the epoch's last batch (``val_check_interval`` < 1),
 a stop by ``max_steps`` mid-epoch, a resume that had nothing left to train, or a callback that changed the trained
-weights afterwards (their fingerprint is compared).
+weights afterwards (their storages and version counters are compared).
 """
 
 from __future__ import annotations
@@ -14,17 +14,16 @@ import lightning as L
 import torch
 
 
-def fingerprint(module: torch.nn.Module) -> tuple[float, ...]:
-    """Sums (plain and of squares, in float64) of the trainable weights (this rank's shard of a DTensor): any change
-    to them after the last validation shows."""
-    values = []
+def fingerprint(module: torch.nn.Module) -> tuple[tuple[int, int], ...]:
+    """Each trainable weight's storage and version counter (this rank's shard of a DTensor): every in-place write
+    (an optimizer step, ``copy_``, ``load_state_dict``) bumps the version, and a swapped tensor has another storage.
+    Free to take, so a billion-weight model pays nothing for it."""
+    marks = []
     for parameter in module.parameters():
         if parameter.requires_grad:
-            local = parameter.detach()
-            local = local.to_local() if hasattr(local, "to_local") else local
-            local = local.double()
-            values += [float(local.sum()), float((local * local).sum())]
-    return tuple(values)
+            local = getattr(parameter, "_local_tensor", parameter)  # a DTensor's own shard, not a fresh view of it
+            marks.append((local.data_ptr(), local._version))
+    return tuple(marks)
 
 
 class LastValidation(L.Callback):
@@ -33,7 +32,7 @@ class LastValidation(L.Callback):
     def __init__(self):
         self.step: int | None = None
         self.metrics: dict[str, float] = {}
-        self._weights: tuple[float, ...] = ()
+        self._weights: tuple[tuple[int, int], ...] = ()
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
