@@ -87,6 +87,18 @@ def finished_summary(directory: Path) -> dict | None:
     return summary if summary and summary.get("status") == "complete" else None
 
 
+def exclusive_lock(directory: Path, in_use: str) -> int:
+    """An flock on the folder, held until released or until the process exits (the kernel drops it then, even after
+    SIGKILL); the ConfigError ``in_use`` when another process holds it. Returns the descriptor that holds it."""
+    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise ConfigError(in_use) from None
+    return descriptor
+
+
 def claim(directory: Path, resuming: bool) -> None:
     """Lock ``directory`` for this process, refusing a directory in use, finished, or interrupted.
 
@@ -97,13 +109,7 @@ def claim(directory: Path, resuming: bool) -> None:
     if directory in _held:
         return
     check_writable(directory)
-    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(descriptor)
-        raise ConfigError(f"hydra.run.dir: {directory} is in use by a running run; choose another directory") from None
-    _held[directory] = descriptor
+    _held[directory] = exclusive_lock(directory, f"hydra.run.dir: {directory} is in use by a running run; choose another directory")
     try:
         if finished_summary(directory):
             raise ConfigError(

@@ -14,10 +14,8 @@ record is a file in the job's directory, wherever the job ran.
 
 from __future__ import annotations
 
-import fcntl
 import itertools
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -27,6 +25,7 @@ from omegaconf import DictConfig
 
 from sparse_adapter.errors import ConfigError
 from sparse_adapter.registry import load_plugins
+from tasks.rundir import exclusive_lock
 
 FAILED = "failed.json"
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
@@ -76,13 +75,8 @@ def lock_sweep_dir(directory: Path) -> None:
     if directory in _sweep_locks:
         return
     directory.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(descriptor)
-        raise ConfigError(f"hydra.sweep.dir: {directory} is in use by a running sweep; wait for it or choose another hydra.sweep.dir") from None
-    _sweep_locks[directory] = descriptor
+    _sweep_locks[directory] = exclusive_lock(
+        directory, f"hydra.sweep.dir: {directory} is in use by a running sweep; wait for it or choose another hydra.sweep.dir")
 
 
 def check_points(overrides: list[str]) -> int:
