@@ -7,7 +7,11 @@
 Models are built from the real configs' shapes (Qwen2.5-0.5B, Llama-3.2-1B; written out below, nothing is
 downloaded) with random weights, as causal LMs; LoRA r=16 (alpha 32) on every projection of every block
 (q, k, v, o, gate, up, down, as QLoRA), N(0, 0.02) factors (non-zero, so SNIP/GraSP see no ties).
-One batch of 1 × 512 random tokens with the LM loss. Measures:
+One batch of 1 × 512 random tokens with the LM loss. Precisions: fp32; nf4 (NF4 body, fp32 compute); nf4-bf16 (NF4 body
+with bf16 compute and the step under bf16 autocast, as ``precision=auto`` runs it where the CPU or GPU has bf16 units;
+the library's bf16-mixed path: fp32 weights and adapters); nf4-bf16-model (every weight outside the NF4 body, LoRA
+included, in bf16, no autocast: a model loaded with ``torch_dtype=bfloat16`` as QLoRA recipes load it; the library
+itself keeps fp32 adapters, so this row is a reference, not a supported setting). Measures:
   train    two forward + backward + AdamW steps (masks held by ``hold_masks``, as in training), in train mode and
            without gradient checkpointing (the library's default, ``backbone.gradient_checkpointing=false``); the loss
            is the SFT task's (logits / 1, cross-entropy), as its ``training_step`` computes it. The peak is the
@@ -47,7 +51,7 @@ SHAPES = {  # from the models' config.json (hub), shapes only
                          num_attention_heads=32, num_key_value_heads=8, head_dim=64, vocab_size=128256,
                          max_position_embeddings=131072, rope_theta=500000.0, tie_word_embeddings=True, rms_norm_eps=1e-5),
 }
-PRECISIONS = ("fp32", "nf4")
+PRECISIONS = ("fp32", "nf4", "nf4-bf16", "nf4-bf16-model")
 MEASURES = ("train", "train_gc", "snip", "grasp", "synflow", "baseline")
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 SEQUENCE = 512
@@ -100,12 +104,13 @@ def build(shape: str, precision: str, device: str):
     settings = dict(SHAPES[shape])
     config = AutoConfig.for_model(settings.pop("model_type"), **settings)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32)
+    dtype = torch.bfloat16 if precision == "nf4-bf16-model" else torch.float32
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=dtype)
     for parameter in model.parameters():  # causal-LM heads are pretrained: frozen, as the body
         parameter.requires_grad_(False)
     prunable = LoRAConfig(r=16, alpha=32, targets=TARGETS, init="bert").attach(model)
-    if precision == "nf4":
-        quantize_backbone(model, Quantization("nf4", compute_dtype="float32"))
+    if precision.startswith("nf4"):
+        quantize_backbone(model, Quantization("nf4", compute_dtype="float32" if precision == "nf4" else "bfloat16"))
     model.to(device)
     return model, prunable
 
@@ -146,6 +151,7 @@ def measure(shape: str, precision: str, what: str, device: str, batches: int = 2
     resident = current_mib(device)
     reset_peak(device)
     start = time.perf_counter()
+    bf16 = precision == "nf4-bf16"  # the step as precision=auto runs it on bf16 hardware: bf16-mixed autocast
     if what in ("train", "train_gc"):
         checkpointing(model, what == "train_gc")
         model.train()
@@ -153,7 +159,10 @@ def measure(shape: str, precision: str, what: str, device: str, batches: int = 2
         masks = {n: torch.rand(p.shape, device=p.device) >= 0.4 for n, p in params.items()}
         hold = hold_masks(optimizer, params, masks)
         for step in range(2):  # the first step creates AdamW's moments; every later step holds them throughout
-            _tempered_loss(model, batch(vocab, device, step), 1.0).backward()
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+                loss = _tempered_loss(model, batch(vocab, device, step), 1.0)
+            loss.backward()
+            del loss
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if step == 0:
@@ -229,7 +238,7 @@ def checkpointing_table(results: list[dict]) -> str:
     lines = [("| shape | fp32 train | fp32 train_gc | nf4 train | nf4 train_gc | nf4/fp32, both checkpointed "
               "| NF4 floor checkpointed, without the embedding | nf4 train_gc / fp32 train |"), "|---|---|---|---|---|---|---|---|"]
     for shape in SHAPES:
-        fp32, fp32_gc, nf4, nf4_gc = (by.get((shape, precision, m)) for precision in PRECISIONS for m in ("train", "train_gc"))
+        fp32, fp32_gc, nf4, nf4_gc = (by.get((shape, precision, m)) for precision in ("fp32", "nf4") for m in ("train", "train_gc"))
         if not (fp32_gc and nf4_gc):
             continue
         w = weights_mib(shape)
@@ -255,7 +264,7 @@ def table(results: list[dict]) -> str:
                 continue
             scorers = [by.get((shape, precision, m)) for m in ("snip", "grasp", "synflow")]
             fp32 = by.get((shape, "fp32", "train"))
-            ratio = f"{train['peak_mib'] / fp32['peak_mib']:.2f}" if precision == "nf4" and fp32 else ""
+            ratio = f"{train['peak_mib'] / fp32['peak_mib']:.2f}" if precision != "fp32" and fp32 else ""
             ok = "not all measured" if None in scorers else \
                 "yes" if all(s["peak_mib"] <= train["peak_mib"] for s in scorers) else "no"
             cells = [f"{s['peak_mib']:.0f}" if s else "-" for s in scorers]
