@@ -152,7 +152,8 @@ def measure(shape: str, precision: str, what: str, device: str, batches: int = 2
     reset_peak(device)
     start = time.perf_counter()
     bf16 = precision == "nf4-bf16"  # the step as precision=auto runs it on bf16 hardware: bf16-mixed autocast
-    if what in ("train", "train_gc"):
+    training = what in ("train", "train_gc")
+    if training:
         checkpointing(model, what == "train_gc")
         model.train()
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.1)
@@ -176,7 +177,6 @@ def measure(shape: str, precision: str, what: str, device: str, batches: int = 2
                       batches=scoring, seed=0, model=model)
         assert sum(int(m.sum()) for m in masks.values()) > 0
     seconds = time.perf_counter() - start
-    training = what in ("train", "train_gc")
     extra = {"first_step_peak_mib": round(first_step, 1)} if training else {}
     return {"shape": shape, "precision": precision, "measure": what, "device": device, "peak_mib": round(peak_mib(device), 1), **extra,
             "model_resident_mib": round(resident, 1), "seconds": round(seconds, 2), "threads": torch.get_num_threads(),
