@@ -11,7 +11,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from sparse_adapter.adapters import HoulsbyConfig, IA3Config, LoRAConfig, PrefixConfig
 from sparse_adapter.errors import ConfigError
-from sparse_adapter.pruning.scorers import checkpointing
+from sparse_adapter.pruning.scorers import is_checkpointing
 from tests.test_architectures_train import backbone_from
 
 DECODERS = ["tiny-llama", "tiny-qwen3", "tiny-gpt2"]
@@ -189,7 +189,7 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_trains_with_masks(t
             model.train()
             torch.manual_seed(3)
             prunable = adapter.attach(model)
-            assert checkpointing(model) == checkpointed
+            assert is_checkpointing(model) == checkpointed
             model(**batch_of(tokenizer), labels=torch.tensor([0, 1])).loss.backward()
             named = dict(model.named_parameters())
             grads[checkpointed] = {n: named[n].grad.clone() for n in prunable}

@@ -54,7 +54,7 @@ def magnitude_scores(params: dict[str, nn.Parameter], **_) -> dict[str, torch.Te
     return {name: p.detach().abs() for name, p in params.items()}
 
 
-def checkpointing(model: nn.Module | None) -> bool:
+def is_checkpointing(model: nn.Module | None) -> bool:
     """Whether an HF model trains with activation checkpointing (transformers 5 renamed the property)."""
     for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):  # the old name warns in transformers 5
         if hasattr(type(model), name):
@@ -72,7 +72,7 @@ def summed_gradients(params: Sequence[nn.Parameter], loss_fn: LossFn, batches: I
     saved = [p.grad for p in params]
     for p in params:
         p.grad = None
-    blocks = block_stack(model, params) if checkpointing(model) else None
+    blocks = block_stack(model, params) if is_checkpointing(model) else None
     try:
         for batch in batches:
             with checkpointed_blocks(model, blocks, params) if blocks else nullcontext():
