@@ -3,6 +3,10 @@
 ``PretrainedBackbone`` loads a local path, an installed weights package (the offline MiniLM) or a
 hub name; ``RandomBackbone`` builds a tiny randomly initialised model from a config, for tests.
 Offline, a hub name fails fast with a message instead of retrying for a minute.
+
+``dtype`` stores the body in bfloat16 or float16 (``backbone.dtype``, transformers' ``dtype``): half the
+memory of the frozen weights. What trains stays fp32 (``adapters.base.train_in_fp32``): adapters cast
+their input up and their output back, a task head casts its input up.
 """
 
 from __future__ import annotations
@@ -35,6 +39,29 @@ TASK_HEADS.register("sequence-classification", TaskHead("AutoModelForSequenceCla
 TASK_HEADS.register("question-answering", TaskHead("AutoModelForQuestionAnswering", "QUESTION_ANS"))
 TASK_HEADS.register("seq2seq-lm", TaskHead("AutoModelForSeq2SeqLM", "SEQ_2_SEQ_LM"))
 TASK_HEADS.register("causal-lm", TaskHead("AutoModelForCausalLM", "CAUSAL_LM"))
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def storage_dtype(name: str):
+    """``backbone.dtype``'s torch dtype, or one error line."""
+    if name not in DTYPES:
+        raise ConfigError(f"backbone.dtype={name!r} is unknown (choose from {', '.join(DTYPES)})")
+    import torch
+
+    return getattr(torch, name)
+
+
+def config_problem(cfg: dict) -> str | None:
+    """A half-precision body needs an adapter: with ``adapter=none`` every weight trains, and trained weights stay fp32."""
+    dtype = (cfg.get("backbone") or {}).get("dtype", "float32") or "float32"
+    if dtype not in DTYPES:
+        return f"backbone.dtype={dtype!r} is unknown (choose from {', '.join(DTYPES)})"
+    if dtype != "float32" and str((cfg.get("adapter") or {}).get("_target_", "")).endswith("FullFineTuningConfig"):
+        return (f"backbone.dtype={dtype} with adapter=none: every weight trains, and trained weights are kept in float32; "
+                "pick an adapter or backbone.dtype=float32")
+    return None
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -90,10 +117,12 @@ class PretrainedBackbone:
     quantization: str = "none"  # none | nf4 | int8: the frozen body's Linear layers in 4/8 bits (sparse_adapter.quantization)
     compute_dtype: str = "float32"  # NF4 matmul dtype (bfloat16 where the hardware has bf16 units)
     double_quant: bool = False  # NF4: quantize the block scales too (QLoRA)
+    dtype: str = "float32"  # float32 | bfloat16 | float16: how the frozen body is stored (what trains stays fp32)
 
     def build(self, task: str, **head_config) -> tuple[nn.Module, object]:
         from transformers import AutoConfig, AutoTokenizer
 
+        dtype = storage_dtype(self.dtype)
         location, local = resolve_location(self.name_or_path, self.package)
         offline = not local and not hub_reachable()
         try:
@@ -101,7 +130,7 @@ class PretrainedBackbone:
             check_head(config, task)
             with quiet_transformers():
                 model = model_class(task).from_pretrained(
-                    location, config=config, local_files_only=offline, attn_implementation=self.attn_implementation
+                    location, config=config, local_files_only=offline, attn_implementation=self.attn_implementation, dtype=dtype
                 )
             tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=offline)
             ensure_padding(model, tokenizer)
@@ -130,10 +159,12 @@ class RandomBackbone:
     quantization: str = "none"  # as PretrainedBackbone's
     compute_dtype: str = "float32"
     double_quant: bool = False
+    dtype: str = "float32"  # as PretrainedBackbone's; built in fp32 and then cast, so a bf16 body is the fp32 one rounded
 
     def build(self, task: str, **head_config) -> tuple[nn.Module, object]:
         from transformers import AutoConfig, AutoTokenizer
 
+        dtype = storage_dtype(self.dtype)
         location, _ = resolve_location(self.tokenizer.name_or_path, self.tokenizer.package)
         tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=True)
         try:
@@ -154,7 +185,7 @@ class RandomBackbone:
                 setattr(config, key, ids[key])
         config._attn_implementation = self.attn_implementation
         with _seeded(self.seed):
-            model = model_class(task).from_config(config, attn_implementation=self.attn_implementation)
+            model = model_class(task).from_config(config, attn_implementation=self.attn_implementation).to(dtype)
         if config.is_encoder_decoder and getattr(model, "generation_config", None) is not None:
             for key, value in special.items():
                 setattr(model.generation_config, key, value)

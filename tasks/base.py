@@ -30,6 +30,7 @@ class AdapterModule(L.LightningModule):
         self.check_architecture()
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes as found
         self.prunable: list[str] = adapter.attach(self.model)
+        self.backbone_dtype = getattr(backbone, "dtype", "float32")  # trained tensors stay fp32 (adapters.base.train_in_fp32)
         self.quantization = of_backbone(backbone)  # after attach: adapters in fp32 beside the layers they wrap
         quantize_backbone(self.model, self.quantization)
         self.masks = MaskSet()

@@ -171,7 +171,7 @@ def build(cfg: DictConfig) -> Built:
     budget = training_budget(config_dict)
     log.info(
         "run: %s on %s | adapter=%s %s | pruner=%s sparsity=%.4f | seed=%s | precision=%s | %s",
-        task.name, cfg.backbone_name, cfg.adapter_name, _compact(vars(adapter)), _compact(pruner.settings()),
+        task.name, cfg.backbone_name + _stored(cfg.backbone), cfg.adapter_name, _compact(vars(adapter)), _compact(pruner.settings()),
         sparsity if pruner.enabled else 0.0, cfg.seed, precision,
         _compact({k: v for k, v in budget.items() if k != "precision"}),
     )
@@ -240,6 +240,13 @@ def fit(cfg: DictConfig, built: Built, stop: SignalStop, started: float) -> Fitt
     return Fitted(trainer, metrics, pruning, run_state, loggers)
 
 
+def _stored(backbone) -> str:
+    """How the frozen body is stored, for the run line, when not in fp32: ' (bfloat16 body, nf4)'."""
+    parts = [f"{backbone.get('dtype')} body"] if backbone.get("dtype", "float32") != "float32" else []
+    parts += [backbone.get("quantization")] if backbone.get("quantization", "none") != "none" else []
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def summarise(cfg: DictConfig, built: Built, fitted: Fitted, started: float) -> RunSummary:
     """The run's summary.json record (``tasks.summary``): what was trained, what it scored, what it cost."""
     module, datamodule, pruning, trainer = built.module, built.datamodule, fitted.pruning, fitted.trainer
@@ -258,6 +265,7 @@ def summarise(cfg: DictConfig, built: Built, fitted: Fitted, started: float) -> 
         budget=built.budget,
         precision=built.precision,
         quantization=module.quantization.describe(),
+        backbone_dtype=module.backbone_dtype,
         resumed_from=str(cfg.ckpt_path) if cfg.get("ckpt_path") else None,
         resume_changes=built.resume_changes,
         main_metric=built.task.main_metric,

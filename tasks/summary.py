@@ -30,6 +30,7 @@ class RunSummary:
     budget: dict  # tasks.budget.training_budget: what the numbers depend on besides row, task and seed
     precision: str
     quantization: dict | None
+    backbone_dtype: str  # how the frozen body was stored (backbone.dtype); what trained was fp32
     resumed_from: str | None
     resume_changes: dict  # settings allowed to differ from the checkpoint (resume_changes=[...])
     main_metric: str

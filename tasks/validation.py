@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from sparse_adapter.backbones import config_problem as storage_problem
 from sparse_adapter.distributed import config_problem as sharding_problem
 from sparse_adapter.errors import ConfigError
 from sparse_adapter.pruning import SCORERS, PrunerConfig
@@ -51,8 +52,8 @@ def _scorer_options(cfg: dict) -> str | None:
 
 # (large_sparse and its contradictions are checked where it is resolved: tasks/resolvers.py, tasks/experiment.py)
 # quantization_problem: bitsandbytes installed and an adapter to train; sharding_problem (trainer=fsdp): two or more
-# devices, no quantized weights
-CONTRADICTIONS = [_devices, _sharded_strategy, _scorer_options, quantization_problem, sharding_problem]
+# devices, no quantized weights; storage_problem: a half-precision body (backbone.dtype) needs an adapter
+CONTRADICTIONS = [_devices, _sharded_strategy, _scorer_options, quantization_problem, sharding_problem, storage_problem]
 
 
 def validate_config(cfg: DictConfig) -> None:

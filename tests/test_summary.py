@@ -8,7 +8,7 @@ from tests.conftest import ROOT
 PARAMETERS = {"adapter_weights_total": 10, "adapter_weights_kept": 6, "actual_sparsity": 0.4, "trained_params": 8,
               "trained_params_body": 6, "head_params": 2, "backbone_params": 100, "trained_params_pct": 6.0}
 KEYS = ["status", "task", "backbone", "adapter", "row", "adapter_config", "pruner", "scope", "pruner_settings",
-        "sparsity", "large_sparse", "seed", "budget", "precision", "quantization", "resumed_from", "resume_changes",
+        "sparsity", "large_sparse", "seed", "budget", "precision", "quantization", "backbone_dtype", "resumed_from", "resume_changes",
         "main_metric", "metrics", "baseline", *PARAMETERS, "skipped_rows", "dataset", "eval_dataset", "chat_template",
         "samples", "empty_matrices", "silenced_modules", "tied_score_tensors", "lookahead_tensors", "layer_density",
         "prune_seconds", "global_steps", "epochs", "wall_seconds", "wall_seconds_this_process",
@@ -18,7 +18,7 @@ KEYS = ["status", "task", "backbone", "adapter", "row", "adapter_config", "prune
 def summary(**data_fields) -> RunSummary:
     return RunSummary(task="mrpc", backbone="minilm", adapter="houlsby", row="snip", adapter_config={"bottleneck": 64},
                       pruner="snip", scope="global", pruner_settings={"scorer": "snip"}, sparsity=0.4,
-                      large_sparse=None, seed=42, budget={"lr": 1e-3}, precision="32-true", quantization=None,
+                      large_sparse=None, seed=42, budget={"lr": 1e-3}, precision="32-true", quantization=None, backbone_dtype="float32",
                       resumed_from=None,
                       resume_changes={}, main_metric="accuracy", metrics={"accuracy": 0.8}, baseline=None,
                       parameters=PARAMETERS, data_fields=data_fields)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sparse_adapter.adapters.layouts.registry import UnknownArchitecture, check_points
@@ -42,6 +43,7 @@ class AdapterConfig:
             name = ADAPTERS.name_of(type(self)) if type(self) in ADAPTERS.values() else type(self).__name__
             check_points(model, self.needs, name)
             prunable = self.insert(model)
+            train_in_fp32(model)
         except UnknownArchitecture as error:  # serial, parallel, prefix need the block structure
             variant = type(self).__name__.removesuffix("Config").lower()
             raise ConfigError(f"adapter={variant} on '{model.config.model_type}': {error}") from error
@@ -132,6 +134,61 @@ def freeze_backbone(model: nn.Module) -> None:
     lm_head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if lm_head is not None:  # a language-model head is pretrained (vocab × hidden), tied or not: part of the backbone
         lm_head.requires_grad_(False)
+
+
+def adapter_dtype(reference: torch.Tensor) -> torch.dtype:
+    """The dtype an adapter beside ``reference`` is stored in: at least fp32. Small updates to bf16 weights round
+    away (PEFT's ``autocast_adapter_dtype`` upcasts for the same reason). Adapters compute in their input's dtype
+    (``linear``), as autocast does: fp32 master weights, and a bf16 body's activations stay bf16, saved once."""
+    return torch.promote_types(reference.dtype, torch.float32)
+
+
+def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` computed in ``x``'s dtype (its weights cast, gradients flowing back to them in fp32)."""
+    bias = None if layer.bias is None else layer.bias.to(x.dtype)
+    return F.linear(x, layer.weight.to(x.dtype), bias)
+
+
+def train_in_fp32(model: nn.Module) -> None:
+    """Keep every trained tensor in (at least) fp32 on a half-precision body, as mixed-precision training keeps
+    master weights: trainable half-precision parameters (a task head built in the body's dtype) are upcast, and a
+    head whose weights were upcast casts its input up, so its logits (and the loss) are fp32."""
+    upcast = set()
+    for module in model.modules():
+        for name, parameter in module.named_parameters(recurse=False):
+            if parameter.requires_grad and adapter_dtype(parameter) != parameter.dtype:
+                parameter.data = parameter.data.to(adapter_dtype(parameter))
+                upcast.add(id(module))
+    if not upcast:
+        return
+    for module in _outermost(model, upcast):
+        module.register_forward_pre_hook(_cast_inputs_to_weights, with_kwargs=True)
+
+
+def _outermost(model: nn.Module, chosen: set[int]) -> list[nn.Module]:
+    """The largest modules whose parameters all sit in ``chosen`` modules (ids): a head, not each of its Linears."""
+    found = []
+
+    def visit(module: nn.Module) -> None:
+        holders = [m for m in module.modules() if next(m.parameters(recurse=False), None) is not None]
+        if holders and all(id(m) in chosen for m in holders):
+            found.append(module)
+            return
+        for child in module.children():
+            visit(child)
+
+    for child in model.children():
+        visit(child)
+    return found
+
+
+def _cast_inputs_to_weights(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    dtype = next(module.parameters()).dtype
+
+    def cast(value):
+        return value.to(dtype) if torch.is_tensor(value) and value.is_floating_point() else value
+
+    return tuple(cast(a) for a in args), {key: cast(value) for key, value in kwargs.items()}
 
 
 def init_linear(layer: nn.Linear, std: float, zero: bool = False) -> None:

@@ -12,7 +12,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from sparse_adapter.adapters.base import ACTIVATIONS, AdapterConfig, AdapterLayer, freeze_backbone, init_linear
+from sparse_adapter.adapters.base import ACTIVATIONS, AdapterConfig, AdapterLayer, freeze_backbone, init_linear, linear
 from sparse_adapter.adapters.layouts import replace_submodule, transformer_blocks
 from sparse_adapter.schema import ranged
 
@@ -35,7 +35,7 @@ class Bottleneck(AdapterLayer):
         init_linear(self.up, init_std, zero=init == "lora")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        update = self.up(self.dropout(self.act(self.down(x))))
+        update = linear(self.up, self.dropout(self.act(linear(self.down, x))))  # in x's dtype: a bf16 body's stays bf16
         return x + update if self.residual else update
 
     def flow_input(self) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sparse_adapter.adapters.base import ADAPTERS, AdapterConfig, AdapterLayer, freeze_backbone
+from sparse_adapter.adapters.base import ADAPTERS, AdapterConfig, AdapterLayer, freeze_backbone, linear
 from sparse_adapter.adapters.bottleneck import Bottleneck, on_hidden
 from sparse_adapter.adapters.houlsby import HoulsbyConfig
 from sparse_adapter.adapters.layouts import replace_submodule, transformer_blocks
@@ -46,11 +46,11 @@ class FusionLayer(AdapterLayer):
             self.value.bias.zero_()
 
     def forward(self, hidden: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
-        # hidden: (..., H); outputs: (..., N, H)
-        query = self.query(hidden).unsqueeze(-2)
-        scores = (query * self.key(outputs)).sum(-1) / hidden.shape[-1] ** 0.5
+        # hidden: (..., H); outputs: (..., N, H); computed in hidden's dtype (a bf16 body's: adapter_dtype)
+        query = linear(self.query, hidden).unsqueeze(-2)
+        scores = (query * linear(self.key, outputs)).sum(-1) / hidden.shape[-1] ** 0.5
         weights = torch.softmax(scores, dim=-1).unsqueeze(-1)
-        return (weights * self.value(outputs)).sum(dim=-2)
+        return (weights * linear(self.value, outputs)).sum(dim=-2)
 
 
 class FusedAdapters(nn.Module):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from sparse_adapter.adapters.base import ADAPTERS, AdapterConfig, WrapperLayer, freeze_backbone
+from sparse_adapter.adapters.base import ADAPTERS, AdapterConfig, WrapperLayer, adapter_dtype, freeze_backbone
 from sparse_adapter.adapters.layouts import has_layout, layouts_for, replace_submodule
 from sparse_adapter.adapters.targets import in_features, merged, out_features, resolve
 from sparse_adapter.errors import ConfigError
@@ -31,7 +31,7 @@ class IA3Scale(WrapperLayer):
         self.inner = inner
         reference = next(inner.parameters())
         width = out_features(inner)
-        self.scale = nn.Parameter(torch.ones(len(channels) if channels else width, dtype=reference.dtype, device=reference.device))
+        self.scale = nn.Parameter(torch.ones(len(channels) if channels else width, dtype=adapter_dtype(reference), device=reference.device))
         if channels:
             self.register_buffer("channels", torch.tensor(channels, device=reference.device), persistent=False)
         else:
@@ -40,9 +40,9 @@ class IA3Scale(WrapperLayer):
 
     def forward(self, *args, **kwargs):
         output = self.inner(*args, **kwargs)
-        if self.channels is None:
-            return output * self.scale
-        return output * torch.ones(self.width, dtype=self.scale.dtype, device=self.scale.device).index_copy(0, self.channels, self.scale)
+        scale = self.scale if self.channels is None else \
+            torch.ones(self.width, dtype=self.scale.dtype, device=self.scale.device).index_copy(0, self.channels, self.scale)
+        return output * scale.to(output.dtype)  # computed in the body's dtype (adapter_dtype)
 
 
 class IA3InputScale(WrapperLayer):
@@ -53,10 +53,10 @@ class IA3InputScale(WrapperLayer):
     def __init__(self, inner: nn.Linear):
         super().__init__()
         self.inner = inner
-        self.scale = nn.Parameter(torch.ones(in_features(inner), dtype=inner.weight.dtype, device=inner.weight.device))
+        self.scale = nn.Parameter(torch.ones(in_features(inner), dtype=adapter_dtype(inner.weight), device=inner.weight.device))
 
     def forward(self, x, *args, **kwargs):
-        return self.inner(x * self.scale, *args, **kwargs)
+        return self.inner(x * self.scale.to(x.dtype), *args, **kwargs)
 
 
 @ADAPTERS.register("ia3")

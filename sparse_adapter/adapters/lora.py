@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparse_adapter.adapters.base import ADAPTERS, AdapterConfig, WrapperLayer, freeze_backbone, kaiming_uniform
+from sparse_adapter.adapters.base import ADAPTERS, AdapterConfig, WrapperLayer, adapter_dtype, freeze_backbone, kaiming_uniform
 from sparse_adapter.adapters.layouts import replace_submodule
 from sparse_adapter.adapters.targets import in_features, is_conv1d, merged, out_features, resolve
 from sparse_adapter.errors import ConfigError
@@ -29,7 +29,7 @@ class LoRALinear(WrapperLayer):
                  channels: list[int] | None = None):
         super().__init__()
         self.base_layer = base
-        factory = dict(dtype=base.weight.dtype, device=base.weight.device)
+        factory = dict(dtype=adapter_dtype(base.weight), device=base.weight.device)
         self.lora_A = nn.Parameter(torch.empty(r, in_features(base), **factory))
         self.lora_B = nn.Parameter(torch.empty(len(channels) if channels else out_features(base), r, **factory))
         if channels:
@@ -47,10 +47,12 @@ class LoRALinear(WrapperLayer):
                 self.lora_B.normal_(0.0, init_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        update = F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)
+        result = self.base_layer(x)
+        a, b = self.lora_A.to(x.dtype), self.lora_B.to(x.dtype)  # fp32 factors computed in the body's dtype (adapter_dtype)
+        update = (F.linear(F.linear(self.dropout(x), a), b) * self.scaling).to(result.dtype)
         if self.channels is None:
-            return self.base_layer(x) + update * self.scaling
-        return self.base_layer(x).index_add(-1, self.channels, update * self.scaling)
+            return result + update
+        return result.index_add(-1, self.channels, update)
 
     def flow_input(self) -> int:
         return self.lora_A.shape[1]

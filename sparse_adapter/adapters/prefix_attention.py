@@ -8,7 +8,7 @@ import sys
 import torch
 from torch import nn
 
-from sparse_adapter.adapters.base import AdapterLayer
+from sparse_adapter.adapters.base import AdapterLayer, adapter_dtype
 
 
 def extend_mask(mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
@@ -38,7 +38,7 @@ class PrefixAttention(AdapterLayer):
         self.length = length
         hidden, key_width, value_width, reference = self.dimensions(attention)
         self.prefix_widths = (key_width, value_width)
-        factory = dict(dtype=reference.dtype, device=reference.device)
+        factory = dict(dtype=adapter_dtype(reference), device=reference.device)
         if mlp_hidden > 0:
             self.embedding = nn.Parameter(torch.empty(length, hidden, **factory).normal_(0.0, init_std))
             self.mlp = nn.Sequential(nn.Linear(hidden, mlp_hidden), nn.Tanh(), nn.Linear(mlp_hidden, key_width + value_width))

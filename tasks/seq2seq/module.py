@@ -27,7 +27,7 @@ class Seq2SeqModule(AdapterModule):
         return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).logits
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0, smoothing: float = 0.0) -> torch.Tensor:
-        return F.cross_entropy((logits / temperature).flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, label_smoothing=smoothing)
+        return F.cross_entropy((logits.float() / temperature).flatten(0, 1), labels.flatten(), ignore_index=IGNORE, label_smoothing=smoothing)
 
     def scoring_loss(self, batch, temperature: float = 1.0) -> torch.Tensor:
         """The training loss (with its smoothing) through encoder and decoder, logits / temperature."""
