@@ -17,6 +17,7 @@ from transformers.models.auto.modeling_auto import (MODEL_FOR_MASKED_LM_MAPPING_
                                                    MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES)
 
 from sparse_adapter.errors import ConfigError
+from sparse_adapter.lm_loss import causal_lm_loss
 from tasks.base import AdapterModule
 from tasks.seq2seq.metrics import rouge_scores
 from tasks.sft.data import SFTTask
@@ -66,15 +67,11 @@ class SFTModule(AdapterModule):
         """Next-token logits aligned with ``labels[:, 1:]``."""
         return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
 
-    def loss(self, logits, labels, temperature: float = 1.0, smoothing: float = 0.0) -> torch.Tensor:
-        """Mean cross-entropy over the response tokens, in fp32 at least (fp64 logits stay fp64)."""
-        logits = (logits / temperature).flatten(0, 1)
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        return F.cross_entropy(logits, labels[:, 1:].flatten(), ignore_index=IGNORE, label_smoothing=smoothing)
-
     def scoring_loss(self, batch, temperature: float = 1.0) -> torch.Tensor:
-        """The training loss (response tokens only, with its smoothing), logits / temperature."""
-        return self.loss(self(batch), batch["labels"], temperature, self.task.label_smoothing)
+        """The training loss: mean cross-entropy over the response tokens (with its smoothing), logits / temperature, in
+        fp32 at least; the LM head runs on the response tokens only, in chunks (``sparse_adapter.lm_loss``)."""
+        return causal_lm_loss(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"], temperature,
+                              self.task.label_smoothing)
 
     def training_step(self, batch, batch_idx):
         loss = self.scoring_loss(batch)
