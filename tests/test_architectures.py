@@ -261,9 +261,9 @@ def test_causal_summaries_put_the_loss_on_the_summary_and_generate_after_left_pa
     """task=xsum_lm is the SFT family with conf/task/xsum_lm.yaml's settings (prompt format, plain template)."""
     from omegaconf import OmegaConf
 
+    from sparse_adapter.lm_loss import causal_lm_loss
     from tasks.sft.data import SFTCollator
     from tasks.sft.formats import to_messages
-    from tasks.sft.module import SFTModule
     from tasks.sft.templates import IGNORE, ChatTemplate
     from tests.conftest import ROOT
 
@@ -286,7 +286,9 @@ def test_causal_summaries_put_the_loss_on_the_summary_and_generate_after_left_pa
     assert (batch["prompt_mask"][:, -1] == 1).all() and batch["prompt_mask"][1, 0] == 0  # left padding
     assert batch["prompt_ids"][1, -len(tail):].tolist() == tail
     train = collator.train(encoded)
-    logits = torch.randn(2, train["input_ids"].shape[1] - 1, len(tokenizer))
+    model, _ = backbone_from("tiny-llama").build("causal-lm")
+    model.eval()
+    logits = model(input_ids=train["input_ids"], attention_mask=train["attention_mask"]).logits[:, :-1]
     labels = train["labels"][:, 1:]
     expected = torch.nn.functional.cross_entropy(logits[labels != IGNORE], labels[labels != IGNORE])
-    torch.testing.assert_close(SFTModule.loss(None, logits, train["labels"]), expected)
+    torch.testing.assert_close(causal_lm_loss(model, train["input_ids"], train["attention_mask"], train["labels"]), expected)

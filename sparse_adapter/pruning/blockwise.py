@@ -148,8 +148,10 @@ def checkpointed_blocks(model: nn.Module, blocks: Sequence[nn.Module], tensors: 
 
         def forward(hidden, *args, **kwargs):
             # before the first block nothing depends on the tensors (all in blocks); later blocks must take the last output
+            if not torch.is_grad_enabled():  # a side pass inside the closure (lm_loss.chunkable's check): not the loss's
+                return original(hidden, *args, **kwargs)
             chained = state["h"] is None or hidden is state["h"]
-            if state["failed"] or not chained or _needs_grad(args) or _needs_grad(kwargs) or not torch.is_grad_enabled():
+            if state["failed"] or not chained or _needs_grad(args) or _needs_grad(kwargs):
                 state["failed"] = True
                 return original(hidden, *args, **kwargs)
 
