@@ -6,7 +6,7 @@
 # 3. a short MRPC job on MiniLM with trainer.precision=auto (bf16-mixed on a bf16 GPU), its summary
 # 4. (issue 33) NF4 on CUDA: the GPU-marked quantization tests and a short tiny-Llama NF4 LoRA job (bitsandbytes' CUDA kernels)
 # 5. (issue 33) benchmarks/memory.py --device cuda at the Llama-3.2-1B shape: max allocated of a LoRA step and of SNIP,
-#    GraSP, SynFlow, fp32 and NF4
+#    GraSP, SynFlow, in fp32, NF4 and NF4 with a bf16 body (QLoRA's recipe)
 # 6. (issue 33) trainer=fsdp (FSDP2, NCCL) on 2 GPUs for 10 steps; skipped with fewer than 2 GPUs
 # The venv: scripts/setup.sh installs the CPU torch; on a GPU machine set PYTHON to an interpreter whose torch has CUDA.
 set -uo pipefail
@@ -27,7 +27,7 @@ job=$?
 timeout 60 $py train.py backbone=tiny-llama backbone.quantization=nf4 backbone.compute_dtype=bfloat16 adapter=lora task=rte \
   trainer.accelerator=gpu trainer.max_steps=20 data.max_train_samples=256 logger=csv "hydra.run.dir=$work/nf4" > "$work/nf4.log" 2>&1
 nf4=$?
-timeout 200 $py benchmarks/memory.py --device cuda --shapes llama-3.2-1b --measures train snip grasp synflow --out "$work/memory.json" > "$work/memory.log" 2>&1
+timeout 200 $py benchmarks/memory.py --device cuda --shapes llama-3.2-1b --precisions fp32 nf4 nf4-bf16-body --measures train snip grasp synflow --out "$work/memory.json" > "$work/memory.log" 2>&1
 memory=$?
 fsdp=skipped
 if [ "$($py -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then

@@ -7,13 +7,16 @@ folder, so nothing in the repository's ``conf/`` or packages is involved (docs/e
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 from sparse_adapter.errors import ConfigError
+from sparse_adapter.registry import Registry
 from tests.cli_support import call_train, error_lines
 
 PLUGINS = Path(__file__).parent / "plugins"
@@ -28,9 +31,16 @@ def plugged(folder: Path) -> list[str]:
 
 @pytest.fixture
 def outside(tmp_path, monkeypatch) -> Path:
+    """The plugins' folder, copied; afterwards every registry is as it was and the module forgotten, so what the plugin
+    registered (a DistilBERT layout, say) does not leak into later tests of the same worker."""
     folder = shutil.copytree(PLUGINS, tmp_path / "elsewhere")
     monkeypatch.syspath_prepend(str(folder))
-    return folder
+    saved = [(registry, dict(registry)) for registry in gc.get_objects() if isinstance(registry, Registry)]
+    yield folder
+    for registry, entries in saved:
+        registry.clear()
+        registry.update(entries)
+    sys.modules.pop("toy_extensions", None)
 
 
 def test_a_toy_variant_scorer_allocation_architecture_and_family_train_through_train_py(outside, tmp_path, capsys):
