@@ -7,14 +7,15 @@
 Models are built from the real configs' shapes (Qwen2.5-0.5B, Llama-3.2-1B; written out below, nothing is
 downloaded) with random weights, as causal LMs; LoRA r=16 (alpha 32) on every projection of every block
 (q, k, v, o, gate, up, down, as QLoRA), N(0, 0.02) factors (non-zero, so SNIP/GraSP see no ties).
-One batch of 1 × 512 random tokens with the LM loss. Precisions: fp32; nf4 (NF4 body, fp32 compute); nf4-bf16 (NF4 body
-with bf16 compute and the step under bf16 autocast, as ``precision=auto`` runs it where the CPU or GPU has bf16 units;
-the library's bf16-mixed path: fp32 weights and adapters); nf4-bf16-model (every weight outside the NF4 body, LoRA
-included, in bf16, no autocast: a model loaded with ``torch_dtype=bfloat16`` as QLoRA recipes load it; the library
-itself keeps fp32 adapters, so this row is a reference, not a supported setting). Measures:
+One batch of 1 × 512 random tokens with the LM loss. Precisions: fp32; bf16-body (``backbone.dtype=bfloat16``: the
+frozen model stored in bf16, LoRA in fp32, no autocast); nf4 (NF4 body, fp32 compute, everything else fp32); nf4-bf16
+(NF4 body with bf16 compute and the step under bf16 autocast, as ``precision=auto`` runs it where the CPU or GPU has bf16
+units: fp32 weights and adapters); nf4-bf16-body (``backbone.quantization=nf4 backbone.compute_dtype=bfloat16
+backbone.dtype=bfloat16``: the NF4 body, everything bitsandbytes does not quantize (embedding, tied head, norms) stored
+in bf16, LoRA in fp32, no autocast: QLoRA's recipe, as a model loaded with ``dtype=bfloat16`` runs it). Measures:
   train    two forward + backward + AdamW steps (masks held by ``hold_masks``, as in training), in train mode and
            without gradient checkpointing (the library's default, ``backbone.gradient_checkpointing=false``); the loss
-           is the SFT task's (logits / 1, cross-entropy), as its ``training_step`` computes it. The peak is the
+           is the SFT task's, as its ``training_step`` computes it (``sparse_adapter.lm_loss``: the head in chunks). The peak is the
            second step's (training's steady state: AdamW's two moments resident through forward and backward); the
            first step's, before any optimizer state exists, is reported as ``first_step_peak_mib``
   train_gc the same two steps with gradient checkpointing (``backbone.gradient_checkpointing=true``; QLoRA's recipe,
@@ -51,7 +52,7 @@ SHAPES = {  # from the models' config.json (hub), shapes only
                          num_attention_heads=32, num_key_value_heads=8, head_dim=64, vocab_size=128256,
                          max_position_embeddings=131072, rope_theta=500000.0, tie_word_embeddings=True, rms_norm_eps=1e-5),
 }
-PRECISIONS = ("fp32", "nf4", "nf4-bf16", "nf4-bf16-model")
+PRECISIONS = ("fp32", "bf16-body", "nf4", "nf4-bf16", "nf4-bf16-body")
 MEASURES = ("train", "train_gc", "snip", "grasp", "synflow", "baseline")
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 SEQUENCE = 512
@@ -94,7 +95,8 @@ def current_mib(device: str) -> float:
 
 
 def build(shape: str, precision: str, device: str):
-    """The causal LM with LoRA attached (fp32 factors), the body quantized for nf4; prunable names."""
+    """The causal LM with LoRA attached (fp32 factors, as ``attach`` makes them on any body), stored in bf16 for the
+    ``-body`` precisions and quantized for the ``nf4`` ones, as the library builds it; prunable names."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -104,7 +106,7 @@ def build(shape: str, precision: str, device: str):
     settings = dict(SHAPES[shape])
     config = AutoConfig.for_model(settings.pop("model_type"), **settings)
     torch.manual_seed(0)
-    dtype = torch.bfloat16 if precision == "nf4-bf16-model" else torch.float32
+    dtype = torch.bfloat16 if precision.endswith("-body") else torch.float32
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=dtype)
     for parameter in model.parameters():  # causal-LM heads are pretrained: frozen, as the body
         parameter.requires_grad_(False)
@@ -184,11 +186,11 @@ def measure(shape: str, precision: str, what: str, device: str, batches: int = 2
 
 
 def _tempered_loss(model, batch, temperature: float):
-    """The next-token loss with logits / T (GraSP's temperature; 1 for training and the other scorers)."""
-    import torch.nn.functional as F
+    """The next-token loss with logits / T (GraSP's temperature; 1 for training and the other scorers), as the SFT task's
+    ``training_step`` computes it: the LM head and cross-entropy in token chunks (``sparse_adapter.lm_loss``)."""
+    from sparse_adapter.lm_loss import causal_lm_loss
 
-    logits = model(input_ids=batch["input_ids"]).logits[:, :-1].float() / temperature
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1))
+    return causal_lm_loss(model, batch["input_ids"], None, batch["labels"], temperature)
 
 
 def weights_mib(shape: str) -> dict:
@@ -230,32 +232,38 @@ def floor_table(results: list[dict]) -> str:
 
 
 def checkpointing_table(results: list[dict]) -> str:
-    """The training step with gradient checkpointing (``train_gc``) beside the one without, in both precisions; the NF4
-    floor with checkpointing (as ``floor_table``'s, without the fp32 embedding); and QLoRA's usual comparison, NF4 with
-    checkpointing against fp32 without."""
+    """Each precision's training step with and without gradient checkpointing (``train_gc``) against fp32's, both ways
+    and QLoRA's usual comparison (checkpointed against fp32 without); for NF4 with fp32 compute, the floor with
+    checkpointing (as ``floor_table``'s, without the fp32 embedding)."""
     by = {(r["shape"], r["precision"], r["measure"]): r for r in results}
     base = next((r for r in results if r["measure"] == "baseline"), None)
-    lines = [("| shape | fp32 train | fp32 train_gc | nf4 train | nf4 train_gc | nf4/fp32, both checkpointed "
-              "| NF4 floor checkpointed, without the embedding | nf4 train_gc / fp32 train |"), "|---|---|---|---|---|---|---|---|"]
+    lines = [("| shape | precision | train | train_gc | train / fp32 train | train_gc / fp32 train_gc | train_gc / fp32 train "
+              "| floor checkpointed, without the embedding |"), "|---|---|---|---|---|---|---|---|"]
     for shape in SHAPES:
-        fp32, fp32_gc, nf4, nf4_gc = (by.get((shape, precision, m)) for precision in ("fp32", "nf4") for m in ("train", "train_gc"))
-        if not (fp32_gc and nf4_gc):
-            continue
-        w = weights_mib(shape)
-        floor = "-"
-        if base:
-            value = base["peak_mib"] + fp32_gc["peak_mib"] - fp32_gc["model_resident_mib"] + w["body_nf4"] + w["lora"]
-            floor = f"{value:.0f} ({value / fp32_gc['peak_mib']:.2f}×)"
-        peaks = [f"{c['peak_mib']:.0f}" if c else "-" for c in (fp32, fp32_gc, nf4, nf4_gc)]
-        qlora = f"{nf4_gc['peak_mib'] / fp32['peak_mib']:.2f}" if fp32 else "-"
-        lines.append(f"| {shape} | {' | '.join(peaks)} | {nf4_gc['peak_mib'] / fp32_gc['peak_mib']:.2f} | {floor} | {qlora} |")
+        fp32, fp32_gc = by.get((shape, "fp32", "train")), by.get((shape, "fp32", "train_gc"))
+        for precision in PRECISIONS:
+            train, train_gc = by.get((shape, precision, "train")), by.get((shape, precision, "train_gc"))
+            if not train_gc:
+                continue
+            floor = "-"
+            if base and precision == "nf4" and fp32_gc:
+                w = weights_mib(shape)
+                value = base["peak_mib"] + fp32_gc["peak_mib"] - fp32_gc["model_resident_mib"] + w["body_nf4"] + w["lora"]
+                floor = f"{value:.0f} ({value / fp32_gc['peak_mib']:.2f}×)"
+
+            def ratio(a, b):
+                return f"{a['peak_mib'] / b['peak_mib']:.2f}" if a and b and precision != "fp32" else "-"
+
+            peaks = [f"{c['peak_mib']:.0f}" if c else "-" for c in (train, train_gc)]
+            lines.append(f"| {shape} | {precision} | {' | '.join(peaks)} | {ratio(train, fp32)} | {ratio(train_gc, fp32_gc)} "
+                         f"| {ratio(train_gc, fp32)} | {floor} |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def table(results: list[dict]) -> str:
     by = {(r["shape"], r["precision"], r["measure"]): r for r in results}
     lines = [("| shape | precision | model resident MiB | train peak MiB (2nd step) | 1st step | snip | grasp | synflow | scorers <= train "
-              "| nf4/fp32 train |"),
+              "| train / fp32 train |"),
              "|---|---|---|---|---|---|---|---|---|---|"]
     for shape in SHAPES:
         for precision in PRECISIONS:

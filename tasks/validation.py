@@ -18,7 +18,6 @@ from sparse_adapter.schema import show
 from tasks.model_checks import check_budget, max_positions  # noqa: F401 (checks on the built model; imported from here)
 from tasks.typed_config import CONF, GROUPS, check_types_and_ranges, plain_config  # noqa: F401 (public here too)
 
-
 # ---- rules that span several settings --------------------------------------------------------------
 
 def _devices(cfg: dict) -> str | None:

@@ -68,7 +68,7 @@ def test_snip_and_grasp_pick_the_same_masks_from_either_loss():
 
 
 def test_a_bf16_head_gives_an_fp32_loss_and_no_response_token_gives_zero():
-    model, prunable, batch = lm("tiny-llama", "bfloat16")
+    model, _, batch = lm("tiny-llama", "bfloat16")
     loss = chunked_loss(model, batch)
     assert loss.dtype == torch.float32 and torch.allclose(loss, full_loss(model, batch), rtol=1e-3)
     empty = dict(batch, labels=torch.full_like(batch["labels"], IGNORE))

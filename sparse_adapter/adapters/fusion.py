@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sparse_adapter.adapter_file import check_backbone, read_adapter
 from sparse_adapter.adapters.base import ADAPTERS, AdapterConfig, AdapterLayer, freeze_backbone, linear
 from sparse_adapter.adapters.bottleneck import Bottleneck, on_hidden
 from sparse_adapter.adapters.houlsby import HoulsbyConfig
 from sparse_adapter.adapters.layouts import replace_submodule, transformer_blocks
 from sparse_adapter.adapters.pfeiffer import PfeifferConfig
-from sparse_adapter.adapter_file import check_backbone, read_adapter
 from sparse_adapter.errors import ConfigError
 from sparse_adapter.schema import ranged
 

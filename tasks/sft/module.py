@@ -13,8 +13,10 @@ import re
 
 import torch
 import torch.nn.functional as F
-from transformers.models.auto.modeling_auto import (MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-                                                   MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES)
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
+)
 
 from sparse_adapter.errors import ConfigError
 from sparse_adapter.lm_loss import causal_lm_loss
