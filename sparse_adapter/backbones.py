@@ -5,8 +5,8 @@ hub name; ``RandomBackbone`` builds a tiny randomly initialised model from a con
 Offline, a hub name fails fast with a message instead of retrying for a minute.
 
 ``dtype`` stores the body in bfloat16 or float16 (``backbone.dtype``, transformers' ``dtype``): half the
-memory of the frozen weights. What trains stays fp32 (``adapters.base.train_in_fp32``): adapters cast
-their input up and their output back, a task head casts its input up.
+memory of the frozen weights. What trains stays fp32 (``adapters.base``): adapters keep fp32 weights and
+compute in the body's dtype, as autocast would; a task head is upcast and casts its input up.
 """
 
 from __future__ import annotations

@@ -155,7 +155,7 @@ def train_in_fp32(model: nn.Module) -> None:
     head whose weights were upcast casts its input up, so its logits (and the loss) are fp32."""
     upcast = set()
     for module in model.modules():
-        for name, parameter in module.named_parameters(recurse=False):
+        for parameter in module.parameters(recurse=False):
             if parameter.requires_grad and adapter_dtype(parameter) != parameter.dtype:
                 parameter.data = parameter.data.to(adapter_dtype(parameter))
                 upcast.add(id(module))
