@@ -10,7 +10,8 @@ numbers, summed in another order: equal to the full loss to rounding (Liger's an
 
 Only the response tokens (labels not -100) reach the head. The model must compute its logits as
 ``get_output_embeddings()(base_model(...)[0])``; ``chunkable`` checks that once per model on a few tokens (a head
-with logit soft-capping or scaling fails it), and ``causal_lm_loss`` takes the plain path where it fails.
+with logit soft-capping or scaling fails it), and ``causal_lm_loss`` takes the plain path where it fails. A model
+sharded by FSDP2 takes the plain path too: its root's parameters are gathered only inside its own forward.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def causal_lm_loss(model: nn.Module, input_ids: torch.Tensor, attention_mask: to
                    temperature: float = 1.0, smoothing: float = 0.0, chunk_bytes: int = CHUNK_BYTES) -> torch.Tensor:
     """Mean cross-entropy of position t's logits / ``temperature`` against ``labels[t + 1]`` over the tokens not -100,
     in fp32 at least (``label_smoothing=smoothing``), as ``F.cross_entropy`` of the shifted full logits gives it."""
-    if not chunkable(model, input_ids, attention_mask):
+    if sharded(model) or not chunkable(model, input_ids, attention_mask):
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
         return _loss(logits.flatten(0, 1), labels[:, 1:].flatten(), temperature, smoothing, "mean")
     hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask)[0][:, :-1].flatten(0, 1)
@@ -54,6 +55,15 @@ def _head_loss(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, tem
 def _loss(logits: torch.Tensor, targets: torch.Tensor, temperature: float, smoothing: float, reduction: str) -> torch.Tensor:
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature  # a bf16 head's logits too
     return F.cross_entropy(logits, targets, ignore_index=IGNORE, label_smoothing=smoothing, reduction=reduction)
+
+
+def sharded(model: nn.Module) -> bool:
+    """An FSDP2 module (``fully_shard``): calling its parts outside its forward would meet sharded parameters."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch built without distributed
+        return False
+    return isinstance(model, FSDPModule)
 
 
 @torch.no_grad()

@@ -91,3 +91,24 @@ def test_soft_capped_logits_fall_back_to_the_full_loss(caplog):
     assert not chunkable(model, batch["input_ids"], batch["attention_mask"])
     assert "computing the loss from the full logits" in caplog.text
     assert torch.allclose(loss, full_loss(model, batch))
+
+
+def test_a_model_sharded_by_fsdp2_takes_the_full_logits_path(tmp_path):
+    """The root's parameters (embedding, head) are gathered only inside its own forward: calling the base model and the
+    head apart would meet sharded tensors. One process, gloo, the library's own sharding."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from sparse_adapter.distributed import shard_blocks
+    from sparse_adapter.lm_loss import sharded
+
+    model, _, batch = lm("tiny-llama")
+    expected = full_loss(model, batch)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert shard_blocks(model, init_device_mesh("cpu", (1,))) == 2 and sharded(model)
+        loss = chunked_loss(model, batch)
+        loss.backward()
+        torch.testing.assert_close(loss, expected)
+    finally:
+        dist.destroy_process_group()
