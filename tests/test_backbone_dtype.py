@@ -105,3 +105,20 @@ def test_bad_dtype_settings_are_one_error_line(overrides, expected, tmp_path, ca
 def test_the_library_refuses_an_unknown_dtype():
     with pytest.raises(ConfigError, match="backbone.dtype='int8' is unknown"):
         RandomBackbone(model_type="llama", dtype="int8").build("causal-lm")
+
+
+def test_the_qlora_recipe_trains_a_tiny_llama_with_exact_masks(tmp_path):
+    """``experiment=qlora``: NF4 + bf16 body + checkpointing + LoRA on all seven projections, pruned by SNIP."""
+    pytest.importorskip("bitsandbytes")
+    run = tmp_path / "run"
+    smoke = [setting for setting in RUN if not setting.startswith("adapter")]  # the recipe's adapter, not RUN's
+    assert call_train(*smoke, "experiment=qlora", "backbone=tiny-llama", f"data_dir={gsm8k_ready()}", "task=gsm8k",
+                      f"hydra.run.dir={run}") == 0
+    s = json.loads((run / "summary.json").read_text())
+    assert s["backbone_dtype"] == "bfloat16"
+    assert s["quantization"] == {"method": "nf4", "compute_dtype": "bfloat16", "double_quant": True}
+    assert s["adapter_config"]["r"] == 16 and len(s["adapter_config"]["targets"]) == 7
+    assert s["adapter_weights_kept"] == kept_count(s["adapter_weights_total"], 0.5)
+    weights, masks, _ = read_adapter(run / "adapter.safetensors")
+    assert {n.split(".")[-2] for n in masks} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert all(torch.count_nonzero(weights[n][~m]) == 0 for n, m in masks.items())
