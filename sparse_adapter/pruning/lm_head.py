@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparse_adapter.adapters.layouts.registry import layouts_of_type
+from sparse_adapter.lm_loss import IGNORE  # cross-entropy's ignore_index, as in transformers' causal-LM loss
 
-IGNORE = -100  # cross-entropy's ignore_index, as in transformers' causal-LM loss
 CHUNK_BYTES = 32 * 2**20  # one chunk's logits; the double backward holds about 7 such tensors
 
 
