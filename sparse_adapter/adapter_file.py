@@ -230,6 +230,16 @@ def head_identity(model: nn.Module) -> dict:
             "problem_type": config.problem_type}
 
 
+def read_safetensors(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file; ConfigError naming ``what`` when it cannot be read (the header
+    bounds every tensor by the file's own size, so nothing is allocated beyond it)."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {key: handle.get_tensor(key) for key in handle.keys()}, dict(handle.metadata() or {})  # noqa: SIM118
+    except Exception as error:  # noqa: BLE001 - any unreadable file is the user's input
+        raise ConfigError(f"{what} is not a readable safetensors file: {error}") from error
+
+
 def read_adapter(path: str | Path, checksum: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
     """(dense tensors, masks of every pruned tensor, metadata with JSON fields decoded).
 
@@ -240,12 +250,7 @@ def read_adapter(path: str | Path, checksum: str | None = None) -> tuple[dict[st
     check.checksum(checksum)
     if not path.is_file():
         raise ConfigError(f"adapter file '{path}' does not exist")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            raw = {key: handle.get_tensor(key) for key in handle.keys()}
-            metadata = dict(handle.metadata() or {})
-    except Exception as error:  # noqa: BLE001 - any unreadable file is the user's input
-        raise ConfigError(f"adapter file '{path}' is not a readable safetensors file: {error}") from error
+    raw, metadata = read_safetensors(path, f"adapter file '{path}'")
     checked = verify(path, raw, metadata)
     check_authentic(path, metadata, checksum)
     if not checked:

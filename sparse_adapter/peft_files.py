@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sparse_adapter.adapter_file import SPARSE_EXPANSION, check_authentic, decode, seal, verify
+from sparse_adapter.adapter_file import SPARSE_EXPANSION, check_authentic, decode, read_safetensors, seal, verify
 from sparse_adapter.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -49,15 +49,8 @@ def _check_sizes(path: Path, config: Mapping, tensors: Mapping[str, torch.Tensor
 
 def read_sparse_peft(folder: str | Path, path: Path, fmt: str, hidden: int, checksum: str | None = None) -> tuple[dict, dict, dict]:
     """(tensors, masks, metadata) of a sparse PEFT folder, verified and size-checked, before PEFT builds anything."""
-    from safetensors import safe_open
-
     folder = Path(folder)
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            raw = {key: handle.get_tensor(key) for key in handle.keys()}
-            metadata = dict(handle.metadata() or {})
-    except Exception as error:  # noqa: BLE001 - any unreadable file is the user's input
-        raise ConfigError(f"{path}: not a readable safetensors file ({error})") from error
+    raw, metadata = read_safetensors(path, str(path))
     if metadata.get("format") != fmt:
         raise ConfigError(f"{path}: not a sparse PEFT file (format {metadata.get('format')!r})")
     if not (folder / CONFIG_FILE).is_file():
