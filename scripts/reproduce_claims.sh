@@ -9,9 +9,10 @@
 #                                           # (LANES=2: two 1-thread sweeps side by side; PAI_ROWS=...: which rows)
 #   bash scripts/reproduce_claims.sh zero_init  # issue 34: LoRA at PEFT's default init (B = 0): dense, random-0.5, look-ahead SNIP-0.5
 #                                           # (MRPC, STS-B, seeds 42-44)
-#   bash scripts/reproduce_claims.sh squad  # issue 36: SQuAD lr sweep (seed 42; dense adapter and full fine-tuning), then, once
-#                                           # the winners are set in conf/experiment/claims_squad*.yaml, dense, SNIP-0.4,
-#                                           # SNIP-0.8 and fine-tuning at seeds 42-44 (SQUAD_ADAPTER_LRS, SQUAD_FINETUNE_LRS)
+#   bash scripts/reproduce_claims.sh squad  # issue 36: the dense adapter's lr sweep on SQuAD (seed 42), then, once its winner is
+#                                           # set in conf/experiment/claims_squad.yaml, dense, SNIP-0.4 and SNIP-0.8 at seeds
+#                                           # 42-44; then full fine-tuning's lr sweep and, once set in claims_squad_finetune.yaml,
+#                                           # its three seeds (SQUAD_ADAPTER_LRS, SQUAD_FINETUNE_LRS: the lrs swept)
 #   bash scripts/reproduce_claims.sh bf16   # issue 25: dense and SNIP-0.4 in bf16-mixed (MRPC, STS-B, 3 seeds) against the fp32 grid
 #   bash scripts/reproduce_claims.sh all    # mrpc_variants, lr, reference, grid, variants, pai, bf16: what a fresh session restarts
 #   bash scripts/reproduce_claims.sh clean  # drop the checkpoints of finished grid jobs
@@ -34,8 +35,9 @@ plain=(trainer.max_epochs=5 +backbone.config.attention_probs_dropout_prob=0 trai
 budget=("${plain[@]}" data.group_by_length=true)   # batches of similar length: 1.6× (MRPC) to 2.5× (STS-B) faster on CPU
 adapter_lr=(optimizer.lr=1e-3)   # the adapters' lr of conf/experiment/claims.yaml (the lr sweep's choice)
 lr_chosen() {  # the grid's jobs are named without their lr: one run at a provisional lr would be skipped as finished later
-  if grep -q "^# lr: provisional" conf/experiment/claims.yaml; then
-    echo "$stage: waits for the lr choice (set the lr sweep's winners in conf/experiment/claims*.yaml, then drop the 'lr: provisional' line)" >&2
+  local experiment="${1:-claims}"
+  if grep -q "^# lr: provisional" "conf/experiment/$experiment.yaml"; then
+    echo "$stage: waits for the lr choice (set the lr sweep's winner in conf/experiment/$experiment.yaml, then drop the 'lr: provisional' line)" >&2
     return 1
   fi
 }
@@ -107,18 +109,18 @@ case "$stage" in
     fi
     $py -m paper.report "$out/grid" "$out/pai" --out "$out/pai-report"
     ;;
-  squad)  # the lr sweep's jobs are skipped once finished, so re-running goes straight on to the grid
-    squad=("hydra.sweeper.params.seed=42" "hydra.sweep.dir=$out/squad/lr")
-    $py train.py -m experiment=claims_squad "${squad[@]}" hydra.sweeper.params.row=dense \
+  squad)  # finished jobs are skipped, so re-running goes on where it stopped. The adapters' rows (the paper's SNIP
+          # claims) run as soon as their lr is chosen; full fine-tuning's lr sweep and rows follow them
+    squad_lr=("hydra.sweeper.params.seed=42" "hydra.sweep.dir=$out/squad/lr")
+    $py train.py -m experiment=claims_squad "${squad_lr[@]}" hydra.sweeper.params.row=dense \
       "optimizer.lr=${SQUAD_ADAPTER_LRS:-5e-4,1e-3,2e-3}"
-    $py train.py -m experiment=claims_squad_finetune "${squad[@]}" "optimizer.lr=${SQUAD_FINETUNE_LRS:-3e-5,5e-5,1e-4}"
-    $py -m paper.report "$out/squad/lr" --out "$out/squad/lr-report" --no-plots
-    if grep -q "^# lr: provisional" conf/experiment/claims_squad.yaml; then
-      echo "squad: the grid waits for the lr choice (set the winners in conf/experiment/claims_squad*.yaml," \
-        "then drop the 'lr: provisional' line; $out/squad/lr-report/report.md has the sweep)" >&2
-      exit 0
+    if lr_chosen claims_squad; then
+      $py train.py -m experiment=claims_squad "hydra.sweep.dir=$out/squad/grid"
+      $py -m paper.report "$out/squad/grid" --out "$out/squad/report"
     fi
-    $py train.py -m experiment=claims_squad "hydra.sweep.dir=$out/squad/grid"
+    $py train.py -m experiment=claims_squad_finetune "${squad_lr[@]}" "optimizer.lr=${SQUAD_FINETUNE_LRS:-3e-5,5e-5,1e-4}"
+    $py -m paper.report "$out/squad/lr" --out "$out/squad/lr-report" --no-plots
+    lr_chosen claims_squad && lr_chosen claims_squad_finetune || exit 0
     $py train.py -m experiment=claims_squad_finetune "hydra.sweep.dir=$out/squad/grid"
     $py -m paper.report "$out/squad/grid" --out "$out/squad/report"
     ;;
