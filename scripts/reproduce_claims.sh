@@ -41,6 +41,23 @@ lr_chosen() {  # the grid's jobs are named without their lr: one run at a provis
     return 1
   fi
 }
+reuse_lr_job() {  # the grid's seed-42 job of a row is its lr sweep's job at the chosen lr: copied, not run again
+  $py - "$out/squad" "$1" "$2" <<'PYTHON'
+import json, shutil, sys
+from pathlib import Path
+import yaml
+root, experiment, row = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+lr = float(yaml.safe_load(Path(f"conf/experiment/{experiment}.yaml").read_text())["optimizer"]["lr"])
+sweep, grid = root / "lr" / f"optimizer.lr={lr},row={row},seed=42", root / "grid" / f"row={row},seed=42"
+try:
+    finished = json.loads((sweep / "summary.json").read_text()).get("status") == "complete"
+except (OSError, ValueError):
+    finished = False
+if finished and not grid.exists():
+    shutil.copytree(sweep, grid, ignore=shutil.ignore_patterns("checkpoints"))
+    print(f"squad: {grid} is a copy of the lr sweep's finished {sweep.name}")
+PYTHON
+}
 case "$stage" in
   lr)
     $py train.py -m row=dense task=mrpc,stsb seed=42 optimizer.lr=2e-4,5e-4,1e-3,2e-3 "${budget[@]}" "hydra.sweep.dir=$out/lr"
@@ -115,12 +132,14 @@ case "$stage" in
     $py train.py -m experiment=claims_squad "${squad_lr[@]}" hydra.sweeper.params.row=dense \
       "optimizer.lr=${SQUAD_ADAPTER_LRS:-5e-4,1e-3,2e-3}"
     if lr_chosen claims_squad; then
+      reuse_lr_job claims_squad dense
       $py train.py -m experiment=claims_squad "hydra.sweep.dir=$out/squad/grid"
       $py -m paper.report "$out/squad/grid" --out "$out/squad/report"
     fi
     $py train.py -m experiment=claims_squad_finetune "${squad_lr[@]}" "optimizer.lr=${SQUAD_FINETUNE_LRS:-3e-5,5e-5,1e-4}"
     $py -m paper.report "$out/squad/lr" --out "$out/squad/lr-report" --no-plots
     lr_chosen claims_squad && lr_chosen claims_squad_finetune || exit 0
+    reuse_lr_job claims_squad_finetune finetune
     $py train.py -m experiment=claims_squad_finetune "hydra.sweep.dir=$out/squad/grid"
     $py -m paper.report "$out/squad/grid" --out "$out/squad/report"
     ;;
