@@ -114,6 +114,17 @@ def table2_columns() -> list[tuple[str, set[str]]]:
     return [(column["title"], {t.key for t in tasks() if t.family == column["family"]}) for column in columns]
 
 
+def table2_published(family: str) -> tuple[dict[str, float], str] | None:
+    """(row -> the paper's Table 2 number in ``family``'s column, where it comes from: 'BERT, SQuAD F1'); None
+    when Table 2 has no column for the family."""
+    columns = _tasks()["table2_columns"]
+    position = next((i for i, column in enumerate(columns) if column["family"] == family), None)
+    if position is None:
+        return None
+    values = {row: float(str(cells).split("/")[position]) for row, cells in published()["table2"].items()}
+    return values, f"{columns[position]['paper']}, {columns[position]['title']}"
+
+
 @cache
 def _claims() -> dict:
     return read("claims.yaml")

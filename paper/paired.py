@@ -23,7 +23,18 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 
-from paper.definitions import Claim, checks, claim_setting, claims, families, published, tasks as task_definitions
+from paper.definitions import (
+    Claim,
+    checks,
+    claim_setting,
+    claims,
+    families,
+    published,
+    table2_published,
+)
+from paper.definitions import (
+    tasks as task_definitions,
+)
 from paper.runs import FAMILY, TASKS, learning_curve, one_lr_per_row, row_key
 
 MARGIN = claim_setting("margin")  # points of dev metric ×100: what "matches" may lose (non-inferiority margin)
@@ -34,15 +45,20 @@ PerTask = dict[str, dict[int, float]]  # task → seed → (row − reference)
 ALSO = {task.key: task.also for task in task_definitions() if task.also}  # e.g. SQuAD: exact match beside F1
 
 
-def paper_difference(claim: Claim) -> str:
-    """The paper's own (row − reference) of its GLUE averages, e.g. '+0.6 (BERT)'; its Figure 4 for convergence."""
+def paper_difference(claim: Claim, family: str = "glue") -> str:
+    """The paper's own (row − reference) in ``family``: of its GLUE averages, e.g. '+0.6 (BERT)'; beyond GLUE, of
+    its Table 2 column for that family, e.g. '+0.3 (BERT, SQuAD F1)'; its Figure 4 for convergence."""
     if claim.measure == "early":
         return "Figure 4"
-    tables = {"BERT": "bert_avg", "RoBERTa": "roberta_avg_table2"}
-    averages = published()[tables[claim.paper]] if claim.paper in tables else {}
+    if family == "glue":
+        tables = {"BERT": "bert_avg", "RoBERTa": "roberta_avg_table2"}
+        averages, backbone = (published()[tables[claim.paper]] if claim.paper in tables else {}), claim.paper
+    else:
+        averages, backbone = table2_published(family) or ({}, "")
     if claim.row not in averages or claim.reference not in averages:
         return "–"
-    return f"{averages[claim.row] - averages[claim.reference]:+.1f} ({claim.paper})".replace("-", "−")
+    difference = f"{averages[claim.row] - averages[claim.reference]:+.1f}".replace("-", "−")
+    return f"{difference} ({backbone})"
 
 
 def early_score(run: dict) -> float | None:
@@ -175,16 +191,16 @@ def paired_table(runs: list[dict]) -> str | None:
         return None
     lines = []
     for claim, text, per_task in found:
+        family = FAMILY.get(next(iter(per_task)))  # Avg. runs over the family's tasks present (GLUE: the paper's average)
         cells = [describe(list(per_task.get(t, {}).values())) + (also_cell(runs, claim, t) if t in per_task else "")
                  for t, _ in tasks]
-        family = FAMILY.get(next(iter(per_task)))  # Avg.: over the family's tasks present (GLUE: the paper's average)
         mine = [t for t, _ in tasks if FAMILY.get(t) == family]
         average = describe(list(average_over_tasks(per_task, mine).values()))
         pooled = [value for seeds in per_task.values() for value in seeds.values()]
         bounds = interval(pooled)
         ci = f"{ci_text(bounds)} (n={len(pooled)})" if bounds else f"n={len(pooled)}"
         lines.append(f"| {text} | {claim.row} − {claim.reference} | " + " | ".join(cells)
-                     + f" | {average} | {ci} | {verdict(pooled, claim.kind)} | {paper_difference(claim)} |")
+                     + f" | {average} | {ci} | {verdict(pooled, claim.kind)} | {paper_difference(claim, family)} |")
     header = ("| Claim | difference | " + " | ".join(name for _, name in tasks)
               + " | Avg. | all pairs: mean [95% CI] | verdict | paper |")
     return "\n".join([header, "|---" * (len(tasks) + 6) + "|", *lines])

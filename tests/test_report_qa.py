@@ -39,6 +39,20 @@ def test_verdicts_pool_within_a_task_family(tmp_path):
     # QA: F1 differences (10, 10, 10), EM beside them (5, 5, 6); the interval is F1's alone: a constant +10
     assert "| – | +10.0 ± 0.0 (3/3 > 0); EM +5.3 ± 0.6 (3/3 > 0) | +10.0 ± 0.0 (3/3 > 0) |" in qa
     assert "(n=3) | reproduced |" in qa
+    # the paper column: BERT's GLUE averages 74.2 − 73.6 on the GLUE line; Table 2's BERT SQuAD F1 87.7 − 87.4 on the QA one
+    assert glue.endswith("| +0.6 (BERT) |") and qa.endswith("| +0.3 (BERT, SQuAD F1) |")
+
+
+def test_the_papers_difference_beyond_glue_is_its_table2_column():
+    """Table 2 prints 'GLUE / XSum / SQuAD' per row: each family's paper column reads its own number."""
+    from paper.paired import paper_difference
+
+    snip_s80, dense_vs_finetune = (next(c for c in CLAIMS if (c.row, c.reference) == pair)
+                                   for pair in (("snip_s80", "dense"), ("dense", "finetune")))
+    assert paper_difference(snip_s80, "qa") == "−0.4 (BERT, SQuAD F1)"  # 87.0 − 87.4
+    assert paper_difference(dense_vs_finetune, "qa") == "−0.4 (BERT, SQuAD F1)"  # 87.4 − 87.8
+    assert paper_difference(dense_vs_finetune, "seq2seq") == "−0.3 (BART-large, XSum R2)"  # 21.6 − 21.9
+    assert paper_difference(SNIP_VS_DENSE, "seq2seq") == "+0.2 (BART-large, XSum R2)"  # 21.8 − 21.6
 
 
 def test_one_family_keeps_the_plain_claim_text(tmp_path):
