@@ -23,18 +23,8 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 
-from paper.definitions import (
-    Claim,
-    checks,
-    claim_setting,
-    claims,
-    families,
-    published,
-    table2_published,
-)
-from paper.definitions import (
-    tasks as task_definitions,
-)
+from paper.definitions import Claim, checks, claim_setting, claims, families, published, table2_published
+from paper.definitions import tasks as task_definitions
 from paper.runs import FAMILY, TASKS, learning_curve, one_lr_per_row, row_key
 
 MARGIN = claim_setting("margin")  # points of dev metric ×100: what "matches" may lose (non-inferiority margin)
