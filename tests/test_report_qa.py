@@ -142,3 +142,14 @@ def test_a_dev_subset_is_part_of_the_budget_only_when_set():
     keys = [group_key({"backbone": "minilm", "budget": budget}) for budget in (whole, half)]
     assert keys[0] != keys[1] and "first 5285 dev rows" in describe_group(keys[1])
     assert "dev rows" not in describe_group(keys[0]) and json.loads(keys[0])["doc_stride"] == 128
+
+
+def test_a_squad_only_table_has_no_paper_glue_average_beside_it(tmp_path):
+    """The paper's reference column is its GLUE average; beside SQuAD F1 alone it would read as a SQuAD number."""
+    for seed in (1, 2):
+        squad_run(tmp_path, "dense", seed, 0.70, 0.58)
+        squad_run(tmp_path, "snip", seed, 0.69, 0.57)
+    runs = load_summaries([tmp_path])
+    header = markdown_table(runs, ["dense", "snip"]).splitlines()[0]
+    assert header == "| Method | lr | SQuAD F1 | SQuAD EM | Avg. | #Param | seeds |"
+    assert "paper BERT Avg." in markdown_table(mixed(tmp_path / "mixed"), ["dense", "snip"]).splitlines()[0]
