@@ -309,7 +309,7 @@ def main() -> None:
                 command = [sys.executable, __file__, "--one", "--shapes", shape, "--precisions", precision, "--measures", what,
                            "--device", args.device, "--threads", str(args.threads), "--batches", str(args.batches)]
                 done = subprocess.run(command, check=False, capture_output=True, text=True, env=dict(os.environ, **ALLOCATOR))
-                line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
+                line = next((out for out in done.stdout.splitlines() if out.startswith("RESULT ")), None)
                 if line is None:
                     error = (done.stderr.strip().splitlines() or ["no output"])[-1]
                     print(f"error: {shape} {precision} {what}: {error}", file=sys.stderr)

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
-
 import random
 import time
 import warnings
+from pathlib import Path
 
 import lightning as L
 import numpy as np

@@ -45,7 +45,7 @@ def number(value: Any, name: str, low: float | None = None, high: float | None =
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ConfigError(f"{name}: expected a finite number, got {_kind(value)}")
     if (low is not None and value < low) or (high is not None and (value > high if closed_high else value >= high)):
-        bound = f"in [{low:g}, {high:g}{']' if closed_high else ')'}" if high is not None else f"> 0" if low == 1e-12 else f"≥ {low:g}"
+        bound = f"in [{low:g}, {high:g}{']' if closed_high else ')'}" if high is not None else "> 0" if low == 1e-12 else f"≥ {low:g}"
         raise ConfigError(f"{name}={value} must be {bound}")
     return value
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 
@@ -32,6 +33,14 @@ def glue_dir() -> str:
     if found is None:
         pytest.skip("GLUE files not found: set SPARSE_ADAPTER_DATA to the folder that holds glue/")
     return found
+
+
+@pytest.fixture(scope="session")
+def sst2_rows(glue_dir) -> list[tuple[str, int]]:
+    """The first 64 SST-2 training sentences with their labels (PEFT, Trainer and QLoRA tests)."""
+    with open(f"{glue_dir}/glue/SST-2/train.tsv", newline="") as handle:
+        reader = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        return [(r["sentence"], int(r["label"])) for _, r in zip(range(64), reader)]
 
 
 def compose_config(*overrides: str):

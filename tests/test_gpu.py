@@ -5,7 +5,6 @@
 exactly zero where pruned, which they are because nothing moved them).
 """
 
-import lightning as L
 import pytest
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision

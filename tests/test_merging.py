@@ -49,7 +49,6 @@ def test_merge_lora_keeps_the_logits_and_reports_the_dense_update(caplog, backbo
     with torch.no_grad():
         torch.testing.assert_close(model(**batch).logits, before, rtol=0, atol=1e-5)
     for name, delta in deltas.items():
-        layer = wrapped[name]
         b, a = masks[f"{name}.lora_B"], masks[f"{name}.lora_A"]
         assert delta.density == pytest.approx(structural_density(b, a, b.shape[0] * a.shape[1]), abs=1e-12)
         assert delta.shape == (b.shape[0], a.shape[1]) and delta.factor_density < 0.6 < delta.density

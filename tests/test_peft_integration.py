@@ -6,7 +6,6 @@ optimizer steps (AdamW with weight decay, gradient accumulation, clipping).
 
 from __future__ import annotations
 
-import csv
 
 import pytest
 import torch
@@ -26,12 +25,6 @@ from sparse_adapter.pruning import PrunerConfig, kept_count, prune  # noqa: E402
 from tests.conftest import tiny_model  # noqa: E402
 
 LORA = dict(r=4, lora_alpha=8, target_modules=["query", "value"], modules_to_save=["classifier"], init_lora_weights="gaussian")
-
-
-@pytest.fixture(scope="module")
-def rows(glue_dir):
-    with open(f"{glue_dir}/glue/SST-2/train.tsv", newline="") as handle:
-        return [(r["sentence"], int(r["label"])) for _, r in zip(range(64), csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))]
 
 
 def encode(tokenizer, rows):
@@ -61,17 +54,17 @@ def kept(masks):
     (LoKrConfig(r=2, target_modules=["query", "value"]), ("lokr_",)),
     (PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4), ("prompt_encoder",)),
 ])
-def test_every_tuner_s_adapter_tensors_are_found_and_pruned_exactly(config, names, rows):
+def test_every_tuner_s_adapter_tensors_are_found_and_pruned_exactly(config, names, sst2_rows):
     model, tokenizer = peft_model(config)
     tensors = adapter_tensors(model)
     assert tensors and all(any(part in name for part in names) for name in tensors), list(tensors)
     assert not any("classifier" in name for name in tensors)  # modules_to_save: trained, never pruned
-    masks = prune_peft_model(model, sparsity=0.4, pruner="snip", batches=batched(encode(tokenizer, rows[:16])))
+    masks = prune_peft_model(model, sparsity=0.4, pruner="snip", batches=batched(encode(tokenizer, sst2_rows[:16])))
     count, total = kept(masks)
     assert set(masks) == set(tensors) and count == kept_count(total, 0.4)
 
 
-def test_include_and_exclude_select_by_name_and_bad_input_names_the_setting(rows):
+def test_include_and_exclude_select_by_name_and_bad_input_names_the_setting(sst2_rows):
     model, tokenizer = peft_model()
     assert all("lora_B" in n for n in adapter_tensors(model, include="lora_B"))
     assert not any("value" in n for n in adapter_tensors(model, exclude=r"\.value\."))
@@ -81,7 +74,7 @@ def test_include_and_exclude_select_by_name_and_bad_input_names_the_setting(rows
     with pytest.raises(ConfigError, match="no trainable adapter tensors"):
         prune_peft_model(plain, batches=[])
     with pytest.raises(ConfigError, match="sparsity=1.0"):
-        prune_peft_model(model, sparsity=1.0, batches=batched(encode(tokenizer, rows[:8])))
+        prune_peft_model(model, sparsity=1.0, batches=batched(encode(tokenizer, sst2_rows[:8])))
     with pytest.raises(ConfigError, match="is not a parameter"):
         hold_masks(None, dict(model.named_parameters()), {"nope.weight": torch.ones(2, dtype=torch.bool)})
     name, parameter = next(iter(adapter_tensors(model).items()))
@@ -91,7 +84,7 @@ def test_include_and_exclude_select_by_name_and_bad_input_names_the_setting(rows
 
 @pytest.mark.parametrize("backbone, targets, head", [("tiny-bert", ["query", "value"], "classifier"),
                                                     ("tiny-llama", ["q_proj", "v_proj"], "score")])
-def test_snip_masks_equal_our_own_pipeline_on_the_same_lora(rows, backbone, targets, head):
+def test_snip_masks_equal_our_own_pipeline_on_the_same_lora(sst2_rows, backbone, targets, head):
     """PEFT's LoRA and ours with the same weights and batches: the same SNIP masks, name for name."""
     from tests.test_architectures_train import backbone_from
 
@@ -110,7 +103,7 @@ def test_snip_masks_equal_our_own_pipeline_on_the_same_lora(rows, backbone, targ
         with torch.no_grad():
             dict(ours.named_parameters())[name].copy_(theirs[mapping[name]])
     batches = [{k: v for k, v in b.items() if backbone == "tiny-bert" or k != "token_type_ids"}
-               for b in batched(encode(tokenizer, rows[:16]))]
+               for b in batched(encode(tokenizer, sst2_rows[:16]))]
     peft_masks = prune_peft_model(model, sparsity=0.5, batches=batches, seed=3)
     ours.eval()
     params = {n: p for n, p in ours.named_parameters() if n in prunable}
@@ -146,10 +139,10 @@ def trainer_for(model, dataset, tmp_path, callback, max_steps=30, **args):
 
 @pytest.mark.parametrize("config", [LoraConfig(**LORA), IA3Config(target_modules=["key", "value", "output.dense"], feedforward_modules=["output.dense"])],
                          ids=["lora", "ia3"])
-def test_trainer_holds_masks_through_accumulation_decay_and_clipping(config, rows, tmp_path):
+def test_trainer_holds_masks_through_accumulation_decay_and_clipping(config, sst2_rows, tmp_path):
     model, tokenizer = peft_model(config)
     callback = SparseAdapterCallback(sparsity=0.5, pruner="snip", num_batches=4)
-    trainer = trainer_for(model, encode(tokenizer, rows), tmp_path, callback)
+    trainer = trainer_for(model, encode(tokenizer, sst2_rows), tmp_path, callback)
     trainer.train()
     count, total = kept(callback.masks)
     assert count == kept_count(total, 0.5) and callback.kept_fraction == pytest.approx(count / total)
@@ -157,9 +150,9 @@ def test_trainer_holds_masks_through_accumulation_decay_and_clipping(config, row
     assert any("sparse_adapter/kept_fraction" in entry for entry in trainer.state.log_history)
 
 
-def test_trainer_resume_reads_the_masks_of_the_checkpoint(rows, tmp_path):
+def test_trainer_resume_reads_the_masks_of_the_checkpoint(sst2_rows, tmp_path):
     model, tokenizer = peft_model()
-    data = encode(tokenizer, rows)
+    data = encode(tokenizer, sst2_rows)
     first = SparseAdapterCallback(sparsity=0.6, num_batches=4)
     trainer_for(model, data, tmp_path, first, max_steps=12, save_strategy="steps", save_steps=6).train()
     assert (tmp_path / "checkpoint-6" / MASKS_FILE).is_file()
@@ -171,9 +164,9 @@ def test_trainer_resume_reads_the_masks_of_the_checkpoint(rows, tmp_path):
     assert_held(dict(again.named_parameters()), second.masks, trainer.optimizer)
 
 
-def test_plain_loop_hook_holds_masks_and_comes_off(rows):
+def test_plain_loop_hook_holds_masks_and_comes_off(sst2_rows):
     model, tokenizer = peft_model()
-    batches = batched(encode(tokenizer, rows), 4)
+    batches = batched(encode(tokenizer, sst2_rows), 4)
     masks = prune_peft_model(model, sparsity=0.5, batches=batches[:4])
     params = dict(model.named_parameters())
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3, weight_decay=0.1)
@@ -192,20 +185,20 @@ def test_plain_loop_hook_holds_masks_and_comes_off(rows):
     assert any(bool((params[name].detach()[~mask] != 0).any()) for name, mask in masks.items())  # the hooks are gone
 
 
-def test_our_own_adapters_work_with_the_callback(rows, tmp_path):
+def test_our_own_adapters_work_with_the_callback(sst2_rows, tmp_path):
     torch.manual_seed(0)
     model, tokenizer = tiny_model()
     attach_adapter(model, "houlsby", bottleneck=8)
     callback = SparseAdapterCallback(sparsity=0.5, num_batches=4)
-    trainer = trainer_for(model, encode(tokenizer, rows), tmp_path, callback, max_steps=8)
+    trainer = trainer_for(model, encode(tokenizer, sst2_rows), tmp_path, callback, max_steps=8)
     trainer.train()
     assert set(callback.masks) == {n for n in adapter_tensors(model)} and all("adapter" in n for n in callback.masks)
     assert_held(dict(model.named_parameters()), callback.masks, trainer.optimizer)
 
 
-def test_saved_folders_keep_the_zeros_and_the_sparse_one_shrinks(rows, tmp_path):
+def test_saved_folders_keep_the_zeros_and_the_sparse_one_shrinks(sst2_rows, tmp_path):
     model, tokenizer = peft_model(LoraConfig(**{**LORA, "r": 32}))  # tensors large enough that the file header is small
-    batches = batched(encode(tokenizer, rows[:16]))
+    batches = batched(encode(tokenizer, sst2_rows[:16]))
     masks = prune_peft_model(model, sparsity=0.75, batches=batches)
     hold_masks(None, dict(model.named_parameters()), masks)
     model.eval()
@@ -229,10 +222,10 @@ def test_saved_folders_keep_the_zeros_and_the_sparse_one_shrinks(rows, tmp_path)
     assert (tmp_path / "sparse" / SPARSE_FILE).stat().st_size < 0.5 * dense_bytes  # 25% of the values + their bits
 
 
-def test_shira_mask_fn_keeps_the_exact_budget_chosen_by_score(rows):
+def test_shira_mask_fn_keeps_the_exact_budget_chosen_by_score(sst2_rows):
     torch.manual_seed(0)
     model, tokenizer = tiny_model()
-    batches = batched(encode(tokenizer, rows[:16]))
+    batches = batched(encode(tokenizer, sst2_rows[:16]))
     mask_fn = shira_mask_fn(model, batches, scorer="snip", target_modules=["query", "value"])
     from sparse_adapter.pruning import SCORERS
 

@@ -20,7 +20,7 @@ from sparse_adapter.quantization import Quantization, is_quantized, quantize_bac
 from tests.cli_support import call_train, error_lines  # noqa: E402
 from tests.test_architectures_train import backbone_from  # noqa: E402
 from tests.test_cli import summary, train_in_process  # noqa: E402
-from tests.test_peft_integration import assert_held, batched, encode, kept, rows, trainer_for  # noqa: E402,F401
+from tests.test_peft_integration import assert_held, batched, encode, kept, trainer_for  # noqa: E402
 
 VARIANTS = {"houlsby": dict(bottleneck=4), "pfeiffer": dict(bottleneck=4), "parallel": dict(bottleneck=4),
             "prefix": dict(length=3), "mam": dict(size=3), "lora": dict(r=2, targets=["q_proj", "v_proj", "down_proj"]),
@@ -37,7 +37,7 @@ def body_linears(model) -> int:
 
 
 @pytest.mark.parametrize("variant, method", [(v, "nf4") for v in VARIANTS] + [(v, "int8") for v in ("lora", "ia3", "houlsby")])
-def test_every_variant_trains_over_a_quantized_body_and_stays_fp32(variant, method, rows):
+def test_every_variant_trains_over_a_quantized_body_and_stays_fp32(variant, method, sst2_rows):
     model, tokenizer = llama()
     prunable = attach_adapter(model, variant, **VARIANTS[variant])
     swapped = quantize_backbone(model, Quantization(method, double_quant=method == "nf4"))
@@ -49,14 +49,14 @@ def test_every_variant_trains_over_a_quantized_body_and_stays_fp32(variant, meth
         assert wrapped, list(layers)[:4]
     named = dict(model.named_parameters())
     assert all(named[n].dtype == torch.float32 and named[n].requires_grad for n in prunable)
-    batch = batched(encode(tokenizer, rows[:4]), 4)[0]
+    batch = batched(encode(tokenizer, sst2_rows[:4]), 4)[0]
     batch = {k: v for k, v in batch.items() if k != "token_type_ids"}
     model.train()
     model(**batch).loss.backward()
     assert all(named[n].grad is not None and bool(named[n].grad.abs().sum() > 0) for n in prunable), variant
 
 
-def test_nf4_holds_a_fifth_of_the_fp32_weights_and_keeps_the_logits_close(rows):
+def test_nf4_holds_a_fifth_of_the_fp32_weights_and_keeps_the_logits_close(sst2_rows):
     dense, tokenizer = llama()
     quantized, _ = llama()
     prunable = attach_adapter(quantized, "lora", r=2, targets=["q_proj", "v_proj"])
@@ -65,7 +65,7 @@ def test_nf4_holds_a_fifth_of_the_fp32_weights_and_keeps_the_logits_close(rows):
     quantize_backbone(quantized, Quantization("nf4"))
     linear_bytes = sum(m.weight.numel() * 4 for m in dense.base_model.modules() if isinstance(m, torch.nn.Linear))
     assert before - weight_bytes(quantized) > 0.8 * linear_bytes  # 4 bits + scales of 32 instead of 32 bits per weight
-    batch = {k: v for k, v in batched(encode(tokenizer, rows[:4]), 4)[0].items() if k not in ("token_type_ids", "labels")}
+    batch = {k: v for k, v in batched(encode(tokenizer, sst2_rows[:4]), 4)[0].items() if k not in ("token_type_ids", "labels")}
     with torch.no_grad():
         dense_logits, quantized_logits = dense.eval()(**batch).logits, quantized.eval()(**batch).logits
     assert torch.isfinite(quantized_logits).all() and not torch.equal(dense_logits, quantized_logits)
@@ -74,14 +74,14 @@ def test_nf4_holds_a_fifth_of_the_fp32_weights_and_keeps_the_logits_close(rows):
 
 
 @pytest.mark.parametrize("scorer", ["snip", "grasp", "synflow", "magnitude", "random"])
-def test_every_scorer_scores_through_the_nf4_model_and_keeps_exactly_k(scorer, rows):
+def test_every_scorer_scores_through_the_nf4_model_and_keeps_exactly_k(scorer, sst2_rows):
     model, tokenizer = llama()
     prunable = attach_adapter(model, "lora", r=4, targets=["q_proj", "v_proj", "up_proj"])
     quantize_backbone(model, Quantization("nf4"))
     model.eval()
     named = dict(model.named_parameters())
     params = {n: named[n] for n in prunable}
-    batches = [{k: v for k, v in b.items() if k != "token_type_ids"} for b in batched(encode(tokenizer, rows[:8]), 4)]
+    batches = [{k: v for k, v in b.items() if k != "token_type_ids"} for b in batched(encode(tokenizer, sst2_rows[:8]), 4)]
     config = PrunerConfig(scorer, batches=len(batches), **({"iterations": 3} if scorer == "synflow" else {}))
     masks = prune(params, 0.6, config, loss_fn=lambda b, temperature=1.0: model(**b).loss, batches=batches, seed=1, model=model)
     count, total = kept(masks)
@@ -159,7 +159,7 @@ def peft_4bit(seed: int = 0):
     return get_peft_model(model, config), tokenizer
 
 
-def test_prune_peft_model_and_the_callback_on_a_4bit_peft_model(rows, tmp_path):
+def test_prune_peft_model_and_the_callback_on_a_4bit_peft_model(sst2_rows, tmp_path):
     pytest.importorskip("peft")
     from peft.tuners.lora.bnb import Linear4bit as PeftLinear4bit
 
@@ -168,7 +168,7 @@ def test_prune_peft_model_and_the_callback_on_a_4bit_peft_model(rows, tmp_path):
 
     model, tokenizer = peft_4bit()
     assert any(isinstance(m, PeftLinear4bit) for m in model.modules())
-    examples = [{k: v for k, v in e.items() if k != "token_type_ids"} for e in encode(tokenizer, rows[:32])]
+    examples = [{k: v for k, v in e.items() if k != "token_type_ids"} for e in encode(tokenizer, sst2_rows[:32])]
     masks = prune_peft_model(model, sparsity=0.5, pruner="snip", batches=batched(examples[:8], 4))
     count, total = kept(masks)
     assert count == kept_count(total, 0.5) and all("lora_" in n for n in masks)
@@ -182,7 +182,7 @@ def test_prune_peft_model_and_the_callback_on_a_4bit_peft_model(rows, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("compute_dtype", ["float32", "bfloat16"])
-def test_nf4_on_cuda_scores_and_holds_masks_exactly(compute_dtype, rows):
+def test_nf4_on_cuda_scores_and_holds_masks_exactly(compute_dtype, sst2_rows):
     from sparse_adapter.hold import hold_masks
 
     model, tokenizer = llama()
@@ -191,7 +191,7 @@ def test_nf4_on_cuda_scores_and_holds_masks_exactly(compute_dtype, rows):
     model.to("cuda").eval()
     named = dict(model.named_parameters())
     params = {n: named[n] for n in prunable}
-    batches = [{k: v.cuda() for k, v in b.items() if k != "token_type_ids"} for b in batched(encode(tokenizer, rows[:16]), 4)]
+    batches = [{k: v.cuda() for k, v in b.items() if k != "token_type_ids"} for b in batched(encode(tokenizer, sst2_rows[:16]), 4)]
     masks = prune(params, 0.5, PrunerConfig("grasp", batches=2), loss_fn=lambda b, temperature=1.0: model(**b).loss,
                   batches=batches[:2], model=model)
     assert kept(masks)[0] == kept_count(kept(masks)[1], 0.5)
@@ -208,7 +208,7 @@ def test_nf4_on_cuda_scores_and_holds_masks_exactly(compute_dtype, rows):
 
 @pytest.mark.parametrize("backbone, variant", [("tiny-gpt2", "lora"), ("tiny-t5", "lora"), ("tiny-bart", "ia3"),
                                                ("tiny-bert", "houlsby"), ("tiny-qwen3", "prefix")])
-def test_every_architecture_quantizes_under_an_adapter(backbone, variant, rows):
+def test_every_architecture_quantizes_under_an_adapter(backbone, variant, sst2_rows):
     """GPT-2's Conv1D (weight in×out) becomes a transposed Linear4bit; T5 keeps ``wo`` in fp32 (it casts its input to
     that weight's dtype); encoder–decoders, BERT and Qwen3 quantize every frozen projection of the body."""
     torch.manual_seed(0)
@@ -221,7 +221,7 @@ def test_every_architecture_quantizes_under_an_adapter(backbone, variant, rows):
     assert quantize_backbone(model, Quantization("nf4")) > 0
     if backbone == "tiny-t5":
         assert not any(is_quantized(m) for n, m in model.named_modules() if n.endswith(".wo"))
-    batch = {k: v for k, v in batched(encode(tokenizer, rows[:4]), 4)[0].items() if k != "token_type_ids" or backbone == "tiny-bert"}
+    batch = {k: v for k, v in batched(encode(tokenizer, sst2_rows[:4]), 4)[0].items() if k != "token_type_ids" or backbone == "tiny-bert"}
     model.train()
     loss = model(**batch).loss
     loss.backward()

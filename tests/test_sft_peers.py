@@ -41,8 +41,13 @@ def test_our_sft_loss_equals_trl_and_the_callback_holds_masks_in_sft_trainer(tmp
     data = SFTDataModule(SFTTask(path=path, eval_path=path), tokenizer)
     data.setup()
     ours = data.collator.train(data.datasets["train"])
-    unpadded = lambda b: sorted(tuple(r[m.bool()].tolist()) for r, m in zip(b["input_ids"], b["attention_mask"]))
-    labelled = lambda batch: sorted(tuple(r[r != -100].tolist()) for r in batch["labels"])  # noqa: E731
+
+    def unpadded(batch):
+        return sorted(tuple(r[m.bool()].tolist()) for r, m in zip(batch["input_ids"], batch["attention_mask"]))
+
+    def labelled(batch):
+        return sorted(tuple(r[r != -100].tolist()) for r in batch["labels"])
+
     assert unpadded(theirs) == unpadded(ours) and labelled(theirs) == labelled(ours)  # same tokens, same labels
     model.eval()
     with torch.no_grad():

@@ -18,7 +18,6 @@ from torch import nn
 from sparse_adapter.adapters.base import ADAPTERS, AdapterConfig, freeze_backbone
 from sparse_adapter.adapters.parallel import insert_parallel
 from sparse_adapter.adapters.prefix import insert_prefix
-from sparse_adapter.errors import ConfigError
 from sparse_adapter.schema import ranged
 
 

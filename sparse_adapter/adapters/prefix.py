@@ -18,7 +18,6 @@ from sparse_adapter.adapters.base import ADAPTERS, AdapterConfig, freeze_backbon
 from sparse_adapter.adapters.layouts import replace_submodule, require_slot, transformer_blocks
 from sparse_adapter.adapters.prefix_attention import BartPrefixAttention, PrefixAttention
 from sparse_adapter.adapters.prefix_interface import InterfacePrefixAttention
-from sparse_adapter.errors import ConfigError
 from sparse_adapter.schema import ranged
 
 PREFIX_WRAPPERS: dict[str, type[PrefixAttention]] = {
