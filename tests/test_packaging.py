@@ -28,7 +28,7 @@ def test_import_loads_no_framework_and_every_public_name_is_there_or_lazy():
 def test_wheel_installs_into_a_fresh_venv_with_the_library_only(tmp_path):
     source = tmp_path / "src"  # a copy: building in the checkout would leave build/ and egg-info behind
     source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, source / name)
     shutil.copytree(ROOT / "sparse_adapter", source / "sparse_adapter", ignore=shutil.ignore_patterns("__pycache__"))
     wheels = tmp_path / "wheels"
@@ -43,6 +43,8 @@ def test_wheel_installs_into_a_fresh_venv_with_the_library_only(tmp_path):
     assert requires == ["Requires-Dist: torch>=2.4"]  # lower-bounded: installs beside anyone's torch (CPU or CUDA)
     extras = {line.split(": ")[1] for line in metadata.splitlines() if line.startswith("Provides-Extra")}
     assert {"peft", "quant", "dist", "eval", "docs", "dev"} <= extras
+    assert "License-Expression: MIT" in metadata.splitlines()  # SPDX (PEP 639), with its text in the wheel
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
