@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from sparse_adapter.adapters import LoRAConfig
-from sparse_adapter.backbones import second_order_attention
+from sparse_adapter.backbones import checkpointing, second_order_attention
 from sparse_adapter.peft import model_loss
 from sparse_adapter.pruning import PrunerConfig, blockwise, lm_head, prune
 from sparse_adapter.pruning.allocation import select
@@ -97,7 +97,7 @@ def test_snip_scores_with_gradient_checkpointing_when_the_model_trains_with_it()
     """HF models checkpoint in train mode only; scoring (eval mode) recomputes blocks itself, with equal scores."""
     model, params, loss_fn, batches = causal_lm("llama", torch.float64)
     plain = prune(params, 0.4, PrunerConfig("snip", batches=2), loss_fn, batches, seed=3, model=model)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    checkpointing(model, True)  # as backbone.gradient_checkpointing=true does
     recomputed = []
     original = blockwise._BlockVJP.forward
     blockwise._BlockVJP.forward = staticmethod(lambda ctx, *a: recomputed.append(1) or original(ctx, *a))
