@@ -38,14 +38,9 @@ def single_process_validation(tmp_path, data_dir, weights, *overrides):
     return {k.removeprefix("val/"): v for k, v in metrics.items()}, module.sample_predictions
 
 
-@pytest.mark.parametrize("pruner", ["snip", "grasp"])
-def test_two_cpu_ranks_train_one_topology_and_report_whole_dev_set_metrics(tmp_path, glue_dir, pruner):
-    result = train_subprocess(
-        *DDP, f"pruner={pruner}", f"data_dir={glue_dir}", f"hydra.run.dir={tmp_path}",
-        "+callbacks.dump._target_=tests.helpers.DumpRankState", f"+callbacks.dump.dirpath={tmp_path}", timeout=400,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+def assert_one_topology(folder) -> tuple[dict, dict, int]:
+    """Both ranks' dumps hold the same masks and trained weights, 40% pruned exactly, pruned weights exactly zero."""
+    ranks = [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]
     assert [r["train_sampler"] for r in ranks] == ["ResumableSampler"] * 2  # dealt out by itself, not wrapped by Lightning
     zero, one = ranks
@@ -59,6 +54,17 @@ def test_two_cpu_ranks_train_one_topology_and_report_whole_dev_set_metrics(tmp_p
     assert kept == round(0.6 * total)
     for name, mask in zero["masks"].items():  # pruned weights stayed exactly zero
         assert torch.count_nonzero(zero["weights"][name][~mask]) == 0
+    return zero, one, kept
+
+
+def test_two_cpu_ranks_train_one_grasp_topology_and_report_whole_dev_set_metrics(tmp_path, glue_dir):
+    """GraSP's Hessian-gradient product on each rank's own batches; SNIP's topology: the resumable run below."""
+    result = train_subprocess(
+        *DDP, "pruner=grasp", f"data_dir={glue_dir}", f"hydra.run.dir={tmp_path}",
+        "+callbacks.dump._target_=tests.helpers.DumpRankState", f"+callbacks.dump.dirpath={tmp_path}", timeout=400,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    zero, one, kept = assert_one_topology(tmp_path)
 
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["adapter_weights_kept"] == kept and summary["global_steps"] == 3
@@ -125,6 +131,9 @@ def ddp_straight(tmp_path_factory, glue_dir):
 
 
 def assert_same_ddp_run(resumed, straight):
+    """Each run holds one SNIP topology on both ranks, and the resumed run ends at the straight one's weights."""
+    for run in (resumed, straight):
+        assert_one_topology(run)
     got, want = json.loads((resumed / "summary.json").read_text()), json.loads((straight / "summary.json").read_text())
     assert got["global_steps"] == want["global_steps"] == 8 and got["resumed_from"]
     for rank in (0, 1):
