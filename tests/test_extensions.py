@@ -35,7 +35,7 @@ def outside(tmp_path, monkeypatch) -> Path:
     registered (a DistilBERT layout, say) does not leak into later tests of the same worker."""
     folder = shutil.copytree(PLUGINS, tmp_path / "elsewhere")
     monkeypatch.syspath_prepend(str(folder))
-    # type(), not isinstance(): isinstance reads each object's __class__, which warns on deprecated aliases (torch's reduce_op)
+    # by exact type: isinstance reads every object's __class__, which warns on deprecated aliases (torch's reduce_op)
     saved = [(registry, dict(registry)) for registry in gc.get_objects() if type(registry) is Registry]
     yield folder
     for registry, entries in saved:
