@@ -31,7 +31,8 @@ def lm(name: str, dtype: str = "float32"):
 
 
 def full_loss(model, batch, temperature: float = 1.0, smoothing: float = 0.0) -> torch.Tensor:
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float() / temperature
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature
     return F.cross_entropy(logits.flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=IGNORE, label_smoothing=smoothing)
 
 
@@ -46,15 +47,24 @@ def gradient(model, prunable, loss) -> torch.Tensor:
     return torch.cat([g.flatten() for g in torch.autograd.grad(loss, [named[n] for n in prunable])])
 
 
+# fp64 proves the two losses are one function; fp32, what training runs, only agrees to its rounding: summing the
+# loss in chunks reorders the reductions (a relative gradient error of 1.0e-5 was seen on one CPU host)
+TOLERANCE = {torch.float64: (1e-12, 1e-10), torch.float32: (1e-6, 1e-4)}  # (loss rtol, gradient relative error)
+
+
+@pytest.mark.parametrize("dtype", list(TOLERANCE), ids=str)
 @pytest.mark.parametrize("name", list(TARGETS))
-def test_the_chunked_loss_equals_the_full_logits_loss_and_its_gradient(name):
+def test_the_chunked_loss_equals_the_full_logits_loss_and_its_gradient(name, dtype):
     model, prunable, batch = lm(name)
+    model.to(dtype)
+    loss_rtol, gradient_error = TOLERANCE[dtype]
     assert chunkable(model, batch["input_ids"], batch["attention_mask"])
     for temperature, smoothing in ((1.0, 0.0), (2.0, 0.1)):
         full, chunked = full_loss(model, batch, temperature, smoothing), chunked_loss(model, batch, temperature, smoothing)
-        assert torch.allclose(chunked, full, rtol=1e-6), (float(chunked), float(full))
+        assert full.dtype == chunked.dtype == dtype
+        assert torch.allclose(chunked, full, rtol=loss_rtol), (float(chunked), float(full))
         expected, got = gradient(model, prunable, full), gradient(model, prunable, chunked)
-        assert float((got - expected).norm() / expected.norm()) < 1e-5
+        assert float((got - expected).norm() / expected.norm()) < gradient_error
 
 
 def test_snip_and_grasp_pick_the_same_masks_from_either_loss():
