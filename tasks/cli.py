@@ -136,7 +136,8 @@ def check_run(cfg: DictConfig, overrides: list[str]) -> None:
 
     load_plugins(cfg.get("plugins"))  # the user's own extension modules, named on their command line or config
     validate_config(cfg)
-    explicit_dir = next((a.split("=", 1)[1] for a in reversed(overrides) if _key(a) == "hydra.run.dir"), None)
+    # Hydra's parsed value, not the override's text: a quoted dir (commas, as in sweep folders) is the folder Hydra makes
+    explicit_dir = str(cfg.hydra.run.dir) if any(_key(a) == "hydra.run.dir" for a in overrides) else None
     if explicit_dir and cfg.get("skip_finished") and Path(explicit_dir).is_dir():
         rundir.set_aside_unreadable(Path(explicit_dir))
     if explicit_dir and not (cfg.get("skip_finished") and rundir.finished_summary(Path(explicit_dir))):

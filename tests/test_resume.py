@@ -136,6 +136,22 @@ def test_a_dense_checkpoint_is_never_pruned_on_resume(tmp_path, glue_dir, capsys
     assert "pruner=none (command line: snip)" in error_lines(capsys.readouterr().err)[0]
 
 
+def test_a_quoted_run_directory_is_claimed_where_hydra_puts_it(tmp_path, glue_dir, capsys, monkeypatch):
+    """A dir with a comma must be quoted on Hydra's command line (``hydra.run.dir="…/row=a,seed=1"``, as sweep folders
+    are named); the lock is taken on the folder Hydra creates, never on a folder named with the quotes."""
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "row=finetune,seed=43"
+    run.mkdir()
+    holder = os.open(run, os.O_RDONLY | os.O_DIRECTORY)  # a live run holds it
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        assert call_train(*RESUMABLE, f"data_dir={glue_dir}", f'hydra.run.dir="{run}"') == 2
+    finally:
+        os.close(holder)
+    assert "in use by a running run" in error_lines(capsys.readouterr().err)[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [run.name]  # no folder named '"' beside it
+
+
 def test_an_interrupted_or_busy_or_finished_run_directory_is_not_reused(killed_run, tmp_path, glue_dir, capsys):
     run = tmp_path / "run"
     shutil.copytree(killed_run, run)
