@@ -67,7 +67,7 @@ def early_score(run: dict) -> float | None:
 
 def scores(runs: list[dict], measure: str = "final", metric: str | None = None) -> dict[tuple[str, str, int], float]:
     """(row, task, seed) → dev main metric ×100 (or its early mean; or ``metric``, where a run has it), each row at
-    its most frequent lr."""
+    one lr (``one_lr_per_row``)."""
     found = {}
     for run in one_lr_per_row(runs):
         if metric is not None:

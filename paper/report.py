@@ -161,8 +161,8 @@ def table2(runs: list[dict]) -> str | None:
     """The paper's Table 2 layout across task families: GLUE Avg. / XSum R2 / SQuAD F1 per row.
 
     Each column comes from its own backbone and budget (the paper: RoBERTa on GLUE, BART on
-    XSum), the one holding most of that column's runs, named under the table; each row shows its
-    most frequent lr. ``None`` when no XSum or SQuAD run exists.
+    XSum), the one holding most of that column's runs, named under the table; each row shows one lr
+    (``one_lr_per_row``). ``None`` when no XSum or SQuAD run exists.
     """
     if not any(r["task"] in ("xsum", "squad") for r in runs):
         return None

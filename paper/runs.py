@@ -164,9 +164,19 @@ def group_key(run: dict) -> str:
 
 
 def one_lr_per_row(runs: list[dict]) -> list[dict]:
-    """Plots show each row at one lr (its most frequent), never an average over lrs."""
+    """Each row at one lr, never an average over lrs: its most frequent, and among equally frequent ones (an lr
+    sweep: one job per lr) the best mean dev score, the sweep's own rule, so its report shows each row's winner."""
+    count = Counter((row_key(r), lr_of(r)) for r in runs)
+    scores: dict[tuple, list[float]] = {}
+    for r in runs:
+        value = (r.get("metrics") or {}).get(r.get("main_metric"))
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            scores.setdefault((row_key(r), lr_of(r)), []).append(value)
+    def rank(key: tuple) -> tuple:
+        mean = sum(scores[key]) / len(scores[key]) if scores.get(key) else -math.inf
+        return -count[key], -mean
     chosen: dict[str, float | None] = {}
-    for (row, lr), _ in Counter((row_key(r), lr_of(r)) for r in runs).most_common():
+    for row, lr in sorted(count, key=rank):
         chosen.setdefault(row, lr)
     return [r for r in runs if lr_of(r) == chosen[row_key(r)]]
 

@@ -153,3 +153,16 @@ def test_a_squad_only_table_has_no_paper_glue_average_beside_it(tmp_path):
     header = markdown_table(runs, ["dense", "snip"]).splitlines()[0]
     assert header == "| Method | lr | SQuAD F1 | SQuAD EM | Avg. | #Param | seeds |"
     assert "paper BERT Avg." in markdown_table(mixed(tmp_path / "mixed"), ["dense", "snip"]).splitlines()[0]
+
+
+def test_an_lr_sweeps_report_shows_and_pairs_each_row_at_its_best_lr(tmp_path):
+    """One job per lr ties every lr on frequency: the sweep's rule (best dev F1) picks, whatever order they load in."""
+    for lr, dense, finetune in [(5e-4, 0.666, 0.696), (1e-3, 0.698, 0.660), (2e-3, 0.703, 0.725)]:
+        squad_run(tmp_path / f"lr{lr}", "dense", 42, dense, dense - 0.1, budget={**BUDGET, "lr": lr})
+        squad_run(tmp_path / f"lr{lr}", "finetune", 42, finetune, finetune - 0.1, adapter="none", pruner="none",
+                  budget={**BUDGET, "lr": lr})
+    text = report(load_summaries([tmp_path]))
+    table2 = text.split("## Table 2 layout")[1].split("\n## ")[0]
+    assert "| Fine-tune | 72.5 |" in table2 and "| Adapter (dense) | 70.3 |" in table2
+    line = next(line for line in text.splitlines() if "dense − finetune" in line)
+    assert "| -2.2 (0/1 > 0); EM -2.2 (0/1 > 0) |" in line  # 70.3 − 72.5: each row's winner, not the first lr loaded
