@@ -103,7 +103,17 @@ def expand_resume(argv: list[str]) -> list[str]:
         raise ConfigError(f"resume={directory}: resumes one run; drop {' '.join(flags)}")
     replaced = {_key(a) for a in new} | {"hydra.run.dir", "ckpt_path"}
     kept = replayable(directory, saved_file, [a for a in saved if not (isinstance(a, str) and _key(a) in replaced)])
-    return [*kept, *new, f"hydra.run.dir={directory.resolve()}", f"ckpt_path={checkpoint.resolve()}"]
+    return [*kept, *new, f"hydra.run.dir={hydra_quoted(directory.resolve())}", f"ckpt_path={hydra_quoted(checkpoint.resolve())}"]
+
+
+def hydra_quoted(path: Path) -> str:
+    """A path as one Hydra override value: quoted, since a sweep job's folder (``row=dense,seed=43``) holds the ``=``
+    and ``,`` that Hydra's grammar would read as syntax."""
+    text = str(path)
+    quote = next((q for q in ('"', "'") if q not in text), None)
+    if quote is None:
+        raise ConfigError(f"resume={text}: a path holding both quote characters cannot be passed to Hydra; rename the folder")
+    return f"{quote}{text}{quote}"
 
 
 def precheck(argv: list[str]) -> list[str]:

@@ -54,7 +54,7 @@ def straight(tmp_path_factory, glue_dir):
 
 
 def test_killed_run_resumes_to_the_uninterrupted_weights_and_metric(killed_run, straight, tmp_path):
-    resumed = tmp_path / "resumed"
+    resumed = tmp_path / "row=snip,seed=42"  # a sweep job's folder: '=' and ',' are Hydra syntax unless quoted
     shutil.copytree(killed_run, resumed)
     result = train_subprocess(f"resume={resumed}", *kill_args(killed_run.parent))  # the documented command (+ the test's callback)
     assert result.returncode == 0, result.stderr[-3000:]
