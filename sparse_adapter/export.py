@@ -112,17 +112,20 @@ def ia3_state(tensors: dict, metadata: dict) -> tuple[dict, dict]:
     return state, fields
 
 
-# why a prefix has no PEFT form, by what the model is (PEFT 0.21, transformers 5)
+# why a prefix has no PEFT form, by what the model is (PEFT 0.21 and 0.22, transformers 5)
 PREFIX_REFUSALS = {
-    "encoder": "it is an encoder: PEFT 0.21 prefix tuning hands the prefix to the model as past key values, "
-               "which transformers 5's encoders do not take (PEFT raises 'Model does not support past key values')",
+    "encoder": "it is an encoder: PEFT prefix tuning hands the prefix to the model as past key values, which "
+               "transformers 5's encoders refuse under PEFT 0.21 (PEFT raises 'Model does not support past key "
+               "values') and, from PEFT 0.22, take as a cache that moves every position past the prefix; a folder "
+               "for it would not load under PEFT 0.21",
     "encoder-decoder": "it is an encoder-decoder: PEFT 0.21 prefix tuning prefixes the decoder's self-attention "
                        "only (no encoder, no cross-attention prefix) and moves the decoder's positions past the "
                        "prefix, while ours prefixes every chosen part position-free, so the folder would compute "
                        "another function",
     "head": "PEFT 0.21 prefix tuning for {task} heads looks for a forward argument named past_key_values, which "
-            "transformers 5 renamed cache, so PeftModel raises for every architecture; causal-LM runs "
-            "(task=xsum_lm) export",
+            "transformers 5 renamed cache, so PeftModel raises for every architecture (from PEFT 0.22 it runs, with "
+            "the sequence's positions moved past the prefix); causal-LM runs (task=xsum_lm) export, and PEFT 0.21 "
+            "and 0.22 load them alike",
     "reparametrised": "its prefix is still reparametrised through an MLP (ours: one per layer, PEFT's: shared); "
                       "merge it first with sparse_adapter.adapters.base.merge_adapters, as train.py does before saving",
 }

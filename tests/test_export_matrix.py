@@ -5,6 +5,7 @@ per architecture and head (copied for each use)."""
 import copy
 import dataclasses
 import functools
+import re
 
 import pytest
 import torch
@@ -142,11 +143,39 @@ def test_a_prefix_is_refused_where_peft_has_no_equal_form_naming_the_architectur
     with pytest.raises(ConfigError, match=f"prefix on '{model_type(name)}' has no PEFT form: {why}"):
         export_peft(tmp_path, tmp_path / "peft")
     assert not (tmp_path / "peft").exists()
-    if model_type(name) in ENCODERS | DECODER_ONLY:  # the reason given is PEFT's own: its prefix tuning raises here
-        base, tokenizer = fresh(name)
-        theirs = peft.get_peft_model(base, peft.PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=3))
+    if model_type(name) in ENCODERS | DECODER_ONLY:  # the reason given is PEFT's own behaviour, version by version
+        assert_peft_prefix_behaves_as_the_refusal_says(name, model)
+
+
+def assert_peft_prefix_behaves_as_the_refusal_says(name: str, ours):
+    """PEFT 0.21 raises; from 0.22 PEFT's prefix is ours with the positions moved past it (the same prefix weights)."""
+    from packaging.version import Version
+
+    base, tokenizer = fresh(name)
+    batch = batch_for(name, tokenizer)
+    theirs = peft.get_peft_model(base, peft.PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=3)).eval()
+    if Version(peft.__version__) < Version("0.22"):
         with pytest.raises(ValueError, match="does not support past key values"):
-            theirs(**batch_for(name, tokenizer))
+            theirs(**batch)
+        return
+    by_layer: dict[int, dict[str, torch.Tensor]] = {}
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter_name, parameter in ours.named_parameters():
+            if ".prefix_" in parameter_name:  # trained-looking prefixes, not their initialisation
+                parameter.copy_(torch.randn(parameter.shape, generator=generator))
+                layer = int(re.search(r"\.(\d+)\.", parameter_name).group(1))
+                by_layer.setdefault(layer, {})[parameter_name.rsplit("_", 1)[1]] = parameter.detach().clone()
+    rows = torch.cat([by_layer[i][kind] for i in sorted(by_layer) for kind in ("key", "value")], dim=1)
+    mask = batch["attention_mask"]
+    if model_type(name) in {"roberta", "xlm-roberta"}:  # positions count from padding_idx + 1, pads stay padding_idx
+        past = (torch.cumsum(mask, 1) + 3) * mask + ours.config.pad_token_id
+    else:
+        past = torch.arange(3, 3 + mask.shape[1]).expand_as(mask)
+    with torch.no_grad():
+        theirs.prompt_encoder["default"].embedding.weight.copy_(rows)
+        torch.testing.assert_close(theirs(**batch).logits, ours.eval()(**batch, position_ids=past).logits)
+        assert (theirs(**batch).logits - ours(**batch).logits).abs().max() > 1e-4  # at our positions: another function
 
 
 def test_a_reparametrised_prefix_is_refused_until_merged(tmp_path):
